@@ -1,0 +1,196 @@
+"""Postfix's attr0 attribute protocol as a sans-I/O codec.
+
+An attribute is ``name NUL value NUL``; a message is a list of attributes
+ended by one more NUL (an empty name).  Integers travel as unsigned
+decimal text, binary values as padded base64.  Nothing here touches a
+socket: the server, the client and the tests feed bytes in and take
+messages out.
+
+    >>> encode([("request", "seed"), ("size", 32)])
+    b'request\\x00seed\\x00size\\x0032\\x00\\x00'
+    >>> Decoder().feed(b'status\\x000\\x00\\x00')
+    [((b'status', b'0'),)]
+
+The decoder is incremental (bytes may arrive in any pieces) and bounded:
+a message larger than ``max_size`` bytes raises :class:`MessageTooLarge`
+before more than ``max_size`` bytes of it are held.  It never raises
+anything but :class:`AttrError` and its subclasses.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from typing import Iterable, Union
+
+Message = tuple[tuple[bytes, bytes], ...]
+Value = Union[str, bytes, int]
+
+DEFAULT_MAX_SIZE = 65536
+
+_NUL = b"\0"
+
+
+class AttrError(Exception):
+    """A malformed or unacceptable attribute message."""
+
+
+class MessageTooLarge(AttrError):
+    """A message grew past the decoder's size limit."""
+
+    def __init__(self, limit: int):
+        super().__init__("message exceeds %d bytes" % limit)
+        self.limit = limit
+
+
+# Encoding.
+
+def encode_int(number: int) -> bytes:
+    """Unsigned 32-bit decimal text, as Postfix prints an int: -2 -> 4294967294."""
+    return b"%d" % (number & 0xFFFFFFFF)
+
+
+def encode_data(data: bytes) -> bytes:
+    return binascii.b2a_base64(data, newline=False)
+
+
+def _encode_value(value: Value) -> bytes:
+    # bool is an int: Postfix sends booleans as 0/1 too.
+    if isinstance(value, int):
+        return encode_int(value)
+    if isinstance(value, bytes):
+        return encode_data(value)
+    return value.encode("utf-8", "surrogateescape")
+
+
+def encode(attributes: Iterable[tuple[str, Value]]) -> bytes:
+    """One message: ``str`` values as strings, ``int`` as numbers, ``bytes``
+    as base64 data."""
+    parts = []
+    for name, value in attributes:
+        parts.append(name.encode("ascii"))
+        parts.append(_encode_value(value))
+    parts.append(b"")
+    parts.append(b"")
+    return _NUL.join(parts)
+
+
+# Decoding of values (the decoder hands out raw bytes).
+
+_NUMBER = re.compile(rb"[ \t\n\v\f\r]*([+-]?)([0-9]+)")
+
+
+def decode_int(text: bytes) -> int | None:
+    """Parse a number like Postfix's ``sscanf("%u")``: leading white space,
+    an optional sign, digits, nothing after.  Returns the value as the C
+    ``int`` it lands in (4294967294 -> -2), or None when malformed."""
+    match = _NUMBER.fullmatch(text)
+    if match is None:
+        return None
+    sign, digits = match.groups()
+    value = min(int(digits), 0xFFFFFFFFFFFFFFFF)   # strtoul saturates
+    if sign == b"-":
+        value = -value
+    value &= 0xFFFFFFFF
+    return value - 0x100000000 if value & 0x80000000 else value
+
+
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALUE = {char: index for index, char in enumerate(_B64_ALPHABET)}
+
+
+def decode_data(text: bytes) -> bytes | None:
+    """Padded base64 as Postfix's base64_decode() reads it, or None when
+    malformed."""
+    if len(text) % 4:
+        return None
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except binascii.Error:
+        decoded, ok = decode_data_prefix(text)
+        return decoded if ok else None
+
+
+def decode_data_prefix(text: bytes) -> tuple[bytes, bool]:
+    """Decode like Postfix's base64_decode(), group by group: the bytes it
+    produced, and whether the whole input was good.
+
+    The slow path, for input that strict base64 refuses.  Postfix stops at
+    the first '=' in the third or fourth place of a group and ignores what
+    follows; at a bad character it stops, keeping what it decoded so far
+    (which the stock tktkey reply echoes).
+    """
+    out = bytearray()
+    if len(text) % 4:
+        return bytes(out), False
+    value = _B64_VALUE.get
+    for start in range(0, len(text), 4):
+        c0, c1, c2, c3 = text[start:start + 4]
+        v0, v1 = value(c0), value(c1)
+        if v0 is None or v1 is None:
+            return bytes(out), False
+        out.append((v0 << 2 | v1 >> 4) & 0xFF)
+        if c2 == 0x3D:
+            break
+        v2 = value(c2)
+        if v2 is None:
+            return bytes(out), False
+        out.append((v1 << 4 | v2 >> 2) & 0xFF)
+        if c3 == 0x3D:
+            break
+        v3 = value(c3)
+        if v3 is None:
+            return bytes(out), False
+        out.append((v2 << 6 | v3) & 0xFF)
+    return bytes(out), True
+
+
+class Decoder:
+    """Incremental attr0 decoder: feed bytes, get complete messages.
+
+    A message is a tuple of ``(name, value)`` byte pairs, in wire order.
+    """
+
+    def __init__(self, max_size: int = DEFAULT_MAX_SIZE):
+        self.max_size = max_size
+        self._tail = b""                  # bytes after the last NUL
+        self._tokens: list[bytes] = []    # names and values of the message so far
+        self._size = 0                    # bytes of the message so far
+
+    @property
+    def idle(self) -> bool:
+        """True at a message boundary: nothing of a next message is held."""
+        return not self._tail and not self._tokens
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Take more bytes; return the messages they complete."""
+        if self._tail:
+            data = self._tail + data
+        parts = data.split(_NUL)
+        self._tail = parts.pop()
+        messages = []
+        tokens = self._tokens
+        size = self._size
+        limit = self.max_size
+        for part in parts:
+            size += len(part) + 1
+            if size > limit:
+                self._overflow()
+            if part or len(tokens) & 1:
+                tokens.append(part)
+            else:                         # an empty name ends the message
+                it = iter(tokens)
+                messages.append(tuple(zip(it, it)))
+                tokens = self._tokens = []
+                size = 0
+        self._size = size
+        if size + len(self._tail) > limit:
+            self._overflow()
+        return messages
+
+    def _overflow(self):
+        # Free the buffer at once: an endless message must not grow us.
+        self._tail = b""
+        self._tokens = []
+        self._size = 0
+        raise MessageTooLarge(self.max_size)
