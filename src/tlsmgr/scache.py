@@ -1,0 +1,123 @@
+"""A TLS session cache: expiry and cleanup on top of a store.
+
+One SessionCache serves one cache type (smtpd, smtp or lmtp).  It stamps
+each saved session with the time, never returns an entry older than the
+cache timeout (and deletes such an entry when it sees one), and removes
+expired entries in the background: a cleanup pass starts once per cache
+timeout and runs in small steps between requests, so that no request
+waits for it.  The bytes of a session are never interpreted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from . import log
+from .stores import Entry, Store, StoreError
+
+# Entries examined per cleanup step: small enough that a step costs well
+# under a millisecond, so requests interleave with a long pass.
+CLEANUP_BUDGET = 256
+
+_LOG_CACHE_LEVELS = {"2", "3", "4", "5", "6", "7", "8", "9",
+                     "debug", "ssl-expert", "ssl-developer", "cache"}
+_LOG_OTHER_LEVELS = {"0", "none", "1", "routine", "summary", "untrusted", "peercert",
+                     "certmatch", "verbose", "dane", "ssl-debug",
+                     "ssl-handshake-packet-dump", "ssl-session-packet-dump", "trace"}
+
+
+def logs_cache_activity(param: str, level: str) -> bool:
+    """Whether a *_tls_loglevel value asks for cache logging, as Postfix's
+    tls_log_mask() reads it (level 2 and up, or the "cache" keyword)."""
+    wanted = False
+    for word in level.replace(",", " ").split():
+        word = word.lower()
+        if word in _LOG_CACHE_LEVELS:
+            wanted = True
+        elif word not in _LOG_OTHER_LEVELS:
+            log.warn('unknown %s value "%s" in "%s"', param, word, level)
+    return wanted
+
+
+class SessionCache:
+    """The sessions of one cache type, each valid for ``timeout`` seconds."""
+
+    def __init__(self, label: str, store: Store, timeout: int,
+                 verbose: bool = False, clock: Callable[[], float] = time.time):
+        self.label = label
+        self.store = store
+        self.timeout = timeout
+        self.verbose = verbose
+        self.clock = clock
+        self.cleanup_active = False
+
+    def _expired(self, entry: Entry, now: int) -> bool:
+        return entry.timestamp + self.timeout < now
+
+    def lookup(self, cache_id: bytes) -> bytes | None:
+        """The session saved under cache_id, unless absent or expired."""
+        if self.verbose:
+            log.info("lookup %s session id=%s", self.label, cache_id.decode(errors="replace"))
+        try:
+            entry = self.store.get(cache_id)
+        except StoreError as err:
+            log.warn("cannot look up %s TLS session: %s", self.label, err)
+            return None
+        if entry is None:
+            return None
+        if self.verbose:
+            log.info("read %s TLS cache entry %s: time=%d [data %d bytes]", self.label,
+                     cache_id.decode(errors="replace"), entry.timestamp, len(entry.session))
+        if self._expired(entry, int(self.clock())):
+            self.delete(cache_id)
+            return None
+        return entry.session
+
+    def update(self, cache_id: bytes, session: bytes) -> bool:
+        """Save a session; True when it was saved."""
+        now = int(self.clock())
+        if self.verbose:
+            name = cache_id.decode(errors="replace")
+            log.info("put %s session id=%s [data %d bytes]", self.label, name, len(session))
+            log.info("write %s TLS cache entry %s: time=%d [data %d bytes]",
+                     self.label, name, now, len(session))
+        try:
+            self.store.put(cache_id, Entry(now, session))
+        except StoreError as err:
+            log.warn("cannot save %s TLS session: %s", self.label, err)
+            return False
+        return True
+
+    def delete(self, cache_id: bytes) -> bool:
+        """Remove a session; True when there was one."""
+        if self.verbose:
+            log.info("delete %s session id=%s", self.label, cache_id.decode(errors="replace"))
+        try:
+            return self.store.delete(cache_id)
+        except StoreError as err:
+            log.warn("cannot delete %s TLS session: %s", self.label, err)
+            return False
+
+    def start_cleanup(self) -> None:
+        """Begin a cleanup pass, unless one is still running."""
+        if self.verbose:
+            log.info("start TLS %s session cache cleanup", self.label)
+        self.cleanup_active = True
+
+    def cleanup_step(self) -> list[Entry]:
+        """One bounded step of the running pass; returns what it removed."""
+        cutoff = int(self.clock()) - self.timeout
+        try:
+            removed, done = self.store.expire(cutoff, CLEANUP_BUDGET)
+        except StoreError as err:
+            log.warn("%s TLS session cache cleanup: %s", self.label, err)
+            removed, done = [], True
+        if done:
+            self.cleanup_active = False
+            if self.verbose:
+                log.info("finished TLS %s session cache cleanup", self.label)
+        return removed
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,87 @@
+"""RFC 5077 session ticket keys, handed to smtpd(8) by the tktkey request.
+
+smtpd encrypts TLS session tickets with keys it gets from tlsmgr, so that
+a ticket issued by one smtpd process can be decrypted by another.  The
+ring holds two keys: the current one, used to issue tickets until its
+expiry time, and the one before it, still good for decrypting tickets
+for as long again.  With T the smtpd session cache timeout, a new key
+issues tickets until now + T/2 - 1 and decrypts them T/2 longer.
+
+On the wire a key is the C struct the clients copy byte for byte: name
+(16 bytes), AES-256 key (32), HMAC key (32), expiry as a native
+little-endian 64-bit time_t: 88 bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+NAME_LENGTH = 16
+CIPHER_KEY_LENGTH = 32
+HMAC_KEY_LENGTH = 32
+
+_LAYOUT = struct.Struct("<%ds%ds%dsq" % (NAME_LENGTH, CIPHER_KEY_LENGTH, HMAC_KEY_LENGTH))
+KEY_SIZE = _LAYOUT.size          # 88
+
+
+@dataclass(frozen=True)
+class TicketKey:
+    name: bytes
+    cipher_key: bytes
+    hmac_key: bytes
+    expires: int                 # end of its use for issuing tickets
+
+    def pack(self) -> bytes:
+        return _LAYOUT.pack(self.name, self.cipher_key, self.hmac_key, self.expires)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "TicketKey":
+        return cls(*_LAYOUT.unpack(data))
+
+
+class TicketKeyRing:
+    """The current and the previous ticket key.
+
+    ``random_bytes(n)`` makes key material; ``clock()`` tells the time in
+    whole seconds (tests pass their own).
+    """
+
+    def __init__(self, random_bytes: Callable[[int], bytes],
+                 clock: Callable[[], float] = time.time):
+        self._random_bytes = random_bytes
+        self._clock = clock
+        self.keys: list[TicketKey] = []       # sorted: latest expiry first
+        self.rotations = 0
+
+    def current(self, timeout: int) -> TicketKey:
+        """The key to issue tickets with, made anew once the last expired.
+
+        ``timeout`` is the smtpd session cache timeout (clamped, > 0).
+        """
+        now = int(self._clock())
+        if self.keys and self.keys[0].expires > now:
+            return self.keys[0]
+        key = TicketKey(self._random_bytes(NAME_LENGTH),
+                        self._random_bytes(CIPHER_KEY_LENGTH),
+                        self._random_bytes(HMAC_KEY_LENGTH),
+                        now + timeout // 2 - 1)
+        self.add(key)
+        return key
+
+    def find(self, name: bytes, timeout: int) -> TicketKey | None:
+        """The key of that name while it may still decrypt tickets."""
+        now = int(self._clock())
+        for key in self.keys:
+            if key.name == name:
+                return key if key.expires + timeout // 2 > now else None
+        return None
+
+    def add(self, key: TicketKey) -> None:
+        """Put a key in the ring; the one with the earlier expiry is
+        dropped first, so the ring keeps the two latest."""
+        self.keys = sorted(self.keys[:1] + [key], key=lambda k: k.expires,
+                           reverse=True)
+        self.rotations += 1

@@ -1,0 +1,144 @@
+"""The stores behind the session caches: memory and LMDB, one interface."""
+
+import os
+import stat
+
+import pytest
+
+from tlsmgr.scache import SessionCache
+from tlsmgr.stores import Entry, StoreError, open_store, split_table
+from tlsmgr.stores.lmdb import LmdbStore
+from tlsmgr.stores.memory import MemoryStore
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        made = MemoryStore()
+    else:
+        made = LmdbStore(str(tmp_path / "scache"))
+    yield made
+    made.close()
+
+
+def test_put_get_replace_delete(store):
+    assert store.get(b"a") is None
+    store.put(b"a", Entry(10, b"one"))
+    store.put(b"b", Entry(11, b"two"))
+    assert store.get(b"a") == Entry(10, b"one")
+    store.put(b"a", Entry(12, b"three"))
+    assert store.get(b"a") == Entry(12, b"three")
+    assert len(store) == 2
+    assert store.delete(b"a") is True
+    assert store.delete(b"a") is False
+    assert len(store) == 1
+
+
+def test_awkward_ids_and_values(store):
+    long_id = b"smtp&" + b"x" * 5000
+    store.put(long_id, Entry(1, b"long"))
+    store.put(b"", Entry(2, b"empty id"))
+    store.put(b"\0nul", Entry(3, b"\0" * 10000))
+    assert store.get(long_id) == Entry(1, b"long")
+    assert store.get(b"smtp&" + b"x" * 4999) is None
+    assert store.get(b"") == Entry(2, b"empty id")
+    assert store.get(b"\0nul") == Entry(3, b"\0" * 10000)
+
+
+def test_incremental_expire_removes_only_old_entries(store):
+    # Entries are saved in time order, as the session cache does.
+    for i in range(1000):
+        store.put(b"old%04d" % i, Entry(100, b"o"))
+    for i in range(1000):
+        store.put(b"new%04d" % i, Entry(200, b"n"))
+    removed_total, steps, done = 0, 0, False
+    while not done:
+        removed, done = store.expire(150, 64)
+        assert len(removed) <= 64
+        removed_total += len(removed)
+        steps += 1
+    assert removed_total == 1000
+    assert steps >= 1000 // 64
+    assert len(store) == 1000
+    assert store.get(b"new0500") == Entry(200, b"n")
+    assert store.get(b"old0500") is None
+
+
+def test_expire_survives_updates_between_steps(store):
+    for i in range(300):
+        store.put(b"k%03d" % i, Entry(100, b"x"))
+    removed, done = store.expire(150, 50)
+    store.put(b"k299", Entry(300, b"fresh"))
+    store.delete(b"k100")
+    while not done:
+        _, done = store.expire(150, 50)
+    assert len(store) == 1
+    assert store.get(b"k299") == Entry(300, b"fresh")
+
+
+def test_lmdb_starts_empty_and_private(tmp_path):
+    path = str(tmp_path / "scache")
+    first = LmdbStore(path)
+    first.put(b"a", Entry(1, b"x"))
+    first.close()
+    assert stat.S_IMODE(os.stat(path + ".lmdb").st_mode) == 0o600
+    second = LmdbStore(path)
+    assert len(second) == 0 and second.get(b"a") is None
+    second.close()
+
+
+def test_lmdb_replaces_a_damaged_file(tmp_path):
+    path = tmp_path / "scache"
+    (tmp_path / "scache.lmdb").write_bytes(b"this is not an lmdb file" * 100)
+    store = LmdbStore(str(path))
+    store.put(b"a", Entry(1, b"x"))
+    assert store.get(b"a") == Entry(1, b"x")
+    store.close()
+
+
+def test_lmdb_grows_past_its_initial_map(tmp_path, monkeypatch):
+    import tlsmgr.stores.lmdb as module
+    monkeypatch.setattr(module, "_INITIAL_MAP_SIZE", 1 << 20)
+    store = LmdbStore(str(tmp_path / "scache"))
+    for i in range(200):
+        store.put(b"%d" % i, Entry(1, b"v" * 20000))     # 4 MB into a 1 MB map
+    assert len(store) == 200
+    store.close()
+
+
+def test_lmdb_in_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="cannot open cache file"):
+        LmdbStore(str(tmp_path / "no" / "such" / "scache"))
+
+
+@pytest.mark.parametrize("spec", ["btree:X", "hash:X", "lmdb:X", "sdbm:X"])
+def test_file_table_types_open_lmdb(tmp_path, spec):
+    store = open_store(spec.replace("X", str(tmp_path / "c")))
+    assert isinstance(store, LmdbStore)
+    assert os.path.exists(tmp_path / "c.lmdb")
+    store.close()
+
+
+def test_memory_and_bad_types():
+    assert isinstance(open_store("memory:"), MemoryStore)
+    with pytest.raises(StoreError, match="unsupported dictionary type: cdb"):
+        open_store("cdb:/x")
+    with pytest.raises(ValueError, match='expecting "type:name"'):
+        split_table("/var/lib/postfix/smtpd_scache")
+
+
+def test_session_cache_cleanup_in_steps(tmp_path):
+    now = [1000]
+    cache = SessionCache("smtpd", MemoryStore(), 120, clock=lambda: now[0])
+    for i in range(1000):
+        cache.update(b"%d" % i, b"s")
+    now[0] += 121
+    cache.update(b"fresh", b"s")
+    cache.start_cleanup()
+    steps = 0
+    while cache.cleanup_active:
+        cache.cleanup_step()
+        steps += 1
+    assert steps > 1                       # incremental, not one long stall
+    assert len(cache.store) == 1
+    assert cache.lookup(b"fresh") == b"s"
