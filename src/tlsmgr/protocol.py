@@ -1,0 +1,245 @@
+"""The tlsmgr requests: a decoded message in, the reply bytes out.
+
+This is the stock daemon's tlsmgr_service() without the I/O: each request
+reads its attributes in a fixed order, as Postfix's attr_scan() does with
+ATTR_FLAG_STRICT, and answers with the same attributes, in the same order,
+with the same status codes and warnings.
+
+Where the stock daemon loses step with its client, this one does not: a
+whole message is always consumed, so the next request on a connection is
+read from its start.  Two deliberate differences follow from that:
+
+* an unknown request name is answered with status -2 (the stock daemon
+  sends nothing and the client waits until its timeout);
+* after a protocol error the connection stays usable (the stock daemon
+  reads the rest of the bad message as the next request).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from . import log
+from .attr import Message, decode_data, decode_data_prefix, decode_int, encode
+from .scache import SessionCache
+from .tickets import NAME_LENGTH, TicketKeyRing
+
+STAT_OK = 0          # success
+STAT_ERR = -1        # not found, or refused
+STAT_FAIL = -2       # protocol error
+
+HANDSHAKE = encode([("protocol", "tlsmgr_protocol")])
+WAKEUP = b"W"        # master(8)'s trigger
+
+SEED_MAX = 255
+
+
+class Kind:
+    """How an attribute value is read (Postfix's RECV_ATTR_STR/INT/DATA)."""
+
+    STR = "str"
+    INT = "int"
+    DATA = "data"
+
+
+_CONVERT: dict[str, Callable[[bytes], object]] = {
+    Kind.STR: lambda value: value,
+    Kind.INT: decode_int,
+    Kind.DATA: decode_data,
+}
+_MALFORMED = {Kind.INT: "numerical", Kind.DATA: "base64"}
+
+_UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+
+def printable(text: bytes) -> str:
+    """Text for a log line: non-printable bytes become '?' (printable(3))."""
+    return _UNPRINTABLE.sub(b"?", text).decode("ascii")
+
+
+class Reply:
+    """What to send back, and whether to close the connection after."""
+
+    __slots__ = ("data", "close")
+
+    def __init__(self, data: bytes = b"", close: bool = False):
+        self.data = data
+        self.close = close
+
+
+NO_REPLY = Reply()
+HANG_UP = Reply(close=True)
+
+
+def _status(status: int) -> bytes:
+    return encode([("status", status)])
+
+
+class Tlsmgr:
+    """Answers requests from the caches, the PRNG and the ticket key ring.
+
+    ``caches`` maps every known cache type ("smtpd", "smtp", "lmtp") to its
+    SessionCache, or to None when that cache is disabled; ``timeouts`` gives
+    each type's (clamped) session timeout, as the policy request reports it.
+    """
+
+    def __init__(self, caches: dict[str, SessionCache | None],
+                 timeouts: dict[str, int],
+                 random_bytes: Callable[[int], bytes],
+                 tickets: TicketKeyRing,
+                 peer: str = "tlsmgr socket"):
+        self.caches = {label.encode(): cache for label, cache in caches.items()}
+        self.timeouts = {label.encode(): timeout for label, timeout in timeouts.items()}
+        self.random_bytes = random_bytes
+        self.tickets = tickets
+        self.peer = peer
+        self._handlers = {
+            b"lookup": self._lookup,
+            b"update": self._update,
+            b"delete": self._delete,
+            b"tktkey": self._tktkey,
+            b"seed": self._seed,
+            b"policy": self._policy,
+        }
+
+    # The message layer.
+
+    def handle(self, message: Message) -> Reply:
+        """Answer one complete request message."""
+        fields, ok = self._scan(message, 0, (("request", Kind.STR),), more=True)
+        if not ok:
+            return Reply(_status(STAT_FAIL))
+        request = fields[0]
+        handler = self._handlers.get(request)
+        if handler is not None:
+            return Reply(handler(message))
+        if request == WAKEUP:
+            return HANG_UP
+        log.warn('unknown request "%s" from %s', printable(request), self.peer)
+        return Reply(_status(STAT_FAIL))
+
+    def handle_trigger(self, trigger: bytes) -> Reply:
+        """A short NUL-terminated string from master(8), not a request."""
+        if trigger == WAKEUP:
+            if log.verbose:
+                log.info("received master trigger")
+            return HANG_UP
+        return NO_REPLY
+
+    def _scan(self, message: Message, start: int, wanted, more: bool = False):
+        """Read the wanted attributes from message[start:], in order.
+
+        Returns the values read and whether all were: the warnings and the
+        outcome are those of attr_scan0() with ATTR_FLAG_STRICT.  Attributes
+        after the wanted ones are reported but, as in Postfix, do not fail
+        the request.
+        """
+        values = []
+        for index, (name, kind) in enumerate(wanted, start):
+            if index >= len(message):
+                log.warn("missing attribute %s in input from %s", name, self.peer)
+                return values, False
+            got_name, raw = message[index]
+            if got_name != name.encode():
+                log.warn("unexpected attribute %s from %s (expecting: %s)",
+                         printable(got_name), self.peer, name)
+                return values, False
+            value = _CONVERT[kind](raw)
+            if value is None:
+                log.warn("malformed %s data from %s while reading input attribute"
+                         " value: %.100s", _MALFORMED[kind], self.peer, printable(raw))
+                return values, False
+            values.append(value)
+        end = start + len(wanted)
+        if not more and end < len(message):
+            log.warn("unexpected attribute %s from %s (expecting: (list terminator))",
+                     printable(message[end][0]), self.peer)
+        return values, True
+
+    def _cache(self, cache_type: bytes, request: str):
+        """(known, cache) for a cache type; warns about an unknown one."""
+        if cache_type in self.caches:
+            return True, self.caches[cache_type]
+        log.warn('bogus cache type "%s" in "%s" request', printable(cache_type), request)
+        return False, None
+
+    # The requests.  Each returns the reply message.
+
+    def _lookup(self, message: Message) -> bytes:
+        status, session = STAT_FAIL, b""
+        (values, ok) = self._scan(message, 1, (("cache_type", Kind.STR),
+                                               ("cache_id", Kind.STR)))
+        if ok:
+            known, cache = self._cache(values[0], "lookup")
+            if cache is not None:
+                found = cache.lookup(values[1])
+                status, session = (STAT_ERR, b"") if found is None else (STAT_OK, found)
+        return encode([("status", status), ("session", session)])
+
+    def _update(self, message: Message) -> bytes:
+        status = STAT_FAIL
+        (values, ok) = self._scan(message, 1, (("cache_type", Kind.STR),
+                                               ("cache_id", Kind.STR),
+                                               ("session", Kind.DATA)))
+        if ok:
+            known, cache = self._cache(values[0], "update")
+            if cache is not None:
+                status = STAT_OK if cache.update(values[1], values[2]) else STAT_ERR
+        return _status(status)
+
+    def _delete(self, message: Message) -> bytes:
+        status = STAT_FAIL
+        (values, ok) = self._scan(message, 1, (("cache_type", Kind.STR),
+                                               ("cache_id", Kind.STR)))
+        if ok:
+            known, cache = self._cache(values[0], "delete")
+            if cache is not None:
+                status = STAT_OK if cache.delete(values[1]) else STAT_ERR
+        return _status(status)
+
+    def _tktkey(self, message: Message) -> bytes:
+        # Like the stock daemon (Postfix 3.7), a name not found is echoed
+        # in place of a key, and so is what could be decoded of a name that
+        # is not base64.
+        status, keybuf = STAT_FAIL, b""
+        (values, ok) = self._scan(message, 1, (("keyname", Kind.DATA),))
+        if not ok:
+            if len(message) > 1 and message[1][0] == b"keyname":
+                keybuf = decode_data_prefix(message[1][1])[0]
+        else:
+            name = values[0]
+            timeout = self.timeouts[b"smtpd"]
+            if len(name) not in (0, NAME_LENGTH):
+                log.warn("invalid session ticket key name length: %d", len(name))
+            elif timeout <= 0:
+                status = STAT_ERR
+            else:
+                key = self.tickets.find(name, timeout) if name else self.tickets.current(timeout)
+                if key is None:
+                    status, keybuf = STAT_ERR, name
+                else:
+                    status, keybuf = STAT_OK, key.pack()
+        return encode([("status", status), ("keybuf", keybuf)])
+
+    def _seed(self, message: Message) -> bytes:
+        status, seed = STAT_FAIL, b""
+        (values, ok) = self._scan(message, 1, (("size", Kind.INT),))
+        if ok:
+            size = values[0]
+            if 0 < size <= SEED_MAX:
+                status, seed = STAT_OK, self.random_bytes(size)
+            else:
+                log.warn('bogus seed length "%d" in "seed" request', size)
+        return encode([("status", status), ("seed", seed)])
+
+    def _policy(self, message: Message) -> bytes:
+        status, cachable, timeout = STAT_FAIL, 0, 0
+        (values, ok) = self._scan(message, 1, (("cache_type", Kind.STR),))
+        if ok:
+            known, cache = self._cache(values[0], "policy")
+            if known:
+                status = STAT_OK
+                cachable = int(cache is not None)
+                timeout = self.timeouts[values[0]]
+        return encode([("status", status), ("cachable", cachable), ("timeout", timeout)])
