@@ -1,0 +1,221 @@
+"""The asyncio server: connections, timers and the process lifecycle.
+
+Each connection gets the protocol handshake, then its requests are
+decoded and answered as they arrive; any number of connections are served
+at once and none waits for another.  Timers drive the housekeeping of the
+stock daemon: PRNG reseeds and exchange-file updates at random intervals,
+and per cache a cleanup pass once per cache timeout, run in small steps
+between requests.  The time of day is mixed into the PRNG pool after every
+event, as the stock daemon does.
+
+SIGTERM (what master(8) sends on "postfix stop" and "postfix reload") and
+SIGINT save the PRNG state and end the process with status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import stat
+import time
+
+from . import log
+from .attr import Decoder, MessageTooLarge
+from .prng import MustExit, Prng
+from .protocol import HANDSHAKE, STAT_FAIL, Tlsmgr, encode
+from .scache import SessionCache
+
+
+def describe_peer(sock: socket.socket | None) -> str:
+    """'pid N uid N' of a UNIX-domain peer, for our own warnings."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        pid, uid, _gid = int.from_bytes(creds[0:4], "little"), \
+            int.from_bytes(creds[4:8], "little"), int.from_bytes(creds[8:12], "little")
+        return "client pid %d uid %d" % (pid, uid)
+    except (AttributeError, OSError):
+        return "client"
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: a stream of requests, answered in order."""
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        self.decoder = Decoder(server.request_size_limit)
+        self.transport: asyncio.Transport | None = None
+        self.last_active = time.monotonic()
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.server.connections.add(self)
+        transport.write(HANDSHAKE)
+        self._arm_idle_timer(self.server.ipc_timeout)
+
+    def connection_lost(self, exc):
+        self.server.connections.discard(self)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+
+    def data_received(self, data: bytes):
+        self.last_active = time.monotonic()
+        tlsmgr = self.server.tlsmgr
+        # A master(8) trigger is a short NUL-terminated string that
+        # arrives alone, not an attribute list (the stock daemon's test).
+        if self.decoder.idle and len(data) <= 2 and data.endswith(b"\0"):
+            replies = [tlsmgr.handle_trigger(data[:-1])]
+        else:
+            try:
+                replies = [tlsmgr.handle(message) for message in self.decoder.feed(data)]
+            except MessageTooLarge as err:
+                log.warn("%s: request exceeds tlsmgr_request_size_limit (%d bytes)"
+                         " -- closing connection", self.peer(), err.limit)
+                self.transport.write(encode([("status", STAT_FAIL)]))
+                self.transport.close()
+                return
+        out = b"".join(reply.data for reply in replies)
+        if out:
+            self.transport.write(out)
+        if any(reply.close for reply in replies):
+            self.transport.close()
+        self.server.prng.mix_time()
+
+    def peer(self) -> str:
+        return describe_peer(self.transport.get_extra_info("socket"))
+
+    # Flow control: a client that does not read its replies is not read
+    # from either, so its replies cannot pile up in memory.
+    def pause_writing(self):
+        self.transport.pause_reading()
+
+    def resume_writing(self):
+        self.transport.resume_reading()
+
+    def _arm_idle_timer(self, delay: float):
+        self.idle_timer = self.server.loop.call_later(delay, self._idle_check)
+
+    def _idle_check(self):
+        idle = time.monotonic() - self.last_active
+        if idle < self.server.ipc_timeout:
+            self._arm_idle_timer(self.server.ipc_timeout - idle)
+        else:
+            log.warn("timeout while waiting for data from %s -- closing connection",
+                     self.peer())
+            self.transport.close()
+
+
+class Server:
+    """The daemon's event loop work, around one Tlsmgr request handler."""
+
+    def __init__(self, tlsmgr: Tlsmgr, prng: Prng, caches: list[SessionCache],
+                 ipc_timeout: int, request_size_limit: int):
+        self.tlsmgr = tlsmgr
+        self.prng = prng
+        self.caches = caches
+        self.ipc_timeout = ipc_timeout
+        self.request_size_limit = request_size_limit
+        self.connections: set[Connection] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.exit_status: int | None = None
+        self._stopped: asyncio.Event | None = None
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._socket_paths: list[str] = []
+
+    # Lifecycle.
+
+    async def serve(self, socket_paths=(), sockets=()) -> int:
+        """Listen on UNIX socket paths (made here) and/or ready sockets;
+        run until stopped; return the exit status."""
+        self.loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stop, 0)
+        for path in socket_paths:
+            self._listeners.append(await self._listen_path(path))
+        for sock in sockets:
+            self._listeners.append(await self.loop.create_unix_server(
+                lambda: Connection(self), sock=sock))
+        self._start_housekeeping()
+        await self._stopped.wait()
+        await self._shut_down()
+        return self.exit_status
+
+    async def _listen_path(self, path: str) -> asyncio.AbstractServer:
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)          # a stale socket from an earlier run
+        except FileNotFoundError:
+            pass
+        try:
+            listener = await self.loop.create_unix_server(lambda: Connection(self), path)
+        except OSError as err:
+            log.fatal("bind %s: %s", path, err.strerror)
+        self._socket_paths.append(path)
+        return listener
+
+    def stop(self, status: int = 0) -> None:
+        """End the process soon, with this exit status."""
+        if self.exit_status is None:
+            self.exit_status = status
+        self._stopped.set()
+
+    async def _shut_down(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        for connection in list(self.connections):
+            connection.transport.abort()
+        for path in self._socket_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        try:
+            self.prng.save()
+        finally:
+            for cache in self.caches:
+                cache.close()
+
+    # Housekeeping: each event mixes the time of day into the pool.
+
+    def _start_housekeeping(self) -> None:
+        self._event(self._reseed)
+        self._event(self._update_exchange)
+        for cache in self.caches:
+            self._event(self._start_cleanup, cache)
+
+    def _event(self, action, *args) -> None:
+        try:
+            action(*args)
+        except MustExit:
+            # The PRNG state is saved; pause so that master(8) does not
+            # restart us in a tight loop, then exit to reopen the source.
+            self.loop.call_later(1, self.stop, 0)
+        self.prng.mix_time()
+
+    def _reseed(self) -> None:
+        delay = self.prng.reseed()
+        if delay is not None:
+            self.loop.call_later(delay, self._event, self._reseed)
+
+    def _update_exchange(self) -> None:
+        delay = self.prng.update_exchange()
+        if delay is not None:
+            self.loop.call_later(delay, self._event, self._update_exchange)
+
+    def _start_cleanup(self, cache: SessionCache) -> None:
+        if not cache.cleanup_active:
+            cache.start_cleanup()
+            self.loop.call_soon(self._event, self._cleanup_step, cache)
+        self.loop.call_later(cache.timeout, self._event, self._start_cleanup, cache)
+
+    def _cleanup_step(self, cache: SessionCache) -> None:
+        removed = cache.cleanup_step()
+        if removed:
+            # The man page's promise: the pool is updated with data from
+            # the session cache entries.
+            self.prng.mix(b"".join(entry.session for entry in removed))
+        if cache.cleanup_active:
+            self.loop.call_soon(self._event, self._cleanup_step, cache)

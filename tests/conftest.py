@@ -1,0 +1,24 @@
+"""Shared test set-up: where a test needs something the machine lacks."""
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip when ``what`` is missing, saying how to get it; in CI, fail:
+    CI must run every test."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail("CI=true but this test needs %s" % what)
+    pytest.skip("needs %s" % what)
+
+
+def require_command(name: str, package: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, "the %s command (apt-get install %s)" % (name, package))
+    return path

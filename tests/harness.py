@@ -1,0 +1,139 @@
+"""Starting daemons for tests: ours stand-alone, and Postfix's stock tlsmgr.
+
+Every process started here is stopped by its pid when the test ends,
+whatever happened in between; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STOCK_TLSMGR = "/usr/lib/postfix/sbin/tlsmgr"
+PYTHON = sys.executable
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "it"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("timed out after %.0fs waiting for %s" % (timeout, what))
+
+
+def write_main_cf(directory: Path, **params) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    text = "".join("%s = %s\n" % item for item in params.items())
+    (directory / "main.cf").write_text(text)
+    return directory
+
+
+class Daemon:
+    """A running daemon process with its socket and captured stderr."""
+
+    def __init__(self, process: subprocess.Popen, socket_path: Path, log_path: Path):
+        self.process = process
+        self.socket_path = socket_path
+        self.log_path = log_path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def connectable(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError("daemon exited with %s:\n%s"
+                                 % (self.process.returncode, self.log))
+        # Connected is not enough (a socket made for the stock daemon
+        # accepts connections before anyone serves them): wait for the
+        # handshake.
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(0.5)
+        try:
+            sock.connect(str(self.socket_path))
+            return sock.recv(64).startswith(b"protocol\0")
+        except OSError:
+            return False
+        finally:
+            sock.close()
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        return self.process.returncode
+
+
+def start_ours(workdir: Path, *, extra_args=(), wait=True, **params) -> Daemon:
+    """``tlsmgr --listen`` with a main.cf of params under workdir."""
+    conf = write_main_cf(workdir / "conf", **params)
+    socket_path = workdir / "tlsmgr.sock"
+    log_path = workdir / "tlsmgr.log"
+    env = dict(os.environ, MAIL_CONFIG=str(conf))
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "tlsmgr.daemon", "--listen", str(socket_path), *extra_args],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+    daemon = Daemon(process, socket_path, log_path)
+    if wait:
+        wait_for(daemon.connectable, what="tlsmgr to listen")
+    return daemon
+
+
+def stock_available() -> bool:
+    return os.path.exists(STOCK_TLSMGR) and os.geteuid() == 0
+
+
+def start_stock(workdir: Path, **params) -> Daemon:
+    """Postfix's own tlsmgr, started as master(8) starts it: the listening
+    socket on fd 6, the status pipe on fd 5, config from MAIL_CONFIG.
+
+    It opens its files as mail_owner, so every directory above workdir
+    must let that user through.
+    """
+    for parent in [workdir, *workdir.parents]:
+        if parent.stat().st_uid == os.geteuid():
+            parent.chmod(parent.stat().st_mode | 0o011)
+    queue = workdir / "queue"
+    data = workdir / "data"
+    queue.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
+    shutil.chown(data, "postfix")
+    params = dict(queue_directory=queue, data_directory=data, **params)
+    conf = write_main_cf(workdir / "conf", **params)
+    socket_path = workdir / "stock.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(socket_path))
+    listener.listen(128)
+    status_read, status_write = os.pipe()
+    listen_fd = listener.fileno()
+
+    def as_master_does():
+        # dup first: the targets 5 and 6 may be the very fds we copy from.
+        status, listen = os.dup(status_write), os.dup(listen_fd)
+        os.dup2(status, 5)
+        os.dup2(listen, 6)
+
+    log_path = workdir / "stock.log"
+    env = {"MAIL_CONFIG": str(conf), "GENERATION": "1", "PATH": "/usr/bin:/bin"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([STOCK_TLSMGR, "-l", "-n", "tlsmgr", "-t", "unix"],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   preexec_fn=as_master_does, close_fds=False, env=env)
+    listener.close()
+    os.close(status_write)
+    daemon = Daemon(process, socket_path, log_path)
+    daemon.status_read = status_read
+    wait_for(daemon.connectable, what="the stock tlsmgr to listen")
+    return daemon

@@ -1,0 +1,218 @@
+"""End to end: ``tlsmgr --listen`` over a real UNIX socket, and tlsmgr-ctl."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import PYTHON, start_ours, wait_for
+from tlsmgr.attr import Decoder, encode
+from tlsmgr.client import TlsmgrClient
+from tlsmgr.tickets import KEY_SIZE
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    started = start_ours(tmp_path, data_directory=data,
+                         smtpd_tls_session_cache_database="btree:%s/smtpd_scache" % data,
+                         smtp_tls_session_cache_database="memory:",
+                         smtp_tls_session_cache_timeout="10s")
+    yield started
+    started.stop()
+
+
+def raw_connection(path):
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(5)
+    sock.connect(str(path))
+    return sock
+
+
+def read_message(sock, decoder):
+    messages = []
+    while not messages:
+        data = sock.recv(65536)
+        assert data, "server closed the connection"
+        messages = decoder.feed(data)
+    assert len(messages) == 1
+    return messages[0]
+
+
+def test_every_request_over_one_connection(daemon):
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        status, seed = client.seed(32)
+        assert status == 0 and len(seed) == 32
+        assert client.policy("smtpd") == (0, 1, 3600)
+        assert client.policy("smtp") == (0, 1, 120)          # 10s raised to 120s
+        assert client.policy("lmtp") == (0, 0, 3600)
+        assert client.lookup("smtpd", "id1") == (-1, b"")
+        assert client.update("smtpd", "id1", b"\x00session\xff" * 50) == 0
+        assert client.lookup("smtpd", "id1") == (0, b"\x00session\xff" * 50)
+        assert client.update("smtp", "relay", b"s2") == 0
+        assert client.lookup("smtp", "relay") == (0, b"s2")
+        assert client.delete("smtpd", "id1") == 0
+        assert client.delete("smtpd", "id1") == -1
+        status, key = client.tktkey()
+        assert status == 0 and len(key.pack()) == KEY_SIZE
+        assert client.tktkey(key.name) == (0, key)
+        assert client.tktkey(b"\x01" * 16) == (-1, None)
+    assert os.path.exists(daemon.socket_path)
+
+
+def test_protocol_errors_keep_the_connection_in_step(daemon):
+    sock = raw_connection(daemon.socket_path)
+    decoder = Decoder()
+    assert read_message(sock, decoder) == ((b"protocol", b"tlsmgr_protocol"),)
+    bad_requests = [
+        b"request\0frobnicate\0x\0y\0\0",                    # unknown request
+        b"request\0lookup\0cache_id\0a\0cache_type\0smtpd\0\0",  # wrong order
+        b"request\0seed\0size\0many\0\0",                    # bad number
+        b"request\0update\0cache_type\0smtpd\0cache_id\0a\0session\0@@\0\0",
+        b"nonsense\0x\0\0",                                 # no request attribute
+    ]
+    for bad in bad_requests:
+        sock.sendall(bad)
+        reply = read_message(sock, decoder)
+        assert reply[0] == (b"status", b"4294967294"), bad
+        sock.sendall(b"request\0policy\0cache_type\0smtpd\0\0")
+        assert read_message(sock, decoder) == (
+            (b"status", b"0"), (b"cachable", b"1"), (b"timeout", b"3600"))
+    sock.close()
+    assert 'unknown request "frobnicate"' in daemon.log
+    assert "malformed numerical data" in daemon.log
+
+
+def test_pipelined_requests_in_one_write_are_all_answered(daemon):
+    sock = raw_connection(daemon.socket_path)
+    decoder = Decoder()
+    read_message(sock, decoder)
+    sock.sendall(encode([("request", "seed"), ("size", 8)]) * 50)
+    replies = []
+    while len(replies) < 50:
+        data = sock.recv(65536)
+        assert data
+        replies += decoder.feed(data)
+    assert len(replies) == 50 and all(r[0] == (b"status", b"0") for r in replies)
+    sock.close()
+
+
+def test_master_wakeup_trigger_closes_without_reply(daemon):
+    sock = raw_connection(daemon.socket_path)
+    decoder = Decoder()
+    read_message(sock, decoder)
+    sock.sendall(b"W\0")
+    assert sock.recv(100) == b""            # closed, nothing sent
+    sock.close()
+
+
+def test_many_clients_at_once(daemon):
+    clients = [TlsmgrClient(str(daemon.socket_path)) for _ in range(50)]
+    try:
+        for i, client in enumerate(clients):
+            assert client.update("smtpd", "c%d" % i, b"x%d" % i) == 0
+        for i, client in enumerate(reversed(clients)):
+            assert client.lookup("smtpd", "c%d" % (49 - i)) == (0, b"x%d" % (49 - i))
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_cache_file_is_made_private_and_empty_at_start(daemon, tmp_path):
+    path = tmp_path / "data" / "smtpd_scache.lmdb"
+    assert path.exists()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_exchange_file_is_1024_bytes_and_rewritten_at_exit(daemon, tmp_path):
+    exchange = tmp_path / "data" / "prng_exch"
+    wait_for(lambda: exchange.exists() and exchange.stat().st_size == 1024,
+             what="the exchange file")
+    before = exchange.read_bytes()
+    assert daemon.stop() == 0
+    after = exchange.read_bytes()
+    assert len(after) == 1024 and after != before
+    assert oct(exchange.stat().st_mode & 0o777) == "0o600"
+    assert not daemon.socket_path.exists()
+
+
+def test_sigint_also_saves_and_exits_cleanly(daemon, tmp_path):
+    exchange = tmp_path / "data" / "prng_exch"
+    wait_for(lambda: exchange.exists(), what="the exchange file")
+    before = exchange.read_bytes()
+    assert daemon.stop(signal.SIGINT) == 0
+    assert exchange.read_bytes() != before
+
+
+def test_bad_configuration_is_one_fatal_line(tmp_path):
+    started = start_ours(tmp_path, wait=False, smtpd_tls_session_cache_timeout="1x",
+                         data_directory=tmp_path)
+    assert started.process.wait(10) == 1
+    lines = started.log.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "fatal:" in lines[0] and "smtpd_tls_session_cache_timeout" in lines[0]
+    assert "1x" in lines[0]
+    assert "Traceback" not in started.log
+
+
+def test_same_cache_file_for_two_caches_is_fatal(tmp_path):
+    started = start_ours(tmp_path, wait=False, data_directory=tmp_path,
+                         smtpd_tls_session_cache_database="btree:%s/scache" % tmp_path,
+                         smtp_tls_session_cache_database="hash:%s/scache" % tmp_path)
+    assert started.process.wait(10) == 1
+    assert "do not use the same TLS cache file" in started.log
+    assert "for smtpd and smtp" in started.log
+
+
+def test_unopenable_exchange_file_is_fatal(tmp_path):
+    started = start_ours(tmp_path, wait=False, data_directory=tmp_path / "missing")
+    assert started.process.wait(10) == 1
+    assert "cannot open PRNG exchange file" in started.log
+    assert "Traceback" not in started.log
+
+
+def test_missing_entropy_source_exits_to_reopen(tmp_path):
+    started = start_ours(tmp_path, wait=False, data_directory=tmp_path,
+                         tls_random_source="dev:/nonexistent/urandom")
+    assert started.process.wait(15) == 0
+    assert "cannot open entropy device /nonexistent/urandom" in started.log
+    assert "exiting to reopen external entropy source dev:/nonexistent/urandom" in started.log
+    assert (tmp_path / "prng_exch").stat().st_size == 1024
+
+
+def ctl(daemon, *args):
+    return subprocess.run([PYTHON, "-m", "tlsmgr.ctl", "--socket", str(daemon.socket_path),
+                           *args], capture_output=True, text=True, timeout=30)
+
+
+def test_ctl_prints_readable_results(daemon):
+    seed = ctl(daemon, "seed", "16")
+    assert seed.returncode == 0
+    assert seed.stdout.startswith("status=0 seed=") and len(seed.stdout.split("=")[-1]) == 33
+    assert ctl(daemon, "policy", "smtpd").stdout == "status=0 cachable=1 timeout=3600\n"
+    assert ctl(daemon, "update", "smtpd", "abc", "hello").stdout == "status=0\n"
+    assert ctl(daemon, "lookup", "smtpd", "abc").stdout == "status=0 session=hello\n"
+    assert ctl(daemon, "update", "smtpd", "bin", "hex:00ff").returncode == 0
+    assert ctl(daemon, "lookup", "smtpd", "bin").stdout == "status=0 session=hex:00ff\n"
+    missing = ctl(daemon, "lookup", "smtpd", "nope")
+    assert (missing.returncode, missing.stdout) == (1, "status=-1 session=\n")
+    assert ctl(daemon, "delete", "smtpd", "abc").stdout == "status=0\n"
+    bogus = ctl(daemon, "policy", "bogus")
+    assert (bogus.returncode, bogus.stdout) == (2, "status=-2 cachable=0 timeout=0\n")
+    key = ctl(daemon, "tktkey")
+    assert key.returncode == 0 and " name=" in key.stdout and "expires=" in key.stdout
+    name = key.stdout.split(" name=")[1].split()[0]
+    assert ctl(daemon, "tktkey", name).stdout == key.stdout
+
+
+def test_ctl_without_a_server_says_so(tmp_path):
+    result = subprocess.run([PYTHON, "-m", "tlsmgr.ctl", "--socket", str(tmp_path / "none"),
+                             "seed", "8"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "tlsmgr-ctl: error: connect to" in result.stderr
+    assert "Traceback" not in result.stderr
