@@ -1,0 +1,431 @@
+"""Postfix main.cf, read once into the typed settings tlsmgr needs.
+
+Stock tlsmgr(8) gets its configuration through mail_conf(3): main.cf is
+read into a dictionary, ``-o name=value`` options update it, and each
+parameter is expanded with mac_expand(3) and converted on first use.
+This module does the same work up front, with the same syntax, defaults
+and diagnostics, so the rest of the daemon sees plain attributes and a
+bad setting is reported before anything else happens.
+
+    >>> expand("${queue_directory}/pid", {"queue_directory": "/q"}.get)
+    '/q/pid'
+
+Two differences are deliberate: a missing main.cf means the built-in
+defaults, and ``$name`` knows only the parameters in :data:`PARAMETERS`
+and the names that main.cf or ``-o`` define; anything else is empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
+
+from . import log
+
+DEFAULT_CONFIG_DIRECTORY = "/etc/postfix"
+CACHE_LABELS = ("smtpd", "smtp", "lmtp")
+
+# A cache entry lives at least this long (TLS_SESSION_LIFEMIN in Postfix).
+TLS_SESSION_LIFEMIN = 120
+
+_INT_MIN, _INT_MAX = -2**31, 2**31 - 1
+
+
+class Parameter(NamedTuple):
+    """A parameter we know, with its default as ``postconf -d`` shows it."""
+
+    name: str
+    default: str
+    kind: str = "str"  # "str", "int" or "time" (converted to seconds)
+    min: int | None = None
+    max: int | None = None
+
+
+def _cache_parameters(label: str) -> tuple[Parameter, ...]:
+    return (
+        Parameter(f"{label}_tls_session_cache_database", ""),
+        Parameter(f"{label}_tls_session_cache_timeout", "3600s", "time", 0, 8640000),
+        Parameter(f"{label}_tls_loglevel", "0"),
+    )
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("config_directory", DEFAULT_CONFIG_DIRECTORY),
+    Parameter("data_directory", "/var/lib/postfix"),
+    Parameter("queue_directory", "/var/spool/postfix"),
+    Parameter("daemon_directory", "/usr/lib/postfix/sbin"),
+    Parameter("mail_owner", "postfix"),
+    Parameter("multi_instance_name", ""),
+    Parameter("syslog_facility", "mail"),
+    Parameter("syslog_name", "${multi_instance_name?{$multi_instance_name}:{postfix}}"),
+    Parameter("maillog_file", ""),
+    Parameter("daemon_timeout", "18000s", "time", 1),
+    Parameter("ipc_timeout", "3600s", "time", 1),
+    Parameter("tls_random_source", "dev:/dev/urandom"),
+    Parameter("tls_random_bytes", "32", "int", 1),
+    Parameter("tls_random_exchange_name", "${data_directory}/prng_exch"),
+    Parameter("tls_random_prng_update_period", "3600s", "time", 1),
+    Parameter("tls_random_reseed_period", "3600s", "time", 1),
+    *(p for label in CACHE_LABELS for p in _cache_parameters(label)),
+    # Ours: the largest attribute-protocol message a client may send.
+    Parameter("tlsmgr_request_size_limit", "65536", "int", 65536),
+)
+
+_DEFAULTS = {p.name: p.default for p in PARAMETERS}
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The TLS session cache of one kind of client or server."""
+
+    label: str
+    database: str
+    timeout: int
+    loglevel: str
+    database_param: str
+    loglevel_param: str
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.database) and self.timeout > 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything tlsmgr reads from main.cf, expanded and converted."""
+
+    config_directory: str
+    data_directory: str
+    queue_directory: str
+    daemon_directory: str
+    mail_owner: str
+    tls_random_source: str
+    tls_random_bytes: int
+    tls_random_exchange_name: str
+    tls_random_prng_update_period: int
+    tls_random_reseed_period: int
+    caches: tuple[CacheSettings, ...]
+    daemon_timeout: int
+    ipc_timeout: int
+    syslog_facility: str
+    syslog_name: str
+    maillog_file: str
+    tlsmgr_request_size_limit: int
+    # Expanded text of every known parameter and of every name main.cf or
+    # -o defines, for messages and --show-config.
+    params: Mapping[str, str]
+
+    def cache(self, label: str) -> CacheSettings | None:
+        return next((c for c in self.caches if c.label == label), None)
+
+
+# --- main.cf syntax ------------------------------------------------------
+
+_SPACE = " \t\n\v\f\r"  # C isspace(): what Postfix skips around lines and '='
+_NAME_VALUE = re.compile(r"([^=\s]+)\s*=\s*(.*?)\s*", re.ASCII | re.DOTALL)
+
+
+def parse_main_cf(text: str, source: str) -> dict[str, str]:
+    """Return the raw, unexpanded ``name = value`` pairs in main.cf text.
+
+    A later definition wins, with a warning when it changes the value.
+    *source* names the file in diagnostics.  A line without '=' is fatal.
+    """
+    params: dict[str, str] = {}
+    for lineno, line in _logical_lines(text, source):
+        try:
+            name, value = _split_name_value(line)
+        except ValueError as err:
+            log.fatal('%s, line %d: %s: "%s"', source, lineno, err, line)
+        old = params.get(name)
+        if old is not None and old != value:
+            log.warn("%s, line %d: overriding earlier entry: %s=%s",
+                     source, lineno, name, old)
+        params[name] = value
+    return params
+
+
+def _logical_lines(text: str, source: str) -> list[tuple[int, str]]:
+    """Return (first line number, text) of each logical line, like readllines().
+
+    A line that starts with whitespace continues the one before: Postfix
+    appends it as it is, dropping only the newline.  Blank and comment
+    lines are skipped, so they do not end a continued line either.
+    """
+    logical: list[tuple[int, list[str]]] = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        content = line.lstrip(_SPACE)
+        if not content or content.startswith("#"):
+            continue
+        if logical and line[0] in _SPACE:
+            logical[-1][1].append(line)
+        else:
+            logical.append((lineno, [line]))
+    result = []
+    for lineno, parts in logical:
+        line = "".join(parts)
+        if line[0] in _SPACE:
+            # Only possible at the start of the file; Postfix skips it too.
+            log.warn('%s, line %d: logical line must not start with whitespace: "%s"',
+                     source, lineno, line)
+        else:
+            result.append((lineno, line))
+    return result
+
+
+def _split_name_value(text: str) -> tuple[str, str]:
+    """Split "name = value" like split_nameval(); ValueError says what is wrong."""
+    text = text.lstrip(_SPACE)
+    if not text or text[0] == "=":
+        raise ValueError("missing attribute name")
+    match = _NAME_VALUE.fullmatch(text)
+    if match is None:
+        raise ValueError("missing '=' after attribute name")
+    return match[1], match[2]
+
+
+# --- $name expansion -----------------------------------------------------
+
+_MACRO_SPACE = " \t\r\n"  # unlike isspace(), mac_expand() skips no \v or \f
+_MACRO_NAME = re.compile(r"[A-Za-z0-9_]*")
+# The inside of ${...}: a name, then the character that says what follows.
+_MACRO_BODY = re.compile(f"[{_MACRO_SPACE}]*([A-Za-z0-9_]*)[{_MACRO_SPACE}]*(.?)", re.DOTALL)
+# mac_expand()'s limit, which also stops reference loops such as a = $b, b = $a.
+_MAX_NESTING = 100
+
+
+class MacroError(ValueError):
+    """A value that mac_expand() would refuse; the text says why."""
+
+
+def expand(value: str, lookup: Callable[[str], str | None]) -> str:
+    """Expand the ``$name`` forms in *value* recursively, like mail_conf_eval().
+
+    *lookup* returns the raw value of a name, or None when it is undefined;
+    a value found is expanded in turn, and an undefined name becomes "".
+    Besides ``$name``, ``${name}``, ``$(name)`` and ``$$`` this knows
+    ``${name?text}`` (text when $name is non-empty), ``${name:text}`` (text
+    when it is empty or undefined) and both combined, with each text
+    optionally in braces.  Raises MacroError for bad syntax, for a reference
+    loop and for relational expressions and function calls, which tlsmgr
+    does not support.
+    """
+    return _Expansion(lookup).parse(value)
+
+
+class _Expansion:
+    """The state of one expansion: how deeply references are nested."""
+
+    def __init__(self, lookup: Callable[[str], str | None]):
+        self.lookup = lookup
+        self.depth = 0
+
+    def parse(self, text: str) -> str:
+        """Replace every reference in text by its value (mac_parse())."""
+        out = []
+        pos = 0
+        while (dollar := text.find("$", pos)) >= 0:
+            out.append(text[pos:dollar])
+            after = text[dollar + 1:dollar + 2]
+            if after == "$":
+                out.append("$")
+                pos = dollar + 2
+                continue
+            if after in ("{", "("):
+                end = _closing(text, dollar + 1)
+                if end is None:
+                    raise MacroError(f'truncated macro reference: "{text}"')
+                body, pos = text[dollar + 2:end], end + 1
+            else:
+                body = _MACRO_NAME.match(text, dollar + 1)[0]
+                pos = dollar + 1 + len(body)
+            if not body:
+                raise MacroError(f'empty macro name: "{text}"')
+            out.append(self.evaluate(body))
+        out.append(text[pos:])
+        return "".join(out)
+
+    def evaluate(self, body: str) -> str:
+        """Return the value of the reference ${body}."""
+        if self.depth > _MAX_NESTING:
+            raise MacroError(f'unreasonable macro call nesting: "{body}"')
+        self.depth += 1
+        match = _MACRO_BODY.match(body)
+        name, operator = match.groups()
+        rest = body[match.end():]
+        if operator == "{":
+            raise MacroError(f'unsupported relational expression or function call: "{body}"')
+        if operator not in ("", "?", ":"):
+            raise MacroError(f'attribute name syntax error: "{body}"')
+        value = self.lookup(name)
+        if operator == "":
+            result = self.parse(value) if value else ""
+        else:
+            if_set = ""
+            if operator == "?":
+                if_set, rest = _operand(rest)
+                if rest and rest[0] != ":":
+                    raise MacroError(f'":" expected at: "{rest}"')
+                rest = rest[1:]
+            if_unset, rest = _operand(rest)
+            if rest:
+                raise MacroError(f'unexpected input at: "{rest}"')
+            # Only the text that is used is expanded, as in Postfix.
+            result = self.parse(if_set if value else if_unset)
+        self.depth -= 1
+        return result
+
+
+def _closing(text: str, start: int) -> int | None:
+    """Index of the bracket that closes text[start], counting only its kind."""
+    opening = text[start]
+    closing = ")" if opening == "(" else "}"
+    level = 0
+    for index in range(start, len(text)):
+        if text[index] == opening:
+            level += 1
+        elif text[index] == closing:
+            level -= 1
+            if level == 0:
+                return index
+    return None
+
+
+def _operand(text: str) -> tuple[str, str]:
+    """Split the text of a '?' or ':' part from what follows it.
+
+    In braces, the text ends at the matching brace; otherwise it is all
+    of the rest, so ``${name?a:b}`` means "a:b" as in Postfix.
+    """
+    stripped = text.lstrip(_MACRO_SPACE)
+    if not stripped.startswith("{"):
+        return text, ""
+    end = _closing(stripped, 0)
+    if end is None:
+        raise MacroError(f'unbalanced {{}} in attribute expression: "{stripped}"')
+    return stripped[1:end], stripped[end + 1:].lstrip(_MACRO_SPACE)
+
+
+# --- typed values --------------------------------------------------------
+
+_LEADING_INTEGER = re.compile(f"[{_SPACE}]*[+-]?[0-9]+")
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+# Stock wording: mail_conf_int() and mail_conf_time() report ranges differently.
+_RANGE_ERRORS = {
+    "int": ("invalid %s parameter value %d < %d", "invalid %s parameter value %d > %d"),
+    "time": ("invalid %s: %d (min %d)", "invalid %s: %d (max %d)"),
+}
+
+
+def _strtol(text: str) -> tuple[int | None, str]:
+    """Split text like strtol(3): the leading number (None if none) and the rest."""
+    match = _LEADING_INTEGER.match(text)
+    if match is None:
+        return None, text
+    return int(match[0]), text[match.end():]
+
+
+def _seconds(text: str) -> int | None:
+    """Convert a time value like conv_time(); None if it is bad."""
+    if not text:
+        return None
+    number, rest = _strtol(text)
+    if number is None:
+        # strtol() took nothing, so conv_time() reads the unit from the very
+        # start: a lone "s" (or "h", ...) is a valid zero.
+        number = 0
+    # Only the character right after the number counts; without one the
+    # unit is seconds, the unit of every time parameter's default here.
+    multiplier = _TIME_UNITS.get(rest[:1] or "s")
+    if multiplier is None or not 0 <= number <= _INT_MAX:
+        return None
+    seconds = number * multiplier
+    return seconds if seconds <= _INT_MAX else None
+
+
+def _convert(param: Parameter, value: str) -> str | int:
+    """Return the typed value of a parameter, or exit with Postfix's message."""
+    if param.kind == "str":
+        return value
+    if param.kind == "time":
+        number = _seconds(value)
+        if number is None:
+            log.fatal("parameter %s: bad time value or unit: %s (expected a number"
+                      " with an optional unit s, m, h, d or w)", param.name, value)
+    else:
+        number, rest = _strtol(value)
+        if number is None or rest or not _INT_MIN <= number <= _INT_MAX:
+            log.fatal("bad numerical configuration: %s = %s (expected an integer)",
+                      param.name, value)
+    too_small, too_large = _RANGE_ERRORS[param.kind]
+    if param.min is not None and number < param.min:
+        log.fatal(too_small, param.name, number, param.min)
+    if param.max is not None and number > param.max:
+        log.fatal(too_large, param.name, number, param.max)
+    return number
+
+
+def _cache_settings(label: str, typed: Mapping[str, str | int]) -> CacheSettings:
+    database_param = f"{label}_tls_session_cache_database"
+    loglevel_param = f"{label}_tls_loglevel"
+    # As stock tlsmgr_pre_init(): a short lifetime is raised to the minimum,
+    # and 0 (the smallest value conv_time() allows) disables the cache.
+    timeout = typed[f"{label}_tls_session_cache_timeout"]
+    if 0 < timeout < TLS_SESSION_LIFEMIN:
+        timeout = TLS_SESSION_LIFEMIN
+    return CacheSettings(label, typed[database_param], timeout, typed[loglevel_param],
+                         database_param, loglevel_param)
+
+
+def load(config_directory: str | None = None, overrides: Sequence[str] = (),
+         environ: Mapping[str, str] = os.environ) -> Config:
+    """Read main.cf and apply ``-o name=value`` overrides, later ones winning.
+
+    The directory is *config_directory*, else $MAIL_CONFIG, else
+    /etc/postfix; without a main.cf there, the defaults apply.  Every
+    error is fatal: it is logged and log.Fatal raised.
+    """
+    directory = config_directory or environ.get("MAIL_CONFIG") or DEFAULT_CONFIG_DIRECTORY
+    path = os.path.join(directory, "main.cf")
+    try:
+        with open(path, "rb") as file:
+            # Postfix treats main.cf as bytes; keep undecodable ones for paths.
+            text = os.fsdecode(file.read())
+    except FileNotFoundError:
+        text = ""
+    except OSError as err:
+        log.fatal("cannot read %s: %s", path, err.strerror)
+
+    settings = _DEFAULTS | parse_main_cf(text, path)
+    for override in overrides:
+        try:
+            name, value = _split_name_value(override)
+        except ValueError as err:
+            log.fatal('invalid "-o %s" option value: %s', override, err)
+        settings[name] = value
+    # Like the stock server skeleton, set these last: neither main.cf nor -o
+    # can change them.
+    settings |= {"config_directory": directory, "process_name": "tlsmgr",
+                 "service_name": "tlsmgr", "process_id": str(os.getpid())}
+
+    params: dict[str, str] = {}
+    for name, value in settings.items():
+        try:
+            params[name] = expand(value, settings.get)
+        except MacroError as err:
+            # Stock tlsmgr never evaluates the parameters it does not use,
+            # so a value meant for another daemon must not stop this one.
+            if name in _DEFAULTS:
+                log.fatal("parameter %s: %s", name, err)
+
+    typed = {p.name: _convert(p, params[p.name]) for p in PARAMETERS}
+    field_names = {field.name for field in dataclasses.fields(Config)}
+    return Config(caches=tuple(_cache_settings(label, typed) for label in CACHE_LABELS),
+                  params=MappingProxyType(params),
+                  **{name: value for name, value in typed.items() if name in field_names})
