@@ -3,10 +3,19 @@
 import base64
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tlsmgr.attr import (AttrError, Decoder, MessageTooLarge, decode_data,
-                         decode_data_prefix, decode_int, encode, encode_int)
+from tlsmgr.attr import (
+    AttrError,
+    Decoder,
+    MessageTooLarge,
+    decode_data,
+    decode_data_prefix,
+    decode_int,
+    encode,
+    encode_int,
+)
 
 SEED_REQUEST = b"request\0seed\0size\x0032\0\0"
 

@@ -4,12 +4,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 
 import pytest
-
 from harness import PYTHON, start_ours, wait_for
+
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.tickets import KEY_SIZE

@@ -112,7 +112,7 @@ def test_both_clocks_are_mixed_in(clock, monkeypatch):
     outputs = []
     for tick in (1, 2, 1):
         clocks = {"time_ns": lambda: 10**18, "monotonic_ns": lambda: 10**9}
-        clocks[clock] = lambda: tick
+        clocks[clock] = lambda tick=tick: tick
         monkeypatch.setattr(prng, "time", SimpleNamespace(**clocks))
         pool = seeded()
         pool.mix_time()

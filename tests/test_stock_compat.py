@@ -10,10 +10,10 @@ import os
 import socket
 
 import pytest
-
-from harness import start_ours, start_stock, stock_available
-from tlsmgr.attr import Decoder, decode_data, encode
 from conftest import require
+from harness import start_ours, start_stock, stock_available
+
+from tlsmgr.attr import Decoder, decode_data, encode
 
 pytestmark = pytest.mark.postfix
 
@@ -54,7 +54,7 @@ def exchange(path, *requests, timeout=3.0):
                     return replies + ["closed"]
                 messages = decoder.feed(data)
             replies.append(messages[0])
-    except socket.timeout:
+    except TimeoutError:
         replies.append("no reply")
     finally:
         sock.close()

@@ -67,7 +67,7 @@ def test_incremental_expire_removes_only_old_entries(store):
 def test_expire_survives_updates_between_steps(store):
     for i in range(300):
         store.put(b"k%03d" % i, Entry(100, b"x"))
-    removed, done = store.expire(150, 50)
+    _, done = store.expire(150, 50)
     store.put(b"k299", Entry(300, b"fresh"))
     store.delete(b"k100")
     while not done:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import binascii
 import re
-from typing import Iterable, Union
+from collections.abc import Iterable
 
 Message = tuple[tuple[bytes, bytes], ...]
-Value = Union[str, bytes, int]
+Value = str | bytes | int
 
 DEFAULT_MAX_SIZE = 65536
 

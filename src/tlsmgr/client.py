@@ -22,7 +22,7 @@ class Reply(dict):
     """A reply's attributes by name (raw bytes), with typed accessors."""
 
     @classmethod
-    def from_message(cls, message: Message) -> "Reply":
+    def from_message(cls, message: Message) -> Reply:
         return cls((name.decode("ascii", "replace"), value) for name, value in message)
 
     def int(self, name: str) -> int:
@@ -53,7 +53,7 @@ class TlsmgrClient:
             self.sock.connect(path)
         except OSError as err:
             self.sock.close()
-            raise ClientError("connect to %s: %s" % (path, err.strerror or err))
+            raise ClientError("connect to %s: %s" % (path, err.strerror or err)) from None
         if self.receive() != HANDSHAKE_MESSAGE:
             self.close()
             raise ClientError("%s is not a tlsmgr server: bad handshake" % path)
@@ -77,7 +77,7 @@ class TlsmgrClient:
             try:
                 data = self.sock.recv(65536)
             except OSError as err:
-                raise ClientError("read from %s: %s" % (self.path, err.strerror or err))
+                raise ClientError("read from %s: %s" % (self.path, err.strerror or err)) from None
             if not data:
                 raise ClientError("%s closed the connection" % self.path)
             pending = self.decoder.feed(data)

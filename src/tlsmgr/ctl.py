@@ -36,7 +36,7 @@ def parse_hex_or_text(value: str) -> bytes:
         try:
             return bytes.fromhex(value[4:])
         except ValueError:
-            raise argparse.ArgumentTypeError("bad hex after hex: in %r" % value)
+            raise argparse.ArgumentTypeError("bad hex after hex: in %r" % value) from None
     return value.encode()
 
 
@@ -44,7 +44,7 @@ def keyname(value: str) -> bytes:
     try:
         name = bytes.fromhex(value)
     except ValueError:
-        raise argparse.ArgumentTypeError("key name must be hex (32 digits): %r" % value)
+        raise argparse.ArgumentTypeError("key name must be hex (32 digits): %r" % value) from None
     return name
 
 

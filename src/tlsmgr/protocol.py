@@ -18,7 +18,7 @@ read from its start.  Two deliberate differences follow from that:
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from . import log
 from .attr import Message, decode_data, decode_data_prefix, decode_int, encode
@@ -61,7 +61,7 @@ def printable(text: bytes) -> str:
 class Reply:
     """What to send back, and whether to close the connection after."""
 
-    __slots__ = ("data", "close")
+    __slots__ = ("close", "data")
 
     def __init__(self, data: bytes = b"", close: bool = False):
         self.data = data
@@ -171,7 +171,7 @@ class Tlsmgr:
         (values, ok) = self._scan(message, 1, (("cache_type", Kind.STR),
                                                ("cache_id", Kind.STR)))
         if ok:
-            known, cache = self._cache(values[0], "lookup")
+            _, cache = self._cache(values[0], "lookup")
             if cache is not None:
                 found = cache.lookup(values[1])
                 status, session = (STAT_ERR, b"") if found is None else (STAT_OK, found)
@@ -183,7 +183,7 @@ class Tlsmgr:
                                                ("cache_id", Kind.STR),
                                                ("session", Kind.DATA)))
         if ok:
-            known, cache = self._cache(values[0], "update")
+            _, cache = self._cache(values[0], "update")
             if cache is not None:
                 status = STAT_OK if cache.update(values[1], values[2]) else STAT_ERR
         return _status(status)
@@ -193,7 +193,7 @@ class Tlsmgr:
         (values, ok) = self._scan(message, 1, (("cache_type", Kind.STR),
                                                ("cache_id", Kind.STR)))
         if ok:
-            known, cache = self._cache(values[0], "delete")
+            _, cache = self._cache(values[0], "delete")
             if cache is not None:
                 status = STAT_OK if cache.delete(values[1]) else STAT_ERR
         return _status(status)

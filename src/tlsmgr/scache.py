@@ -11,7 +11,7 @@ waits for it.  The bytes of a session are never interpreted.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import log
 from .stores import Entry, Store, StoreError

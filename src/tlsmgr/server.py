@@ -42,7 +42,7 @@ def describe_peer(sock: socket.socket | None) -> str:
 class Connection(asyncio.Protocol):
     """One client connection: a stream of requests, answered in order."""
 
-    def __init__(self, server: "Server"):
+    def __init__(self, server: Server):
         self.server = server
         self.decoder = Decoder(server.request_size_limit)
         self.transport: asyncio.Transport | None = None

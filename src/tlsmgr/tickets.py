@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 NAME_LENGTH = 16
 CIPHER_KEY_LENGTH = 32
@@ -38,7 +38,7 @@ class TicketKey:
         return _LAYOUT.pack(self.name, self.cipher_key, self.hmac_key, self.expires)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "TicketKey":
+    def unpack(cls, data: bytes) -> TicketKey:
         return cls(*_LAYOUT.unpack(data))
 
 

@@ -38,13 +38,14 @@ class LmdbStore(Store):
             except FileNotFoundError:
                 pass
             except OSError as err:
-                raise StoreError("cannot remove old cache file %s: %s" % (stale, err.strerror))
+                raise StoreError("cannot remove old cache file %s: %s"
+                                 % (stale, err.strerror)) from None
         try:
             self._env = lmdb.open(self.path, subdir=False, map_size=_INITIAL_MAP_SIZE,
                                   sync=False, metasync=False, readahead=False,
                                   max_dbs=0, mode=0o600)
         except lmdb.Error as err:
-            raise StoreError("cannot open cache file %s: %s" % (self.path, err))
+            raise StoreError("cannot open cache file %s: %s" % (self.path, err)) from None
         self._max_key = self._env.max_key_size()
         self._cleanup_from: bytes | None = None
 
@@ -61,7 +62,7 @@ class LmdbStore(Store):
                     return None
                 return Entry(_STAMP.unpack_from(value)[0], bytes(value[_STAMP.size:]))
         except lmdb.Error as err:
-            raise StoreError("%s: %s" % (self.path, err))
+            raise StoreError("%s: %s" % (self.path, err)) from None
 
     def _write(self, operation):
         # LMDB's map has a fixed size: when it fills up, double it and retry.
@@ -72,7 +73,7 @@ class LmdbStore(Store):
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
             except lmdb.Error as err:
-                raise StoreError("%s: %s" % (self.path, err))
+                raise StoreError("%s: %s" % (self.path, err)) from None
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         value = _STAMP.pack(entry.timestamp) + entry.session
