@@ -214,3 +214,26 @@ def test_ctl_without_a_server_says_so(tmp_path):
     assert result.returncode == 2
     assert "tlsmgr-ctl: error: connect to" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cache_outside_a_mail_owner_directory_is_redirected(tmp_path):
+    # /tmp belongs to root: neither to mail_owner (when we run as root) nor
+    # to us (when we do not), so a cache file there is redirected.
+    data = tmp_path / "data"
+    data.mkdir()
+    name = "tlsmgr-test-%d_scache" % os.getpid()
+    owner = "postfix" if os.geteuid() == 0 else None
+    params = dict(data_directory=data, smtpd_tls_session_cache_database="btree:/tmp/" + name)
+    if owner:
+        params["mail_owner"] = owner
+    started = start_ours(tmp_path, **params)
+    try:
+        with TlsmgrClient(str(started.socket_path)) as client:
+            assert client.update("smtpd", "id", b"s") == 0
+        assert (data / (name + ".lmdb")).exists()
+        assert not os.path.exists("/tmp/%s.lmdb" % name)
+        assert ("request to update table btree:/tmp/%s in non-" % name) in started.log
+        assert "directory /tmp" in started.log
+        assert "redirecting the request to" in started.log
+    finally:
+        started.stop()
