@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 from harness import PYTHON, start_ours, wait_for
@@ -235,5 +236,48 @@ def test_cache_outside_a_mail_owner_directory_is_redirected(tmp_path):
         assert ("request to update table btree:/tmp/%s in non-" % name) in started.log
         assert "directory /tmp" in started.log
         assert "redirecting the request to" in started.log
+    finally:
+        started.stop()
+
+
+def test_oversized_request_is_refused_and_the_connection_closed(daemon):
+    sock = raw_connection(daemon.socket_path)
+    decoder = Decoder()
+    read_message(sock, decoder)
+    huge = encode([("request", "update"), ("cache_type", "smtpd"), ("cache_id", "big"),
+                   ("session", b"x" * 70000)])
+    try:
+        sock.sendall(huge)
+    except (BrokenPipeError, ConnectionResetError):
+        pass                                  # closed while we were still sending
+    received = b""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        received += data
+    sock.close()
+    assert received == b"status\x004294967294\0\0"
+    wait_for(lambda: "exceeds tlsmgr_request_size_limit (65536 bytes)" in daemon.log,
+             what="the warning")
+    assert "client pid %d uid %d" % (os.getpid(), os.getuid()) in daemon.log
+    with TlsmgrClient(str(daemon.socket_path)) as client:     # others unaffected
+        assert client.lookup("smtpd", "big") == (-1, b"")
+
+
+def test_idle_connection_is_closed_after_ipc_timeout(tmp_path):
+    started = start_ours(tmp_path, data_directory=tmp_path, ipc_timeout="1s")
+    try:
+        sock = raw_connection(started.socket_path)
+        decoder = Decoder()
+        read_message(sock, decoder)
+        begin = time.monotonic()
+        assert sock.recv(100) == b""
+        assert 0.5 < time.monotonic() - begin < 4
+        assert "timeout while waiting for data from client pid" in started.log
+        sock.close()
     finally:
         started.stop()

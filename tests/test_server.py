@@ -1,0 +1,56 @@
+"""The server in-process: cleanup interleaves with requests."""
+
+import asyncio
+import os
+
+from tlsmgr.attr import Decoder, encode
+from tlsmgr.prng import Prng
+from tlsmgr.protocol import Tlsmgr
+from tlsmgr.scache import SessionCache
+from tlsmgr.server import Server
+from tlsmgr.stores import Entry
+from tlsmgr.stores.memory import MemoryStore
+from tlsmgr.tickets import TicketKeyRing
+
+
+def test_requests_are_answered_while_a_long_cleanup_runs(tmp_path):
+    now = [1_000_000]
+    cache = SessionCache("smtpd", MemoryStore(), 3600, clock=lambda: now[0])
+    for i in range(200_000):
+        cache.store.put(b"old%d" % i, Entry(now[0], b"s"))
+    now[0] += 3601                              # all of them expired
+    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
+    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
+                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
+                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
+    server = Server(tlsmgr, prng, [cache], ipc_timeout=60, request_size_limit=65536)
+    path = str(tmp_path / "sock")
+
+    async def scenario():
+        serving = asyncio.create_task(server.serve(socket_paths=[path]))
+        while not os.path.exists(path):
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_unix_connection(path)
+        decoder = Decoder()
+
+        async def reply():
+            while True:
+                messages = decoder.feed(await reader.read(65536))
+                if messages:
+                    return messages[0]
+
+        await reply()                           # handshake
+        assert cache.cleanup_active             # the start-up pass is running
+        writer.write(encode([("request", "policy"), ("cache_type", "smtpd")]))
+        assert (await reply())[0] == (b"status", b"0")
+        left_when_answered = len(cache.store)
+        while cache.cleanup_active:
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.stop()
+        assert await serving == 0
+        return left_when_answered
+
+    left_when_answered = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert left_when_answered > 0               # answered before the pass ended
+    assert len(cache.store) == 0                # and the pass did finish
