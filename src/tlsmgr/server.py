@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import stat
+import struct
 import time
 
 from . import log
@@ -27,13 +28,14 @@ from .prng import MustExit, Prng
 from .protocol import HANDSHAKE, STAT_FAIL, Tlsmgr, encode
 from .scache import SessionCache
 
+_PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
+
 
 def describe_peer(sock: socket.socket | None) -> str:
-    """'pid N uid N' of a UNIX-domain peer, for our own warnings."""
+    """'client pid N uid N' of a UNIX-domain peer, for our own warnings."""
     try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        pid, uid, _gid = int.from_bytes(creds[0:4], "little"), \
-            int.from_bytes(creds[4:8], "little"), int.from_bytes(creds[8:12], "little")
+        pid, uid, _ = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         return "client pid %d uid %d" % (pid, uid)
     except (AttributeError, OSError):
         return "client"
