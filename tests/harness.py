@@ -7,6 +7,7 @@ whatever happened in between; every wait is bounded.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -95,24 +96,17 @@ def stock_available() -> bool:
     return os.path.exists(STOCK_TLSMGR) and os.geteuid() == 0
 
 
-def start_stock(workdir: Path, **params) -> Daemon:
-    """Postfix's own tlsmgr, started as master(8) starts it: the listening
-    socket on fd 6, the status pipe on fd 5, config from MAIL_CONFIG.
+def start_as_master_does(command, workdir: Path, name: str, env=None, args=(),
+                         **params) -> Daemon:
+    """Start a daemon as master(8) starts one: the listening socket on fd 6,
+    the status pipe on fd 5, config from MAIL_CONFIG, stdin not a terminal.
 
-    It opens its files as mail_owner, so every directory above workdir
-    must let that user through.
+    The daemon writes its 12-byte status messages to the pipe; the reading
+    end stays with the test as ``daemon.status_read``: closing it tells the
+    daemon that master is gone.
     """
-    for parent in [workdir, *workdir.parents]:
-        if parent.stat().st_uid == os.geteuid():
-            parent.chmod(parent.stat().st_mode | 0o011)
-    queue = workdir / "queue"
-    data = workdir / "data"
-    queue.mkdir(parents=True, exist_ok=True)
-    data.mkdir(parents=True, exist_ok=True)
-    shutil.chown(data, "postfix")
-    params = dict(queue_directory=queue, data_directory=data, **params)
     conf = write_main_cf(workdir / "conf", **params)
-    socket_path = workdir / "stock.sock"
+    socket_path = workdir / (name + ".sock")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(socket_path))
     listener.listen(128)
@@ -125,15 +119,53 @@ def start_stock(workdir: Path, **params) -> Daemon:
         os.dup2(status, 5)
         os.dup2(listen, 6)
 
-    log_path = workdir / "stock.log"
-    env = {"MAIL_CONFIG": str(conf), "GENERATION": "1", "PATH": "/usr/bin:/bin"}
+    log_path = workdir / (name + ".log")
+    environment = {"MAIL_CONFIG": str(conf), "GENERATION": "1", "PATH": "/usr/bin:/bin"}
+    environment.update(env or {})
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([STOCK_TLSMGR, "-l", "-n", "tlsmgr", "-t", "unix"],
+        process = subprocess.Popen([*command, "-l", "-n", "tlsmgr", "-t", "unix", *args],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   preexec_fn=as_master_does, close_fds=False, env=env)
+                                   preexec_fn=as_master_does, close_fds=False,
+                                   env=environment)
     listener.close()
     os.close(status_write)
     daemon = Daemon(process, socket_path, log_path)
     daemon.status_read = status_read
+    return daemon
+
+
+def postfix_dirs(workdir: Path) -> dict:
+    """queue_directory and data_directory for a daemon that, as root, opens
+    its files as mail_owner: every directory above them must let that user
+    through, and data_directory must be the mail owner's."""
+    for parent in [workdir, *workdir.parents]:
+        if parent.stat().st_uid == os.geteuid():
+            parent.chmod(parent.stat().st_mode | 0o011)
+    queue = workdir / "queue"
+    data = workdir / "data"
+    queue.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(data, "postfix")
+    return dict(queue_directory=queue, data_directory=data)
+
+
+def start_stock(workdir: Path, **params) -> Daemon:
+    """Postfix's own tlsmgr, as master(8) starts it."""
+    daemon = start_as_master_does([STOCK_TLSMGR], workdir, "stock",
+                                  **postfix_dirs(workdir), **params)
     wait_for(daemon.connectable, what="the stock tlsmgr to listen")
+    return daemon
+
+
+def start_ours_as_master_does(workdir: Path, *, wait=True, env=None, args=(),
+                              **params) -> Daemon:
+    """This daemon, as master(8) starts it (with -V: log lines on stderr too)."""
+    params = {**postfix_dirs(workdir), **params}
+    if os.geteuid() != 0:
+        params.setdefault("mail_owner", pwd.getpwuid(os.geteuid()).pw_name)
+    daemon = start_as_master_does([PYTHON, "-m", "tlsmgr.daemon", "-V", *args], workdir,
+                                  "ours", env=env, **params)
+    if wait:
+        wait_for(daemon.connectable, what="tlsmgr to listen")
     return daemon

@@ -384,12 +384,13 @@ def _cache_settings(label: str, typed: Mapping[str, str | int]) -> CacheSettings
 
 
 def load(config_directory: str | None = None, overrides: Sequence[str] = (),
-         environ: Mapping[str, str] = os.environ) -> Config:
+         environ: Mapping[str, str] = os.environ, service_name: str = "tlsmgr") -> Config:
     """Read main.cf and apply ``-o name=value`` overrides, later ones winning.
 
-    The directory is *config_directory*, else $MAIL_CONFIG, else
-    /etc/postfix; without a main.cf there, the defaults apply.  Every
-    error is fatal: it is logged and log.Fatal raised.
+    *service_name* is the master.cf service name (``-n``).  The directory
+    is *config_directory*, else $MAIL_CONFIG, else /etc/postfix; without a
+    main.cf there, the defaults apply.  Every error is fatal: it is logged
+    and log.Fatal raised.
     """
     directory = config_directory or environ.get("MAIL_CONFIG") or DEFAULT_CONFIG_DIRECTORY
     path = os.path.join(directory, "main.cf")
@@ -412,7 +413,7 @@ def load(config_directory: str | None = None, overrides: Sequence[str] = (),
     # Like the stock server skeleton, set these last: neither main.cf nor -o
     # can change them.
     settings |= {"config_directory": directory, "process_name": "tlsmgr",
-                 "service_name": "tlsmgr", "process_id": str(os.getpid())}
+                 "service_name": service_name, "process_id": str(os.getpid())}
 
     params: dict[str, str] = {}
     for name, value in settings.items():

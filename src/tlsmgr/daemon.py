@@ -6,8 +6,10 @@ cache files, and only then start serving.  A cache file or exchange file
 in a directory not owned by mail_owner is redirected into data_directory
 with a warning, as tlsmgr(8) describes.
 
-Stand-alone mode (``--listen PATH``) serves a UNIX socket in the
-foreground and logs to stderr.
+Under master(8) it is started with the generic daemon options and runs
+as Postfix's multi_server skeleton does (master.py).  Stand-alone mode
+(``--listen PATH``) serves a UNIX socket in the foreground and logs to
+stderr.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import argparse
 import asyncio
 import os
 import pwd
+import signal
+import socket
 import sys
 
-from . import __version__, config, log
+from . import __version__, config, log, master
+from .attr import Decoder
 from .prng import Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache, logs_cache_activity
@@ -92,9 +97,8 @@ def open_caches(cfg: config.Config, uid: int) -> dict[str, SessionCache | None]:
     return caches
 
 
-def build_server(cfg: config.Config) -> Server:
+def build_server(cfg: config.Config, uid: int, **server_options) -> Server:
     """The stock daemon's pre-init: open everything, then make the server."""
-    uid = owner_uid(cfg)
     exchange = cfg.tls_random_exchange_name
     if exchange:
         exchange = redirect_to_data_directory(exchange, "file", exchange, cfg, uid)
@@ -102,37 +106,170 @@ def build_server(cfg: config.Config) -> Server:
                 cfg.tls_random_reseed_period, cfg.tls_random_prng_update_period)
     caches = open_caches(cfg, uid)
     tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches},
-                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
+                    prng.random_bytes, TicketKeyRing(prng.random_bytes),
+                    peer="%s socket" % cfg.params["service_name"])
     return Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
-                  cfg.ipc_timeout, cfg.tlsmgr_request_size_limit)
+                  cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, **server_options)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Option errors are fatal errors, logged like any other."""
+
+    def error(self, message):
+        log.fatal("%s", message)
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tlsmgr",
-        description="Postfix TLS session cache and PRNG manager (a drop-in tlsmgr(8)).",
+        description="Postfix TLS session cache and PRNG manager (a drop-in tlsmgr(8)). "
+                    "master(8) starts it with the generic daemon options; --listen "
+                    "runs it stand-alone.",
         epilog="Configuration is read from main.cf in $MAIL_CONFIG (default "
                "/etc/postfix); without main.cf, built-in defaults apply.")
-    parser.add_argument("--listen", metavar="PATH", required=True,
+    parser.add_argument("--listen", metavar="PATH",
                         help="serve on a UNIX-domain socket at PATH, in the foreground, "
                              "logging to stderr (stand-alone mode)")
     parser.add_argument("-o", dest="overrides", metavar="name=value", action="append",
                         default=[], help="override a main.cf parameter (repeatable)")
     parser.add_argument("-v", dest="verbose", action="count", default=0,
                         help="more verbose logging (repeatable)")
-    parser.add_argument("-V", "--version", action="version",
-                        version="tlsmgr " + __version__)
+    parser.add_argument("-V", dest="stderr", action="store_true",
+                        help="also log to stderr")
+    generic = parser.add_argument_group(
+        "generic daemon options (master(5)), as master(8) passes them")
+    generic.add_argument("-c", dest="chroot", action="store_true",
+                         help="chroot to queue_directory after start-up")
+    generic.add_argument("-d", dest="foreground", action="store_true",
+                         help="do not insist that stdin is not a terminal")
+    generic.add_argument("-D", dest="debug", action="store_true",
+                         help="accepted for compatibility; no debugger is started")
+    generic.add_argument("-i", dest="max_idle", metavar="TIME",
+                         help="accepted; tlsmgr never exits when idle")
+    generic.add_argument("-l", dest="solitary", action="store_true",
+                         help="the process limit is 1 (required: tlsmgr is solitary)")
+    generic.add_argument("-m", dest="max_use", metavar="COUNT",
+                         help="accepted; tlsmgr never exits after a number of clients")
+    generic.add_argument("-n", dest="service", metavar="NAME", default="tlsmgr",
+                         help="the master.cf service name")
+    generic.add_argument("-s", dest="socket_count", metavar="COUNT", type=int, default=1,
+                         help="the number of listening sockets, from fd 6 on")
+    generic.add_argument("-S", dest="single", action="store_true",
+                         help="serve one request on stdin, reply on stdout")
+    generic.add_argument("-t", dest="transport", metavar="TYPE",
+                         help="the transport type of the sockets: unix or inet")
+    generic.add_argument("-u", dest="unprivileged", action="store_true",
+                         help="run as mail_owner after start-up")
+    generic.add_argument("-z", dest="zero_limit", action="store_true",
+                         help="accepted for compatibility")
+    parser.add_argument("--version", action="version", version="tlsmgr " + __version__)
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def mail_task(cfg: config.Config) -> str:
+    """The log tag, as Postfix's mail_task(): MAIL_LOGTAG or syslog_name, then /tlsmgr."""
+    return "%s/tlsmgr" % (os.environ.get("MAIL_LOGTAG") or cfg.syslog_name)
+
+
+def setup_master_logging(cfg: config.Config, args) -> None:
+    """syslog, or postlogd when maillog_file is set; stderr too with -V."""
+    tag = mail_task(cfg)
+    if cfg.maillog_file:
+        prefixes = cfg.params.get("maillog_file_prefixes", "/var, /dev/stdout")
+        if not any(cfg.maillog_file.startswith(p)
+                   for p in prefixes.replace(",", " ").split()):
+            log.fatal("maillog_file value '%s' does not match any prefix in "
+                      "maillog_file_prefixes", cfg.maillog_file)
+        path = os.path.join(cfg.queue_directory, "public",
+                            cfg.params.get("postlog_service_name", "postlog"))
+        hostname = cfg.params.get("myhostname") or socket.gethostname()
+        handlers = [log.PostlogHandler(tag, hostname, path)]
+    else:
+        facility = log.facility_code(cfg.syslog_facility)
+        if facility is None:
+            log.fatal("invalid syslog_facility: %s", cfg.syslog_facility)
+        handlers = [log.SyslogHandler(tag, facility)]
+    if args.stderr:
+        handlers.append(log.stderr_handler(tag))
+    log.setup(handlers)
+
+
+def serve_one_request(server: Server) -> int:
+    """-S: one request on stdin, its reply on stdout, as multi_server does."""
+    decoder = Decoder(server.request_size_limit)
+    messages = []
+    while not messages:
+        data = os.read(0, 65536)
+        if not data:
+            log.warn("end-of-input while reading request from stdin")
+            break
+        messages = decoder.feed(data)
+    for message in messages[:1]:
+        os.write(1, server.tlsmgr.handle(message).data)
+    server.prng.save()
+    return 0
+
+
+def run_under_master(args) -> int:
+    """Start-up in the order of Postfix's multi_server_main()."""
+    log.setup([log.SyslogHandler("postfix/tlsmgr", log.facility_code("mail"))])
+    cfg = config.load(overrides=args.overrides, service_name=args.service)
+    setup_master_logging(cfg, args)
+    log.verbose = args.verbose
+    if not args.single:
+        if args.transport is None:
+            log.fatal("no transport type specified")
+        if args.transport not in ("unix", "inet"):
+            log.fatal("unsupported transport type: %s", args.transport)
+        if not args.solitary:
+            log.fatal("service %s requires a process limit of 1", args.service)
+        if args.socket_count <= 0:
+            log.fatal("invalid socket_count: %d", args.socket_count)
+        if not args.foreground and os.isatty(0):
+            log.fatal("do not run this command by hand")
+    generation = master.parse_generation(os.environ.get("GENERATION"))
+    try:
+        os.chdir(cfg.queue_directory)
+    except OSError as err:
+        log.fatal('chdir("%s"): %s', cfg.queue_directory, err.strerror)
+
+    # Pre-jail: open the entropy source, exchange file and caches, as
+    # mail_owner when we are root, so that the files belong to Postfix.
+    if os.geteuid() == 0:
+        uid, gid = master.mail_owner_ids(cfg.mail_owner)
+        with master.effective_ids(uid, gid):
+            server = build_server(cfg, uid)
+    else:
+        server = build_server(cfg, os.geteuid())
+    if args.single:
+        return serve_one_request(server)
+    sockets = [socket.socket(fileno=fd)
+               for fd in range(master.LISTEN_FD, master.LISTEN_FD + args.socket_count)]
+    server.master = master.StatusChannel(generation)
+    server.watchdog = master.Watchdog(cfg.daemon_timeout)
+    master.preload_modules()
+    master.enter_jail(cfg.queue_directory if args.chroot else None,
+                      cfg.mail_owner if args.unprivileged else None)
+    return asyncio.run(server.serve(sockets=sockets))
+
+
+def run_standalone(args) -> int:
     log.setup_stderr("tlsmgr")
     log.verbose = args.verbose
+    cfg = config.load(overrides=args.overrides)
+    server = build_server(cfg, owner_uid(cfg))
+    return asyncio.run(server.serve(socket_paths=[args.listen]))
+
+
+def main(argv=None) -> int:
+    # Postfix daemons ignore SIGPIPE: a client that goes away is no reason to die.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    log.setup_stderr("tlsmgr")
     try:
-        cfg = config.load(overrides=args.overrides)
-        server = build_server(cfg)
-        return asyncio.run(server.serve(socket_paths=[args.listen]))
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        if args.listen:
+            return run_standalone(args)
+        return run_under_master(args)
     except log.Fatal:
         return 1
 

@@ -24,6 +24,7 @@ import time
 
 from . import log
 from .attr import Decoder, MessageTooLarge
+from .master import StatusChannel, Watchdog
 from .prng import MustExit, Prng
 from .protocol import HANDSHAKE, STAT_FAIL, Tlsmgr, encode
 from .scache import SessionCache
@@ -64,6 +65,14 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes):
         self.last_active = time.monotonic()
+        self.server.busy(True)
+        try:
+            self._answer(data)
+        finally:
+            self.server.busy(False)
+        self.server.prng.mix_time()
+
+    def _answer(self, data: bytes):
         tlsmgr = self.server.tlsmgr
         # A master(8) trigger is a short NUL-terminated string that
         # arrives alone, not an attribute list (the stock daemon's test).
@@ -83,7 +92,6 @@ class Connection(asyncio.Protocol):
             self.transport.write(out)
         if any(reply.close for reply in replies):
             self.transport.close()
-        self.server.prng.mix_time()
 
     def peer(self) -> str:
         return describe_peer(self.transport.get_extra_info("socket"))
@@ -113,12 +121,15 @@ class Server:
     """The daemon's event loop work, around one Tlsmgr request handler."""
 
     def __init__(self, tlsmgr: Tlsmgr, prng: Prng, caches: list[SessionCache],
-                 ipc_timeout: int, request_size_limit: int):
+                 ipc_timeout: int, request_size_limit: int,
+                 master: StatusChannel | None = None, watchdog: Watchdog | None = None):
         self.tlsmgr = tlsmgr
         self.prng = prng
         self.caches = caches
         self.ipc_timeout = ipc_timeout
         self.request_size_limit = request_size_limit
+        self.master = master
+        self.watchdog = watchdog
         self.connections: set[Connection] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.exit_status: int | None = None
@@ -138,8 +149,14 @@ class Server:
         for path in socket_paths:
             self._listeners.append(await self._listen_path(path))
         for sock in sockets:
-            self._listeners.append(await self.loop.create_unix_server(
-                lambda: Connection(self), sock=sock))
+            create = (self.loop.create_unix_server if sock.family == socket.AF_UNIX
+                      else self.loop.create_server)
+            self._listeners.append(await create(lambda: Connection(self), sock=sock))
+        if self.master is not None:
+            # master(8) closes its end on "postfix stop/reload" or when it dies.
+            self.loop.add_reader(self.master.fd, self._master_gone)
+        if self.watchdog is not None:
+            self._pet_watchdog()
         self._start_housekeeping()
         await self._stopped.wait()
         await self._shut_down()
@@ -158,6 +175,24 @@ class Server:
         self._socket_paths.append(path)
         return listener
 
+    def busy(self, busy: bool) -> None:
+        """Tell master(8) whether a request is being served, as Postfix's
+        servers do around each request."""
+        if self.master is not None and not self.master.notify(not busy):
+            self._master_gone()
+
+    def _master_gone(self) -> None:
+        if log.verbose:
+            log.info("master disconnect -- exiting")
+        self.loop.remove_reader(self.master.fd)
+        self.master = None
+        self.stop(0)
+
+    def _pet_watchdog(self) -> None:
+        # Runs only while the loop turns: a stalled loop lets the alarm fire.
+        self.watchdog.pet()
+        self.loop.call_later(self.watchdog.timeout / 4, self._pet_watchdog)
+
     def stop(self, status: int = 0) -> None:
         """End the process soon, with this exit status."""
         if self.exit_status is None:
@@ -165,6 +200,8 @@ class Server:
         self._stopped.set()
 
     async def _shut_down(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         for listener in self._listeners:
             listener.close()
         for connection in list(self.connections):

@@ -1,0 +1,132 @@
+"""master(8) glue: what a Postfix daemon does for the process manager.
+
+master(8) starts ``$daemon_directory/<command>`` with the generic daemon
+options (master(5)), the service's listening socket(s) on fd 6 and up, and
+a status pipe on fd 5.  This module holds the pieces of Postfix's
+multi_server.c that a Python daemon needs: the 12-byte status messages,
+noticing that master went away, the daemon_timeout watchdog, and the
+chroot jail and privilege drop that follow start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import struct
+import time
+
+from . import log
+
+STATUS_FD = 5            # shared channel to master(8)
+LISTEN_FD = 6            # the first listening socket
+
+STAT_TAKEN = 0           # busy with a client request
+STAT_AVAIL = 1           # idle
+
+# struct MASTER_STATUS: int pid, unsigned generation, int avail.
+_STATUS = struct.Struct("=iIi")
+
+
+def parse_generation(text: str | None) -> int:
+    """The GENERATION from the environment: octal digits."""
+    if text is None:
+        return 0
+    if not text.isdigit() or not text.isascii():
+        log.fatal("bad generation: %s", text)
+    return int(text, 8) & 0xFFFFFFFF
+
+
+class StatusChannel:
+    """The status pipe to master(8): busy/idle messages, and master's end."""
+
+    def __init__(self, generation: int, fd: int = STATUS_FD):
+        self.fd = fd
+        self._taken = _STATUS.pack(os.getpid(), generation, STAT_TAKEN)
+        self._avail = _STATUS.pack(os.getpid(), generation, STAT_AVAIL)
+
+    def notify(self, avail: bool) -> bool:
+        """Tell master we are busy or idle; False when master is gone."""
+        try:
+            return os.write(self.fd, self._avail if avail else self._taken) == _STATUS.size
+        except OSError:
+            return False
+
+
+class Watchdog:
+    """Postfix's watchdog(3): if the event loop stops turning for
+    daemon_timeout seconds, the process ends with a fatal error instead of
+    hanging forever.  The loop calls :meth:`pet` as it turns."""
+
+    def __init__(self, timeout: int):
+        self.timeout = timeout
+        signal.signal(signal.SIGALRM, self._bark)
+
+    def pet(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+
+    def stop(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _bark(self, signum, frame):
+        log.logger.critical("watchdog timeout")
+        os._exit(1)
+
+
+def mail_owner_ids(name: str) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        log.fatal("parameter mail_owner: unknown user name value: %s", name)
+    return entry.pw_uid, entry.pw_gid
+
+
+def enter_jail(root_dir: str | None, user: str | None) -> None:
+    """chroot(2) to root_dir and become user, as chroot_uid(3) does.
+
+    Everything the daemon uses afterwards was imported or opened before.
+    """
+    ids = mail_owner_ids(user) if user else None
+    if root_dir:
+        time.tzset()                 # the zone file is outside the jail
+        try:
+            os.chroot(root_dir)
+            os.chdir("/")
+        except OSError as err:
+            log.fatal("chroot(%s): %s", root_dir, err.strerror)
+    if ids:
+        uid, gid = ids
+        try:
+            os.setgid(gid)
+            os.initgroups(user, gid)
+            os.setuid(uid)
+        except OSError as err:
+            log.fatal("set privileges to %s: %s", user, err.strerror)
+
+
+class effective_ids:
+    """Create files as another user, like Postfix's SAVE_AND_SET_EUGID:
+    root stays the real user and comes back afterwards."""
+
+    def __init__(self, uid: int, gid: int):
+        self.uid, self.gid = uid, gid
+
+    def __enter__(self):
+        self.saved = os.geteuid(), os.getegid()
+        os.setegid(self.gid)
+        os.seteuid(self.uid)
+
+    def __exit__(self, *exc):
+        os.seteuid(self.saved[0])
+        os.setegid(self.saved[1])
+
+
+def preload_modules() -> None:
+    """Import now what asyncio and the standard library would import
+    lazily, while the files are still within reach (before chroot)."""
+    import asyncio.base_events  # noqa: F401
+    import asyncio.selector_events  # noqa: F401
+    import asyncio.unix_events  # noqa: F401
+    import encodings.ascii  # noqa: F401
+    import encodings.latin_1  # noqa: F401
+    import encodings.utf_8  # noqa: F401
