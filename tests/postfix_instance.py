@@ -112,7 +112,8 @@ class PostfixInstance:
     def _link_daemons(self):
         for daemon in DEBIAN_DAEMONS.iterdir():
             (self.daemons / daemon.name).symlink_to(daemon)
-        (self.daemons / OUR_COMMAND).symlink_to(OUR_SCRIPT)
+        if self.ours:
+            (self.daemons / OUR_COMMAND).symlink_to(OUR_SCRIPT)
 
     def _make_certificate(self):
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
@@ -168,8 +169,10 @@ class PostfixInstance:
         wait_for(lambda: text in self.log(), timeout=timeout, what=repr(text))
         return self.log()
 
-    def tlsmgr_pids(self) -> list[int]:
-        command = OUR_COMMAND if self.ours else "tlsmgr"
+    def tlsmgr_pids(self, ours: bool | None = None) -> list[int]:
+        """The running tlsmgr processes of this instance: ours or the stock one."""
+        ours = self.ours if ours is None else ours
+        command = OUR_COMMAND if ours else "tlsmgr"
         pids = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():

@@ -7,6 +7,8 @@ daemon's process, its exchange file and its log lines in maillog_file.
 """
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,32 @@ def test_reload_restarts_the_daemon_and_rewrites_the_exchange_file(instance):
     handshake(instance, "-tls1_2")                 # master starts a new one on demand
     wait_for(lambda: instance.tlsmgr_pids(), what="a new tlsmgr process")
     assert instance.tlsmgr_pids() != [before_pid]
+
+
+def test_install_and_uninstall_switch_a_running_postfix(tmp_path):
+    require(available(), "Debian's postfix package and root (apt-get install postfix; "
+                         "run the tests as root)")
+    instance = PostfixInstance(ours=False)
+    try:
+        instance.start()
+        handshake(instance, "-tls1_2")
+        wait_for(lambda: instance.tlsmgr_pids(ours=False), what="the stock tlsmgr")
+        ctl = [sys.executable, "-m", "tlsmgr.ctl"]
+        result = subprocess.run(ctl + ["install", "-c", str(instance.conf), "--reload"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "pytlsmgr" in result.stdout
+        wait_for(lambda: not instance.tlsmgr_pids(ours=False), timeout=30,
+                 what="the stock tlsmgr to exit")
+        resumed_across_processes(instance, tmp_path / "after-install.sess",
+                                 "-tls1_2", "-no_ticket")
+        assert instance.tlsmgr_pids(ours=True)
+        result = subprocess.run(ctl + ["uninstall", "-c", str(instance.conf), "--reload"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: not instance.tlsmgr_pids(ours=True), timeout=30,
+                 what="our tlsmgr to exit")
+        handshake(instance, "-tls1_2")
+        wait_for(lambda: instance.tlsmgr_pids(ours=False), what="the stock tlsmgr again")
+    finally:
+        instance.destroy()

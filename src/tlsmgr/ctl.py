@@ -5,6 +5,9 @@ same ``status=N ...`` lines, with binary values in hex.  The exit status
 is 0 when the server answered status 0, 1 for status -1 (not found),
 2 for status -2 (refused as a protocol error) and for any failure to talk
 to the server.
+
+``install`` and ``uninstall`` do not talk to a server: they switch
+Postfix's tlsmgr service to this daemon and back (see install.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import sys
 import time
 
-from . import config, log
+from . import config, install, log
 from .client import ClientError, TlsmgrClient
 
 CACHE_TYPES = ("smtpd", "smtp", "lmtp")
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("cache_id", metavar="ID")
     tktkey = commands.add_parser("tktkey", help="the current ticket key, or the key NAME (hex)")
     tktkey.add_argument("name", metavar="NAME", nargs="?", type=keyname, default=b"")
+    for name in ("install", "uninstall"):
+        install.add_arguments(commands.add_parser(name, help=install.HELP[name]))
     return parser
 
 
@@ -113,6 +118,8 @@ def default_socket() -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     log.setup_stderr("tlsmgr-ctl")
+    if args.command in ("install", "uninstall"):
+        return install.command(args)
     try:
         path = args.socket or default_socket()
         with TlsmgrClient(path, args.timeout) as client:

@@ -1,0 +1,394 @@
+"""Putting this daemon in place of Postfix's stock tlsmgr(8), and back.
+
+master(8) runs ``$daemon_directory/COMMAND`` for each master.cf service.
+Installing makes ``$daemon_directory/pytlsmgr`` a symlink to this
+package's ``tlsmgr`` console script and switches the command of the
+``tlsmgr/unix`` service from ``tlsmgr`` to ``pytlsmgr``; uninstalling
+switches it back and removes the symlink.  Only the command name changes:
+its arguments and the other fields (chroot, wakeup, process limit) stay.
+
+master.cf is changed only by Postfix's own ``postconf -F``, and what is
+shown is what ``postconf -Mf`` prints.  postconf rewrites the one entry it
+changes in its own layout (one space where the file had several, say),
+so the entry after install and uninstall is the same entry as before,
+shown byte for byte the same by ``postconf -Mf``.  daemon_directory comes
+from ``postconf -h``: it is the Postfix installation's own answer.
+
+These are the ``tlsmgr-ctl install`` and ``tlsmgr-ctl uninstall``
+commands.  Every problem is one line naming it and the fix, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from . import config, log
+
+SERVICE = "tlsmgr/unix"
+STOCK_COMMAND = "tlsmgr"
+OUR_COMMAND = "pytlsmgr"
+OUR_SCRIPT = "tlsmgr"
+POSTCONF_TIMEOUT = 30
+RELOAD_TIMEOUT = 120
+# Where Postfix's commands live when PATH lacks the sbin directories.
+SBIN_PATH = os.pathsep.join(("/usr/sbin", "/usr/local/sbin", "/sbin"))
+
+HELP = {
+    "install": "switch Postfix's tlsmgr service to this daemon (no server needed)",
+    "uninstall": "switch Postfix's tlsmgr service back to the stock tlsmgr",
+}
+
+
+class InstallError(Exception):
+    """What stops install or uninstall: one line, naming the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One Postfix installation: where its configuration and daemons are."""
+
+    config_directory: str
+    master_cf: str
+    daemon_directory: str
+    postconf: str
+
+    @property
+    def link(self) -> str:
+        return os.path.join(self.daemon_directory, OUR_COMMAND)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What install or uninstall would do to one site.
+
+    *new_command* is None when master.cf stays as it is; *new_target* is
+    what the symlink should point to, None for no symlink.
+    """
+
+    action: str
+    site: Site
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    new_command: str | None
+    old_target: str | None
+    new_target: str | None
+
+    @property
+    def changes_master_cf(self) -> bool:
+        return self.new_command is not None
+
+    @property
+    def changes_link(self) -> bool:
+        return self.old_target != self.new_target
+
+    @property
+    def changes(self) -> bool:
+        return self.changes_master_cf or self.changes_link
+
+
+# --- finding things ------------------------------------------------------
+
+def config_directory(option: str | None, environ=os.environ) -> str:
+    """-c DIR, else $MAIL_CONFIG, else /etc/postfix, as postfix(1) does."""
+    return os.path.abspath(option or environ.get("MAIL_CONFIG")
+                           or config.DEFAULT_CONFIG_DIRECTORY)
+
+
+def find_program(name: str) -> str | None:
+    """A Postfix command on PATH, else in the usual sbin directories."""
+    return shutil.which(name) or shutil.which(name, path=SBIN_PATH)
+
+
+def our_script() -> str:
+    """The absolute path of this package's ``tlsmgr`` console script.
+
+    The one beside the running Python comes first, so that a virtualenv's
+    own script is used even when another ``tlsmgr`` is earlier on PATH.
+    """
+    beside = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), OUR_SCRIPT)
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which(OUR_SCRIPT)
+    if found:
+        return os.path.abspath(found)
+    raise InstallError("cannot find the %s command of this package: install it with "
+                       "pip (pip install .) into a virtualenv and run that "
+                       "virtualenv's tlsmgr-ctl" % OUR_SCRIPT)
+
+
+def run_tool(argv: list[str], timeout: float) -> str:
+    """Run a Postfix command; its standard output, or InstallError."""
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise InstallError("%s took more than %d seconds: is the system overloaded?"
+                           % (" ".join(argv), timeout)) from None
+    except OSError as err:
+        raise InstallError("cannot run %s: %s" % (argv[0], err.strerror)) from None
+    if done.returncode != 0:
+        raise InstallError("%s failed: %s" % (" ".join(argv), why(done)))
+    return done.stdout
+
+
+def why(done: subprocess.CompletedProcess) -> str:
+    """The last line a failed Postfix command printed, without its name."""
+    lines = done.stderr.strip().splitlines()
+    if not lines:
+        # postfix(1) writes to stderr only when it is a terminal.
+        return "exit status %d, see the mail log" % done.returncode
+    return lines[-1].split(": fatal: ", 1)[-1]
+
+
+def postconf(site: Site, *args: str, config_dir: str | None = None) -> str:
+    return run_tool([site.postconf, "-c", config_dir or site.config_directory, *args],
+                    POSTCONF_TIMEOUT)
+
+
+def locate(option: str | None) -> Site:
+    """The site named by -c DIR / $MAIL_CONFIG, checked to be usable."""
+    directory = config_directory(option)
+    program = find_program("postconf")
+    if program is None:
+        raise InstallError("postconf not found on PATH or in %s: install Postfix "
+                           "(apt-get install postfix)" % SBIN_PATH)
+    master_cf = os.path.join(directory, "master.cf")
+    if not os.path.isfile(master_cf):
+        raise InstallError("no master.cf in %s: name Postfix's configuration directory "
+                           "with -c DIR or $MAIL_CONFIG" % directory)
+    site = Site(directory, master_cf, "", program)
+    daemon_directory = postconf(site, "-h", "daemon_directory").strip()
+    if not os.path.isdir(daemon_directory):
+        raise InstallError("daemon_directory %r (from postconf -c %s) is not a directory: "
+                           "fix daemon_directory in main.cf" % (daemon_directory, directory))
+    return Site(directory, master_cf, daemon_directory, program)
+
+
+def service_entry(site: Site, config_dir: str | None = None) -> tuple[str, ...]:
+    """The tlsmgr/unix entry as ``postconf -Mf`` shows it, one item a line."""
+    return tuple(postconf(site, "-Mf", SERVICE, config_dir=config_dir).splitlines())
+
+
+def service_command(site: Site) -> str:
+    """The entry's command field: the command name and its arguments."""
+    return postconf(site, "-Fh", SERVICE + "/command").strip()
+
+
+def with_name(command: str, name: str) -> str:
+    """*command* with its first word replaced by *name*, arguments kept."""
+    words = command.split(None, 1)
+    return name if len(words) < 2 else name + " " + words[1]
+
+
+def link_target(path: str) -> str | None:
+    """Where the symlink *path* points; None if there is nothing there."""
+    if os.path.islink(path):
+        return os.readlink(path)
+    if os.path.lexists(path):
+        raise InstallError("%s exists and is not a symlink, so it is not ours: "
+                           "move it out of the way and run this again" % path)
+    return None
+
+
+# --- what would change ---------------------------------------------------
+
+def plan(action: str, option: str | None) -> Plan:
+    """Look at the site and work out what *action* would change."""
+    site = locate(option)
+    before = service_entry(site)
+    if not before:
+        raise InstallError("%s has no %s service: add Debian's line \"tlsmgr unix - - y "
+                           "1000? 1 tlsmgr\" (see master.cf.proto) and run this again"
+                           % (site.master_cf, SERVICE))
+    command = service_command(site)
+    name = command.split(None, 1)[0] if command else ""
+    if name not in (STOCK_COMMAND, OUR_COMMAND):
+        raise InstallError("%s service %s runs %r, neither the stock %s nor %s: set its "
+                           "command by hand (postconf -c %s -F '%s/command=%s')"
+                           % (site.master_cf, SERVICE, name, STOCK_COMMAND, OUR_COMMAND,
+                              site.config_directory, SERVICE, STOCK_COMMAND))
+    old_target = link_target(site.link)
+    if action == "install":
+        wanted, new_target = OUR_COMMAND, our_script()
+    else:
+        wanted, new_target = STOCK_COMMAND, None
+    new_command = None if name == wanted else with_name(command, wanted)
+    after = before if new_command is None else preview(site, new_command)
+    return Plan(action, site, before, after, new_command, old_target, new_target)
+
+
+def preview(site: Site, new_command: str) -> tuple[str, ...]:
+    """The entry as postconf would write it, from an edit of a private copy."""
+    with tempfile.TemporaryDirectory(prefix="tlsmgr-install.") as scratch:
+        for name in ("main.cf", "master.cf"):
+            source = os.path.join(site.config_directory, name)
+            if os.path.exists(source):
+                # copy2 keeps the time stamp: postconf waits for a main.cf
+                # changed in the last second or so to settle.
+                shutil.copy2(source, os.path.join(scratch, name))
+        postconf(site, "-F", "%s/command=%s" % (SERVICE, new_command), config_dir=scratch)
+        return service_entry(site, config_dir=scratch)
+
+
+# --- making the change ---------------------------------------------------
+
+def apply(p: Plan) -> tuple[str, ...]:
+    """Make the planned change; the entry as it is afterwards.
+
+    The symlink is made before master.cf names it, and master.cf stops
+    naming it before it goes, so master(8) never finds a missing command.
+    """
+    if os.geteuid() != 0:
+        raise InstallError("must be root to change %s and %s: run this as root "
+                           "(or with --dry-run to see the change)"
+                           % (p.site.master_cf, p.site.daemon_directory))
+    if p.action == "install" and p.changes_link:
+        make_link(p.site.link, p.new_target)
+    if p.changes_master_cf:
+        try:
+            set_command(p.site, p.new_command)
+        except InstallError:
+            if p.action == "install" and p.old_target is None:
+                remove_link(p.site.link)
+            raise
+    if p.action == "uninstall" and p.changes_link:
+        remove_link(p.site.link)
+    return service_entry(p.site) if p.changes_master_cf else p.before
+
+
+def set_command(site: Site, command: str) -> None:
+    postconf(site, "-F", "%s/command=%s" % (SERVICE, command))
+    now = service_command(site)
+    if now != command:
+        raise InstallError("postconf -c %s -F left the %s command as %r, not %r: "
+                           "check master.cf by hand" % (site.config_directory, SERVICE,
+                                                        now, command))
+
+
+def make_link(path: str, target: str) -> None:
+    """Point *path* at *target*, replacing an old symlink in one step."""
+    scratch = "%s.new-%d" % (path, os.getpid())
+    try:
+        os.symlink(target, scratch)
+        os.replace(scratch, path)
+    except OSError as err:
+        if os.path.islink(scratch):
+            os.unlink(scratch)
+        raise InstallError("cannot make the symlink %s: %s: check that directory"
+                           % (path, err.strerror)) from None
+
+
+def remove_link(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise InstallError("cannot remove %s: %s" % (path, err.strerror)) from None
+
+
+def reload(site: Site) -> None:
+    program = find_program("postfix")
+    if program is None:
+        raise InstallError("postfix not found on PATH or in %s: run \"postfix reload\" "
+                           "yourself" % SBIN_PATH)
+    try:
+        run_tool([program, "-c", site.config_directory, "reload"], RELOAD_TIMEOUT)
+    except InstallError as err:
+        raise InstallError("%s (the change itself is made: it takes effect when Postfix "
+                           "next starts or reloads)" % err) from None
+
+
+# --- what is printed -----------------------------------------------------
+
+def entry_lines(label: str, entry: tuple[str, ...]) -> list[str]:
+    head = "  %-8s" % (label + ":")
+    return [head + entry[0], *(" " * len(head) + line for line in entry[1:])]
+
+
+def describe(p: Plan, after: tuple[str, ...], dry_run: bool) -> list[str]:
+    """The lines saying what changed, or with *dry_run* what would."""
+    site = p.site
+    lines = []
+    if dry_run:
+        lines.append("dry run, nothing is changed: %s would do this" % p.action)
+    if p.changes_master_cf:
+        lines.append("master.cf: %s, service %s" % (site.master_cf, SERVICE))
+        lines += entry_lines("before", p.before)
+        lines += entry_lines("after", after)
+    else:
+        lines.append("master.cf: %s, service %s (unchanged)" % (site.master_cf, SERVICE))
+        lines += entry_lines("now", p.before)
+    would = "would be " if dry_run else ""
+    if p.new_target is None:
+        state = "%sremoved (was -> %s)" % (would, p.old_target) if p.changes_link \
+            else "none (unchanged)"
+        lines.append("symlink: %s: %s" % (site.link, state))
+    else:
+        if not p.changes_link:
+            state = "unchanged"
+        elif p.old_target is None:
+            state = would + "created"
+        else:
+            state = "%sreplaced (was -> %s)" % (would, p.old_target)
+        lines.append("symlink: %s -> %s (%s)" % (site.link, p.new_target, state))
+    return lines
+
+
+def nothing_to_do(p: Plan) -> str:
+    if p.action == "install":
+        return ("already installed: %s runs %s, and %s -> %s; nothing to do"
+                % (SERVICE, OUR_COMMAND, p.site.link, p.new_target))
+    return ("not installed: %s runs the stock %s, and there is no %s; nothing to do"
+            % (SERVICE, STOCK_COMMAND, p.site.link))
+
+
+def reload_hint(p: Plan) -> str:
+    option = "" if p.site.config_directory == config.DEFAULT_CONFIG_DIRECTORY \
+        else "-c %s " % p.site.config_directory
+    which = "this daemon" if p.action == "install" else "the stock tlsmgr"
+    return ('now run "postfix %sreload" (or give --reload) so that master(8) runs %s'
+            % (option, which))
+
+
+# --- the commands --------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", dest="config_dir", metavar="DIR",
+                        help="Postfix's configuration directory (default: $MAIL_CONFIG, "
+                             "else /etc/postfix)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the change that would be made, and change nothing")
+    parser.add_argument("--reload", action="store_true",
+                        help="run \"postfix -c DIR reload\" after the change")
+
+
+def command(args: argparse.Namespace, out=None) -> int:
+    """``tlsmgr-ctl install`` or ``uninstall``: 0, or 2 after one error line."""
+    out = out or sys.stdout
+    try:
+        p = plan(args.command, args.config_dir)
+        if not p.changes:
+            print(nothing_to_do(p), file=out)
+            return 0
+        if args.dry_run:
+            print("\n".join(describe(p, p.after, dry_run=True)), file=out)
+            return 0
+        after = apply(p)
+        print("\n".join(describe(p, after, dry_run=False)), file=out)
+        if not args.reload:
+            print(reload_hint(p), file=out)
+            return 0
+        out.flush()
+        reload(p.site)
+        print("postfix reload: done", file=out)
+        return 0
+    except InstallError as err:
+        log.error("%s", err)
+        return 2
