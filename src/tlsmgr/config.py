@@ -51,6 +51,9 @@ def _cache_parameters(label: str) -> tuple[Parameter, ...]:
         Parameter(f"{label}_tls_session_cache_database", ""),
         Parameter(f"{label}_tls_session_cache_timeout", "3600s", "time", 0, 8640000),
         Parameter(f"{label}_tls_loglevel", "0"),
+        # Ours: the bounds the stock daemon lacks (0 means no bound).
+        Parameter(f"tlsmgr_{label}_cache_entry_limit", "100000", "int", 0),
+        Parameter(f"tlsmgr_{label}_cache_size_limit", "104857600", "int", 0),
     )
 
 
@@ -74,6 +77,10 @@ PARAMETERS: tuple[Parameter, ...] = (
     *(p for label in CACHE_LABELS for p in _cache_parameters(label)),
     # Ours: the largest attribute-protocol message a client may send.
     Parameter("tlsmgr_request_size_limit", "65536", "int", 65536),
+    # Ours: caches on Redis (redis: tables).
+    Parameter("tlsmgr_redis_key_prefix", "tlsmgr:"),
+    Parameter("tlsmgr_redis_password", ""),
+    Parameter("tlsmgr_redis_timeout_ms", "250", "int", 1),
 )
 
 _DEFAULTS = {p.name: p.default for p in PARAMETERS}
@@ -89,6 +96,8 @@ class CacheSettings:
     loglevel: str
     database_param: str
     loglevel_param: str
+    entry_limit: int = 0
+    size_limit: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -116,6 +125,9 @@ class Config:
     syslog_name: str
     maillog_file: str
     tlsmgr_request_size_limit: int
+    tlsmgr_redis_key_prefix: str
+    tlsmgr_redis_password: str
+    tlsmgr_redis_timeout_ms: int
     # Expanded text of every known parameter and of every name main.cf or
     # -o defines, for messages and --show-config.
     params: Mapping[str, str]
@@ -380,7 +392,9 @@ def _cache_settings(label: str, typed: Mapping[str, str | int]) -> CacheSettings
     if 0 < timeout < TLS_SESSION_LIFEMIN:
         timeout = TLS_SESSION_LIFEMIN
     return CacheSettings(label, typed[database_param], timeout, typed[loglevel_param],
-                         database_param, loglevel_param)
+                         database_param, loglevel_param,
+                         typed[f"tlsmgr_{label}_cache_entry_limit"],
+                         typed[f"tlsmgr_{label}_cache_size_limit"])
 
 
 def load(config_directory: str | None = None, overrides: Sequence[str] = (),

@@ -28,8 +28,16 @@ from .prng import Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache, logs_cache_activity
 from .server import Server
-from .stores import FILE_TYPES, MEMORY_TYPE, StoreError, open_store, split_table
-from .tickets import TicketKeyRing
+from .stores import (
+    FILE_TYPES,
+    MEMORY_TYPE,
+    REDIS_TYPE,
+    Limits,
+    StoreError,
+    open_store,
+    split_table,
+)
+from .tickets import FleetTicketKeys, TicketKeyRing
 
 
 def owner_uid(cfg: config.Config) -> int:
@@ -81,20 +89,38 @@ def open_caches(cfg: config.Config, uid: int) -> dict[str, SessionCache | None]:
                 log.fatal("do not use the same TLS cache file %s for %s and %s",
                           spec, in_use[where], settings.label)
             in_use[where] = settings.label
-        elif kind != MEMORY_TYPE:
+        elif kind not in (MEMORY_TYPE, REDIS_TYPE):
             log.fatal("parameter %s: unsupported dictionary type: %s (expected %s)",
                       settings.database_param, kind,
-                      ", ".join((MEMORY_TYPE,) + FILE_TYPES))
+                      ", ".join((MEMORY_TYPE, *FILE_TYPES, REDIS_TYPE)))
         try:
-            store = open_store("%s:%s" % (kind, name))
+            store = open_store("%s:%s" % (kind, name), settings.label, settings.timeout,
+                               redis_settings(cfg) if kind == REDIS_TYPE else None)
         except StoreError as err:
             log.fatal("open %s TLS cache %s: %s", settings.label, spec, err)
         verbose = logs_cache_activity(settings.loglevel_param, settings.loglevel)
         if verbose:
             log.info("open %s TLS cache %s", settings.label, spec)
-        caches[settings.label] = SessionCache(settings.label, store, settings.timeout,
-                                              verbose)
+        caches[settings.label] = SessionCache(
+            settings.label, store, settings.timeout, verbose,
+            limits=Limits(settings.entry_limit, settings.size_limit))
     return caches
+
+
+def redis_settings(cfg: config.Config):
+    from .stores.redis import RedisSettings
+    return RedisSettings(cfg.tlsmgr_redis_key_prefix, cfg.tlsmgr_redis_password,
+                         cfg.tlsmgr_redis_timeout_ms)
+
+
+def ticket_keys(cfg: config.Config, smtpd_cache: SessionCache | None, random_bytes):
+    """This host's key ring; shared by the fleet when the smtpd cache is on Redis."""
+    ring = TicketKeyRing(random_bytes)
+    if smtpd_cache is None or not smtpd_cache.store.blocking:
+        return ring
+    from .stores.redis import RedisTicketKeys
+    shared = RedisTicketKeys(smtpd_cache.store, cfg.tlsmgr_redis_key_prefix)
+    return FleetTicketKeys(shared, ring, random_bytes)
 
 
 def build_server(cfg: config.Config, uid: int, **server_options) -> Server:
@@ -106,7 +132,7 @@ def build_server(cfg: config.Config, uid: int, **server_options) -> Server:
                 cfg.tls_random_reseed_period, cfg.tls_random_prng_update_period)
     caches = open_caches(cfg, uid)
     tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches},
-                    prng.random_bytes, TicketKeyRing(prng.random_bytes),
+                    prng.random_bytes, ticket_keys(cfg, caches["smtpd"], prng.random_bytes),
                     peer="%s socket" % cfg.params["service_name"])
     return Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
                   cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, **server_options)

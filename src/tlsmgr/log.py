@@ -41,6 +41,29 @@ def warn(text: str, *args) -> None:
     logger.warning(text, *args)
 
 
+class RateLimitedWarning:
+    """A warning that may recur many times a second (a backend that is
+    down): logged at most once per interval, with a count of the ones
+    that were held back."""
+
+    def __init__(self, interval: float = 60.0, clock=time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self.last = None
+        self.held_back = 0
+
+    def __call__(self, text: str, *args) -> None:
+        now = self.clock()
+        if self.last is not None and now - self.last < self.interval:
+            self.held_back += 1
+            return
+        if self.held_back:
+            text += " (and %d more like it in the last %d seconds)"
+            args += (self.held_back, now - self.last)
+        self.last, self.held_back = now, 0
+        warn(text, *args)
+
+
 def error(text: str, *args) -> None:
     logger.error(text, *args)
 

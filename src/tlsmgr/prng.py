@@ -23,6 +23,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from typing import NoReturn
 
@@ -59,7 +60,7 @@ class Pool:
     input is mixed in, so no path leads to a state that must be refused.
     """
 
-    __slots__ = ("_key", "_value")
+    __slots__ = ("_key", "_lock", "_value")
 
     def __init__(self, extra: bytes = b"") -> None:
         # The pid and clock keep a forked or restored copy of the kernel's
@@ -76,6 +77,9 @@ class Pool:
         return pool
 
     def _instantiate(self, seed_material: bytes) -> None:
+        # Requests for a remote store are answered in worker threads, and
+        # two threads must never generate from the same state.
+        self._lock = threading.Lock()
         self._key = bytes(32)
         self._value = b"\x01" * 32
         self.mix(seed_material)
@@ -86,6 +90,10 @@ class Pool:
         The new key is an HMAC keyed by the old one, so data of any origin,
         even chosen by an attacker, cannot make the state easier to guess.
         """
+        with self._lock:
+            self._update(data)
+
+    def _update(self, data: bytes) -> None:
         key = hmac.digest(self._key, self._value + b"\x00" + data, "sha256")
         value = hmac.digest(key, self._value, "sha256")
         if data:
@@ -101,15 +109,16 @@ class Pool:
         """Return *n* fresh bytes: the DRBG generate function."""
         if not 0 <= n <= MAX_REQUEST:
             raise ValueError(f"cannot generate {n} bytes at once")
-        key, value = self._key, self._value
-        blocks = []
-        for _ in range(-(-n // 32)):
-            value = hmac.digest(key, value, "sha256")
-            blocks.append(value)
-        self._value = value
-        # Moving the key on means that whoever steals the state later cannot
-        # recompute the bytes just returned.
-        self.mix(b"")
+        with self._lock:
+            key, value = self._key, self._value
+            blocks = []
+            for _ in range(-(-n // 32)):
+                value = hmac.digest(key, value, "sha256")
+                blocks.append(value)
+            self._value = value
+            # Moving the key on means that whoever steals the state later
+            # cannot recompute the bytes just returned.
+            self._update(b"")
         return b"".join(blocks)[:n]
 
 

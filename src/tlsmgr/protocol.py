@@ -23,7 +23,7 @@ from collections.abc import Callable
 from . import log
 from .attr import Message, decode_data, decode_data_prefix, decode_int, encode
 from .scache import SessionCache
-from .tickets import NAME_LENGTH, TicketKeyRing
+from .tickets import NAME_LENGTH, FleetTicketKeys, TicketKeyRing
 
 STAT_OK = 0          # success
 STAT_ERR = -1        # not found, or refused
@@ -87,7 +87,7 @@ class Tlsmgr:
     def __init__(self, caches: dict[str, SessionCache | None],
                  timeouts: dict[str, int],
                  random_bytes: Callable[[int], bytes],
-                 tickets: TicketKeyRing,
+                 tickets: TicketKeyRing | FleetTicketKeys,
                  peer: str = "tlsmgr socket"):
         self.caches = {label.encode(): cache for label, cache in caches.items()}
         self.timeouts = {label.encode(): timeout for label, timeout in timeouts.items()}
@@ -118,6 +118,19 @@ class Tlsmgr:
             return HANG_UP
         log.warn('unknown request "%s" from %s', printable(request), self.peer)
         return Reply(_status(STAT_FAIL))
+
+    def blocking(self, message: Message) -> bool:
+        """Whether answering may wait on the network (a Redis cache or
+        fleet ticket keys): the server then answers in a worker thread."""
+        if not message or message[0][0] != b"request":
+            return False
+        request = message[0][1]
+        if request == b"tktkey":
+            return getattr(self.tickets, "blocking", False)
+        if request in (b"lookup", b"update", b"delete") and len(message) > 1:
+            cache = self.caches.get(message[1][1])
+            return cache is not None and cache.store.blocking
+        return False
 
     def handle_trigger(self, trigger: bytes) -> Reply:
         """A short NUL-terminated string from master(8), not a request."""

@@ -14,11 +14,16 @@ import time
 from collections.abc import Callable
 
 from . import log
-from .stores import Entry, Store, StoreError
+from .stores import Entry, Limits, Store, StoreError, Trimmed
 
 # Entries examined per cleanup step: small enough that a step costs well
 # under a millisecond, so requests interleave with a long pass.
 CLEANUP_BUDGET = 256
+
+NO_LIMITS = Limits()
+
+# At most one line a minute about evictions, per cache.
+EVICTION_LOG_INTERVAL = 60
 
 _LOG_CACHE_LEVELS = {"2", "3", "4", "5", "6", "7", "8", "9",
                      "debug", "ssl-expert", "ssl-developer", "cache"}
@@ -40,17 +45,35 @@ def logs_cache_activity(param: str, level: str) -> bool:
     return wanted
 
 
+def describe_limits(limits: Limits) -> str:
+    parts = []
+    if limits.entries:
+        parts.append("%d entries" % limits.entries)
+    if limits.bytes:
+        parts.append("%d bytes" % limits.bytes)
+    return ", ".join(parts) or "none"
+
+
 class SessionCache:
-    """The sessions of one cache type, each valid for ``timeout`` seconds."""
+    """The sessions of one cache type, each valid for ``timeout`` seconds,
+    kept within ``limits``: when full, expired entries go first, then the
+    oldest."""
 
     def __init__(self, label: str, store: Store, timeout: int,
-                 verbose: bool = False, clock: Callable[[], float] = time.time):
+                 verbose: bool = False, clock: Callable[[], float] = time.time,
+                 limits: Limits = NO_LIMITS):
         self.label = label
         self.store = store
         self.timeout = timeout
         self.verbose = verbose
         self.clock = clock
+        self.limits = limits
         self.cleanup_active = False
+        self.expired = 0                 # removed because they were too old
+        self.evicted = 0                 # removed, still live, to make room
+        self._unlogged = Trimmed()       # removals not yet reported
+        self._logged_at = clock()
+        self._store_warning = log.RateLimitedWarning()
 
     def _expired(self, entry: Entry, now: int) -> bool:
         return entry.timestamp + self.timeout < now
@@ -62,7 +85,7 @@ class SessionCache:
         try:
             entry = self.store.get(cache_id)
         except StoreError as err:
-            log.warn("cannot look up %s TLS session: %s", self.label, err)
+            self._store_warning("cannot look up %s TLS session: %s", self.label, err)
             return None
         if entry is None:
             return None
@@ -83,11 +106,28 @@ class SessionCache:
             log.info("write %s TLS cache entry %s: time=%d [data %d bytes]",
                      self.label, name, now, len(session))
         try:
-            self.store.put(cache_id, Entry(now, session))
+            trimmed = self.store.save(cache_id, Entry(now, session), self.limits,
+                                      now - self.timeout)
         except StoreError as err:
-            log.warn("cannot save %s TLS session: %s", self.label, err)
+            self._store_warning("cannot save %s TLS session: %s", self.label, err)
             return False
+        if trimmed != (0, 0):
+            self._count_trimmed(trimmed, now)
         return True
+
+    def _count_trimmed(self, trimmed: Trimmed, now: float) -> None:
+        self.expired += trimmed.expired
+        self.evicted += trimmed.evicted
+        unlogged = Trimmed(*map(sum, zip(self._unlogged, trimmed)))
+        if now - self._logged_at < EVICTION_LOG_INTERVAL:
+            self._unlogged = unlogged
+            return
+        log.info("%s TLS session cache is full (limits: %s): made room by removing "
+                 "%d expired and %d live entries in %d seconds", self.label,
+                 describe_limits(self.limits), unlogged.expired, unlogged.evicted,
+                 now - self._logged_at)
+        self._unlogged = Trimmed()
+        self._logged_at = now
 
     def delete(self, cache_id: bytes) -> bool:
         """Remove a session; True when there was one."""
@@ -96,7 +136,7 @@ class SessionCache:
         try:
             return self.store.delete(cache_id)
         except StoreError as err:
-            log.warn("cannot delete %s TLS session: %s", self.label, err)
+            self._store_warning("cannot delete %s TLS session: %s", self.label, err)
             return False
 
     def start_cleanup(self) -> None:
@@ -111,8 +151,9 @@ class SessionCache:
         try:
             removed, done = self.store.expire(cutoff, CLEANUP_BUDGET)
         except StoreError as err:
-            log.warn("%s TLS session cache cleanup: %s", self.label, err)
+            self._store_warning("%s TLS session cache cleanup: %s", self.label, err)
             removed, done = [], True
+        self.expired += len(removed)
         if done:
             self.cleanup_active = False
             if self.verbose:

@@ -21,12 +21,14 @@ import socket
 import stat
 import struct
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 from . import log
-from .attr import Decoder, MessageTooLarge
+from .attr import Decoder, Message, MessageTooLarge
 from .master import StatusChannel, Watchdog
 from .prng import MustExit, Prng
-from .protocol import HANDSHAKE, STAT_FAIL, Tlsmgr, encode
+from .protocol import HANDSHAKE, STAT_FAIL, Reply, Tlsmgr, encode
 from .scache import SessionCache
 
 _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
@@ -43,7 +45,12 @@ def describe_peer(sock: socket.socket | None) -> str:
 
 
 class Connection(asyncio.Protocol):
-    """One client connection: a stream of requests, answered in order."""
+    """One client connection: a stream of requests, answered in order.
+
+    A request that may wait on the network (a Redis cache) is answered in
+    a worker thread; the requests after it on this connection wait for it,
+    while other connections go on being served.
+    """
 
     def __init__(self, server: Server):
         self.server = server
@@ -51,6 +58,9 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.last_active = time.monotonic()
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.pending: deque[Message] = deque()
+        self.in_worker: asyncio.Future | None = None
+        self.write_paused = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -65,44 +75,75 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes):
         self.last_active = time.monotonic()
-        self.server.busy(True)
-        try:
-            self._answer(data)
-        finally:
-            self.server.busy(False)
-        self.server.prng.mix_time()
-
-    def _answer(self, data: bytes):
-        tlsmgr = self.server.tlsmgr
         # A master(8) trigger is a short NUL-terminated string that
         # arrives alone, not an attribute list (the stock daemon's test).
-        if self.decoder.idle and len(data) <= 2 and data.endswith(b"\0"):
-            replies = [tlsmgr.handle_trigger(data[:-1])]
-        else:
-            try:
-                replies = [tlsmgr.handle(message) for message in self.decoder.feed(data)]
-            except MessageTooLarge as err:
-                log.warn("%s: request exceeds tlsmgr_request_size_limit (%d bytes)"
-                         " -- closing connection", self.peer(), err.limit)
-                self.transport.write(encode([("status", STAT_FAIL)]))
-                self.transport.close()
-                return
+        if (self.decoder.idle and not self.pending and len(data) <= 2
+                and data.endswith(b"\0")):
+            self._send([self.server.tlsmgr.handle_trigger(data[:-1])])
+            return
+        try:
+            self.pending.extend(self.decoder.feed(data))
+        except MessageTooLarge as err:
+            log.warn("%s: request exceeds tlsmgr_request_size_limit (%d bytes)"
+                     " -- closing connection", self.peer(), err.limit)
+            self.pending.clear()
+            self.transport.write(encode([("status", STAT_FAIL)]))
+            self.transport.close()
+            return
+        self._answer_pending()
+
+    def _answer_pending(self):
+        tlsmgr = self.server.tlsmgr
+        replies = []
+        self.server.busy(True)
+        while self.pending and self.in_worker is None:
+            message = self.pending.popleft()
+            if tlsmgr.blocking(message):
+                self.in_worker = self.server.loop.run_in_executor(
+                    self.server.workers, self.server.answer, message)
+                self.in_worker.add_done_callback(self._worker_done)
+            else:
+                replies.append(self.server.answer(message))
+        self.server.busy(False)
+        self._send(replies)
+        self._update_reading()
+        self.server.prng.mix_time()
+
+    def _worker_done(self, future: asyncio.Future):
+        self.in_worker = None
+        if self.transport.is_closing():
+            return
+        self._send([future.result()])
+        self._answer_pending()
+
+    def _send(self, replies: list[Reply]):
         out = b"".join(reply.data for reply in replies)
         if out:
             self.transport.write(out)
         if any(reply.close for reply in replies):
             self.transport.close()
 
-    def peer(self) -> str:
-        return describe_peer(self.transport.get_extra_info("socket"))
-
     # Flow control: a client that does not read its replies is not read
-    # from either, so its replies cannot pile up in memory.
+    # from either, so its replies cannot pile up in memory; nor is one
+    # whose request is in a worker thread.
     def pause_writing(self):
-        self.transport.pause_reading()
+        self.write_paused = True
+        self._update_reading()
 
     def resume_writing(self):
-        self.transport.resume_reading()
+        self.write_paused = False
+        self._update_reading()
+
+    def _update_reading(self):
+        if self.transport.is_closing():
+            return
+        if self.write_paused or self.in_worker is not None:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def peer(self) -> str:
+        return describe_peer(self.transport.get_extra_info("socket"))
 
     def _arm_idle_timer(self, delay: float):
         self.idle_timer = self.server.loop.call_later(delay, self._idle_check)
@@ -130,6 +171,8 @@ class Server:
         self.request_size_limit = request_size_limit
         self.master = master
         self.watchdog = watchdog
+        # For requests that may wait on the network; threads start on demand.
+        self.workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tlsmgr-worker")
         self.connections: set[Connection] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.exit_status: int | None = None
@@ -175,6 +218,15 @@ class Server:
         self._socket_paths.append(path)
         return listener
 
+    def answer(self, message: Message) -> Reply:
+        """The reply to one request.  A failure here is a bug, but it must
+        not cost the client its answer or anyone else their service."""
+        try:
+            return self.tlsmgr.handle(message)
+        except Exception as err:
+            log.error("cannot answer request: %s: %s", type(err).__name__, err)
+            return Reply(encode([("status", STAT_FAIL)]))
+
     def busy(self, busy: bool) -> None:
         """Tell master(8) whether a request is being served, as Postfix's
         servers do around each request."""
@@ -202,6 +254,7 @@ class Server:
     async def _shut_down(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
+        self.workers.shutdown(wait=False, cancel_futures=True)
         for listener in self._listeners:
             listener.close()
         for connection in list(self.connections):

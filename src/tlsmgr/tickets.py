@@ -10,6 +10,9 @@ issues tickets until now + T/2 - 1 and decrypts them T/2 longer.
 On the wire a key is the C struct the clients copy byte for byte: name
 (16 bytes), AES-256 key (32), HMAC key (32), expiry as a native
 little-endian 64-bit time_t: 88 bytes.
+
+When the smtpd cache is on Redis, FleetTicketKeys shares the keys with the
+other hosts of the fleet.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from . import log
+from .stores import StoreError
 
 NAME_LENGTH = 16
 CIPHER_KEY_LENGTH = 32
@@ -85,3 +91,56 @@ class TicketKeyRing:
         self.keys = sorted(self.keys[:1] + [key], key=lambda k: k.expires,
                            reverse=True)
         self.rotations += 1
+
+
+class FleetTicketKeys:
+    """Ticket keys shared by every host of a fleet through Redis.
+
+    All hosts agree on the current key (see stores/redis.py), so a ticket
+    issued by one host decrypts on any other, and keys outlive a restart of
+    any host's daemon.  When Redis fails, this host falls back to its own
+    ring, so that it still resumes its own tickets; sharing comes back with
+    Redis.
+    """
+
+    blocking = True
+
+    def __init__(self, shared, local: TicketKeyRing, random_bytes: Callable[[int], bytes],
+                 clock: Callable[[], float] = time.time):
+        self.shared = shared
+        self.local = local
+        self._random_bytes = random_bytes
+        self._clock = clock
+        self._current: TicketKey | None = None      # this period's, as Redis said
+        self._warn = log.RateLimitedWarning()
+
+    @property
+    def rotations(self) -> int:
+        return self.local.rotations
+
+    def _make(self, expires: int) -> bytes:
+        return TicketKey(self._random_bytes(NAME_LENGTH), self._random_bytes(CIPHER_KEY_LENGTH),
+                         self._random_bytes(HMAC_KEY_LENGTH), expires).pack()
+
+    def current(self, timeout: int) -> TicketKey:
+        now = int(self._clock())
+        if self._current is not None and self._current.expires > now:
+            return self._current
+        try:
+            key = TicketKey.unpack(self.shared.current(timeout // 2, now, self._make))
+        except StoreError as err:
+            self._warn("cannot share TLS session ticket keys: %s", err)
+            return self.local.current(timeout)
+        self._current = key
+        return key
+
+    def find(self, name: bytes, timeout: int) -> TicketKey | None:
+        try:
+            packed = self.shared.find(name)
+        except StoreError as err:
+            self._warn("cannot share TLS session ticket keys: %s", err)
+            packed = None
+        if packed is None:
+            return self.local.find(name, timeout)
+        key = TicketKey.unpack(packed)
+        return key if key.expires + timeout // 2 > int(self._clock()) else None

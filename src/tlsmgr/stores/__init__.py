@@ -12,6 +12,7 @@ Table types and the stores that serve them:
 ``memory:`` (any name)                  in-process memory (stores/memory.py)
 ``btree:``, ``hash:``, ``lmdb:``,       one LMDB file at ``PATH.lmdb``
 ``sdbm:`` + ``PATH``                    (stores/lmdb.py)
+``redis:`` + URL                        a cache shared by a fleet (stores/redis.py)
 =====================================  ==========================================
 """
 
@@ -28,8 +29,28 @@ class Entry(NamedTuple):
     session: bytes
 
 
+class Limits(NamedTuple):
+    """How large a cache may grow: entries, and bytes of ids and sessions.
+    0 means no limit."""
+
+    entries: int = 0
+    bytes: int = 0
+
+
+class Trimmed(NamedTuple):
+    """What making room removed: entries past their time, and live ones."""
+
+    expired: int = 0
+    evicted: int = 0
+
+
 class Store(ABC):
-    """The interface every session store provides."""
+    """The interface every session store provides.
+
+    Entries arrive stamped with the current time, so a store keeps them in
+    time order and can always find its oldest entry: cleanup and eviction
+    both start there.
+    """
 
     @abstractmethod
     def get(self, cache_id: bytes) -> Entry | None:
@@ -37,31 +58,66 @@ class Store(ABC):
 
     @abstractmethod
     def put(self, cache_id: bytes, entry: Entry) -> None:
-        """Save an entry, replacing any entry under the same id.
-
-        Entries arrive stamped with the current time, so in time order; a
-        store may rely on that to find expired entries quickly.
-        """
+        """Save an entry, replacing any entry under the same id."""
 
     @abstractmethod
     def delete(self, cache_id: bytes) -> bool:
         """Remove an entry; True when there was one."""
 
     @abstractmethod
-    def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
-        """Remove up to ``budget`` entries saved before ``cutoff``.
+    def oldest(self) -> Entry | None:
+        """The entry saved longest ago, or None when empty."""
 
-        One step of an incremental cleanup pass: returns the entries removed
-        and whether the pass is complete.  The next call after a complete
-        pass starts a new one.
-        """
+    @abstractmethod
+    def pop_oldest(self) -> Entry | None:
+        """Remove and return the entry saved longest ago."""
 
     @abstractmethod
     def __len__(self) -> int:
         """The number of entries, expired ones included."""
 
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """The bytes held: ids plus sessions."""
+
+    def save(self, cache_id: bytes, entry: Entry, limits: Limits, cutoff: int) -> Trimmed:
+        """Put an entry, then remove the oldest entries until the store is
+        within its limits: expired ones (saved before cutoff) are the oldest,
+        so they go first."""
+        self.put(cache_id, entry)
+        expired = evicted = 0
+        while ((limits.entries and len(self) > limits.entries)
+               or (limits.bytes and self.size > limits.bytes)):
+            removed = self.pop_oldest()
+            if removed is None:
+                break
+            if removed.timestamp < cutoff:
+                expired += 1
+            else:
+                evicted += 1
+        return Trimmed(expired, evicted)
+
+    def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
+        """Remove up to ``budget`` entries saved before ``cutoff``.
+
+        One step of an incremental cleanup pass: returns the entries removed
+        and whether no expired entry is left.
+        """
+        removed = []
+        while len(removed) < budget:
+            oldest = self.oldest()
+            if oldest is None or oldest.timestamp >= cutoff:
+                return removed, True
+            removed.append(self.pop_oldest())
+        return removed, False
+
     def close(self) -> None:
         """Release files and connections."""
+
+    # True when a request may wait on the network: the server then answers
+    # it in a worker thread, so that other clients do not wait with it.
+    blocking = False
 
 
 class StoreError(Exception):
@@ -70,6 +126,7 @@ class StoreError(Exception):
 
 FILE_TYPES = ("btree", "hash", "lmdb", "sdbm")
 MEMORY_TYPE = "memory"
+REDIS_TYPE = "redis"
 
 
 def split_table(spec: str) -> tuple[str, str]:
@@ -80,8 +137,11 @@ def split_table(spec: str) -> tuple[str, str]:
     return kind, name
 
 
-def open_store(spec: str) -> Store:
-    """Open the store for a ``type:name`` table, empty (caches start empty)."""
+def open_store(spec: str, label: str = "", timeout: int = 0, redis_settings=None) -> Store:
+    """Open the store for a ``type:name`` table.  Local stores start empty,
+    as the stock daemon's caches do; a Redis cache is the fleet's and is
+    kept.  ``label`` and ``timeout`` are the cache's; ``redis_settings``
+    the main.cf Redis parameters (stores/redis.py)."""
     kind, name = split_table(spec)
     if kind == MEMORY_TYPE:
         from .memory import MemoryStore
@@ -89,4 +149,7 @@ def open_store(spec: str) -> Store:
     if kind in FILE_TYPES:
         from .lmdb import LmdbStore
         return LmdbStore(name)
+    if kind == REDIS_TYPE:
+        from .redis import RedisSettings, RedisStore
+        return RedisStore(name, label, redis_settings or RedisSettings(), timeout)
     raise StoreError("unsupported dictionary type: %s" % kind)

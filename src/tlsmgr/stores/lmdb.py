@@ -2,7 +2,9 @@
 
 Postfix's own table types for these names are replaced by one LMDB file at
 ``PATH.lmdb`` (and its lock file ``PATH.lmdb-lock``): LMDB is crash-safe
-by construction and readers never block the writer.  The file is made
+by construction and readers never block the writer.  Besides the sessions
+by id, the file holds an index of the ids by age, so that the oldest entry
+is found at once for cleanup and eviction.  The file is made
 anew at start, as the stock daemon truncates its cache files, so nothing
 from a previous run (or a damaged file) is ever read.  Durability across a
 crash is not wanted, so writes are not synced.
@@ -21,7 +23,8 @@ import lmdb
 
 from . import Entry, Store, StoreError
 
-_STAMP = struct.Struct("<q")
+# Big-endian, so that the age index sorts by time.
+_STAMP = struct.Struct(">q")
 _INITIAL_MAP_SIZE = 1 << 30          # address space, not disk: the file is sparse
 _DIGEST_PREFIX = b"\0sha256:"
 
@@ -43,24 +46,24 @@ class LmdbStore(Store):
         try:
             self._env = lmdb.open(self.path, subdir=False, map_size=_INITIAL_MAP_SIZE,
                                   sync=False, metasync=False, readahead=False,
-                                  max_dbs=0, mode=0o600)
+                                  max_dbs=2, mode=0o600)
+            # Sessions by id, and the same ids by age (timestamp + id, no value).
+            self._sessions = self._env.open_db(b"sessions")
+            self._ages = self._env.open_db(b"ages")
         except lmdb.Error as err:
             raise StoreError("cannot open cache file %s: %s" % (self.path, err)) from None
-        self._max_key = self._env.max_key_size()
-        self._cleanup_from: bytes | None = None
+        self._max_key = self._env.max_key_size() - _STAMP.size
+        self._size = 0
 
     def _key(self, cache_id: bytes) -> bytes:
         if 0 < len(cache_id) <= self._max_key and cache_id[:1] != b"\0":
             return cache_id
         return _DIGEST_PREFIX + hashlib.sha256(cache_id).digest()
 
-    def get(self, cache_id: bytes) -> Entry | None:
+    def _read(self, operation):
         try:
             with self._env.begin(buffers=True) as txn:
-                value = txn.get(self._key(cache_id))
-                if value is None:
-                    return None
-                return Entry(_STAMP.unpack_from(value)[0], bytes(value[_STAMP.size:]))
+                return operation(txn)
         except lmdb.Error as err:
             raise StoreError("%s: %s" % (self.path, err)) from None
 
@@ -75,38 +78,61 @@ class LmdbStore(Store):
             except lmdb.Error as err:
                 raise StoreError("%s: %s" % (self.path, err)) from None
 
+    def get(self, cache_id: bytes) -> Entry | None:
+        def get(txn):
+            value = txn.get(self._key(cache_id), db=self._sessions)
+            return None if value is None else _entry(value)
+        return self._read(get)
+
     def put(self, cache_id: bytes, entry: Entry) -> None:
+        key = self._key(cache_id)
         value = _STAMP.pack(entry.timestamp) + entry.session
-        self._write(lambda txn: txn.put(self._key(cache_id), value))
+
+        def put(txn):
+            self._remove(txn, key)
+            txn.put(key, value, db=self._sessions)
+            txn.put(value[:_STAMP.size] + key, b"", db=self._ages)
+            self._size += len(key) + len(entry.session)
+        self._write(put)
+
+    def _remove(self, txn, key: bytes) -> Entry | None:
+        value = txn.pop(key, db=self._sessions)
+        if value is None:
+            return None
+        txn.delete(value[:_STAMP.size] + key, db=self._ages)
+        self._size -= len(key) + len(value) - _STAMP.size
+        return _entry(value)
 
     def delete(self, cache_id: bytes) -> bool:
-        return self._write(lambda txn: txn.delete(self._key(cache_id)))
+        key = self._key(cache_id)
+        return self._write(lambda txn: self._remove(txn, key) is not None)
 
-    def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
-        return self._write(lambda txn: self._expire(txn, cutoff, budget))
+    def oldest(self) -> Entry | None:
+        def oldest(txn):
+            cursor = txn.cursor(db=self._ages)
+            if not cursor.first():
+                return None
+            return _entry(txn.get(bytes(cursor.key()[_STAMP.size:]), db=self._sessions))
+        return self._read(oldest)
 
-    def _expire(self, txn, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
-        removed = []
-        cursor = txn.cursor()
-        start = self._cleanup_from
-        more = cursor.set_range(start) if start is not None else cursor.first()
-        for _ in range(budget):
-            if not more:
-                self._cleanup_from = None
-                return removed, True
-            value = cursor.value()
-            timestamp = _STAMP.unpack_from(value)[0]
-            if timestamp < cutoff:
-                removed.append(Entry(timestamp, bytes(value[_STAMP.size:])))
-                cursor.delete()             # moves to the next entry, if any
-                more = bool(cursor.key())
-            else:
-                more = cursor.next()
-        self._cleanup_from = bytes(cursor.key()) if more else None
-        return removed, not more
+    def pop_oldest(self) -> Entry | None:
+        def pop_oldest(txn):
+            cursor = txn.cursor(db=self._ages)
+            if not cursor.first():
+                return None
+            return self._remove(txn, bytes(cursor.key()[_STAMP.size:]))
+        return self._write(pop_oldest)
 
     def __len__(self) -> int:
-        return self._env.stat()["entries"]
+        return self._read(lambda txn: txn.stat(self._sessions)["entries"])
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     def close(self) -> None:
         self._env.close()
+
+
+def _entry(value) -> Entry:
+    return Entry(_STAMP.unpack_from(value)[0], bytes(value[_STAMP.size:]))

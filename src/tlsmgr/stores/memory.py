@@ -1,9 +1,8 @@
 """The in-process memory store, for ``memory:`` cache tables.
 
 Entries are kept in the order they were saved (an update moves an entry
-to the end), so the oldest entries are always first: a cleanup step pops
-expired entries from the front and stops at the first live one, without
-ever walking the whole cache.
+to the end), so the oldest entry is always first: cleanup and eviction
+pop from the front without ever walking the whole cache.
 """
 
 from __future__ import annotations
@@ -17,36 +16,47 @@ from . import Entry, Store
 _STAMP = struct.Struct("<q")
 
 
+def _entry(value: bytes) -> Entry:
+    return Entry(_STAMP.unpack_from(value)[0], value[_STAMP.size:])
+
+
 class MemoryStore(Store):
 
     def __init__(self):
         self._entries: OrderedDict[bytes, bytes] = OrderedDict()
+        self._size = 0
 
     def get(self, cache_id: bytes) -> Entry | None:
         value = self._entries.get(cache_id)
-        if value is None:
-            return None
-        return Entry(_STAMP.unpack_from(value)[0], value[_STAMP.size:])
+        return None if value is None else _entry(value)
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
+        self.delete(cache_id)
         self._entries[cache_id] = _STAMP.pack(entry.timestamp) + entry.session
-        self._entries.move_to_end(cache_id)
+        self._size += len(cache_id) + len(entry.session)
 
     def delete(self, cache_id: bytes) -> bool:
-        return self._entries.pop(cache_id, None) is not None
+        value = self._entries.pop(cache_id, None)
+        if value is None:
+            return False
+        self._size -= len(cache_id) + len(value) - _STAMP.size
+        return True
 
-    def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
-        removed = []
-        entries = self._entries
-        while entries and len(removed) < budget:
-            cache_id = next(iter(entries))
-            value = entries[cache_id]
-            timestamp = _STAMP.unpack_from(value)[0]
-            if timestamp >= cutoff:
-                return removed, True
-            del entries[cache_id]
-            removed.append(Entry(timestamp, value[_STAMP.size:]))
-        return removed, not entries
+    def oldest(self) -> Entry | None:
+        if not self._entries:
+            return None
+        return _entry(self._entries[next(iter(self._entries))])
+
+    def pop_oldest(self) -> Entry | None:
+        if not self._entries:
+            return None
+        cache_id, value = self._entries.popitem(last=False)
+        self._size -= len(cache_id) + len(value) - _STAMP.size
+        return _entry(value)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def size(self) -> int:
+        return self._size
