@@ -169,3 +169,49 @@ def start_ours_as_master_does(workdir: Path, *, wait=True, env=None, args=(),
     if wait:
         wait_for(daemon.connectable, what="tlsmgr to listen")
     return daemon
+
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class Redis:
+    """A private redis-server on a UNIX socket, stopped by its pid."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.socket_path = directory / "redis.sock"
+        self.url = "unix://%s?db=0" % self.socket_path
+        self.process = None
+        self.start()
+
+    def start(self):
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket_path),
+             "--unixsocketperm", "777", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--daemonize", "no"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.ping, what="redis-server to answer")
+
+    def ping(self) -> bool:
+        try:
+            return self.client().ping()
+        except Exception:
+            return False
+
+    def client(self):
+        import redis
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+
+def redis_available() -> bool:
+    return os.path.exists(REDIS_SERVER)

@@ -1,12 +1,13 @@
 """The stores behind the session caches: memory and LMDB, one interface."""
 
+import logging
 import os
 import stat
 
 import pytest
 
 from tlsmgr.scache import SessionCache
-from tlsmgr.stores import Entry, StoreError, open_store, split_table
+from tlsmgr.stores import Entry, Limits, StoreError, open_store, split_table
 from tlsmgr.stores.lmdb import LmdbStore
 from tlsmgr.stores.memory import MemoryStore
 
@@ -142,3 +143,34 @@ def test_session_cache_cleanup_in_steps(tmp_path):
     assert steps > 1                       # incremental, not one long stall
     assert len(cache.store) == 1
     assert cache.lookup(b"fresh") == b"s"
+
+
+def test_session_cache_limits_count_and_report_evictions(caplog):
+    caplog.set_level(logging.INFO, logger="tlsmgr")
+    now = [1000]
+    cache = SessionCache("smtp", MemoryStore(), 120, clock=lambda: now[0],
+                         limits=Limits(entries=3))
+    for i in range(3):
+        cache.update(b"%d" % i, b"s")
+    now[0] += 200                                  # those three have expired
+    for i in range(3, 10):
+        cache.update(b"%d" % i, b"s")
+    assert len(cache.store) == 3
+    assert (cache.expired, cache.evicted) == (3, 4)
+    assert caplog.text.count("smtp TLS session cache is full") == 1
+    now[0] += 61
+    cache.update(b"late", b"s")
+    assert caplog.text.count("smtp TLS session cache is full") == 2
+    # Since the first line: 2 more expired, 4 live, and one live for "late".
+    assert "made room by removing 2 expired and 5 live entries in 61 seconds" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["memory", "lmdb"])
+def test_byte_limit(tmp_path, kind):
+    store = MemoryStore() if kind == "memory" else LmdbStore(str(tmp_path / "c"))
+    limits = Limits(bytes=1000)
+    for i in range(50):
+        store.save(b"%02d" % i, Entry(i, b"x" * 98), limits, cutoff=0)
+    assert len(store) == 10 and store.size == 1000
+    assert store.get(b"39") is None and store.get(b"40") == Entry(40, b"x" * 98)
+    store.close()

@@ -72,7 +72,7 @@ class SessionCache:
         self.expired = 0                 # removed because they were too old
         self.evicted = 0                 # removed, still live, to make room
         self._unlogged = Trimmed()       # removals not yet reported
-        self._logged_at = clock()
+        self._logged_at: float | None = None
         self._store_warning = log.RateLimitedWarning()
 
     def _expired(self, entry: Entry, now: int) -> bool:
@@ -119,13 +119,17 @@ class SessionCache:
         self.expired += trimmed.expired
         self.evicted += trimmed.evicted
         unlogged = Trimmed(*map(sum, zip(self._unlogged, trimmed)))
-        if now - self._logged_at < EVICTION_LOG_INTERVAL:
+        if self._logged_at is None:
+            log.info("%s TLS session cache is full (limits: %s): removing the oldest "
+                     "entries to make room", self.label, describe_limits(self.limits))
+        elif now - self._logged_at < EVICTION_LOG_INTERVAL:
             self._unlogged = unlogged
             return
-        log.info("%s TLS session cache is full (limits: %s): made room by removing "
-                 "%d expired and %d live entries in %d seconds", self.label,
-                 describe_limits(self.limits), unlogged.expired, unlogged.evicted,
-                 now - self._logged_at)
+        else:
+            log.info("%s TLS session cache is full (limits: %s): made room by removing "
+                     "%d expired and %d live entries in %d seconds", self.label,
+                     describe_limits(self.limits), unlogged.expired, unlogged.evicted,
+                     now - self._logged_at)
         self._unlogged = Trimmed()
         self._logged_at = now
 

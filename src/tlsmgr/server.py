@@ -304,7 +304,15 @@ class Server:
         self.loop.call_later(cache.timeout, self._event, self._start_cleanup, cache)
 
     def _cleanup_step(self, cache: SessionCache) -> None:
-        removed = cache.cleanup_step()
+        if cache.store.blocking:
+            # A remote store's step waits on the network: not in the loop.
+            step = self.loop.run_in_executor(self.workers, cache.cleanup_step)
+            step.add_done_callback(lambda done: self._event(
+                self._cleanup_stepped, cache, done.result()))
+        else:
+            self._cleanup_stepped(cache, cache.cleanup_step())
+
+    def _cleanup_stepped(self, cache: SessionCache, removed: list) -> None:
         if removed:
             # The man page's promise: the pool is updated with data from
             # the session cache entries.

@@ -111,7 +111,7 @@ class FleetTicketKeys:
         self.local = local
         self._random_bytes = random_bytes
         self._clock = clock
-        self._current: TicketKey | None = None      # this period's, as Redis said
+        self._current: TicketKey | None = None      # this period's, from Redis
         self._warn = log.RateLimitedWarning()
 
     @property
@@ -131,6 +131,9 @@ class FleetTicketKeys:
         except StoreError as err:
             self._warn("cannot share TLS session ticket keys: %s", err)
             return self.local.current(timeout)
+        # Kept in this host's ring too, so that its tickets still decrypt
+        # here while Redis is away.
+        self.local.add(key)
         self._current = key
         return key
 

@@ -1,0 +1,259 @@
+"""Caches on a real redis-server: a fleet's shared sessions and ticket keys,
+caps under load, and a Redis that goes away and comes back."""
+
+import os
+import re
+import socket
+import threading
+import time
+
+import pytest
+from conftest import require
+from harness import Redis, redis_available, start_ours, wait_for
+
+from tlsmgr.client import TlsmgrClient
+from tlsmgr.stores import Entry, Limits, StoreError
+from tlsmgr.stores.redis import RedisSettings, RedisStore
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory):
+    require(redis_available(), "redis-server (apt-get install redis-server)")
+    server = Redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+def fleet_params(redis_server, data, **extra):
+    table = "redis:" + redis_server.url
+    return dict(data_directory=data, smtpd_tls_session_cache_database=table,
+                smtp_tls_session_cache_database=table,
+                tlsmgr_redis_key_prefix="fleet%d:" % os.getpid(), **extra)
+
+
+def host(tmp_path, name, redis_server, **extra):
+    directory = tmp_path / name
+    (directory / "data").mkdir(parents=True)
+    return start_ours(directory, **fleet_params(redis_server, directory / "data", **extra))
+
+
+# The store itself.
+
+def test_store_put_get_delete_and_ttl(redis_server):
+    store = RedisStore(redis_server.url, "smtpd", RedisSettings("unit:"), timeout=3600)
+    store.put(b"id\0binary", Entry(1000, b"session bytes"))
+    assert store.get(b"id\0binary") == Entry(1000, b"session bytes")
+    assert len(store) == 1 and store.size == len(b"id\0binary") + len(b"session bytes")
+    ttl = redis_server.client().ttl(b"{unit:smtpd}:s:id\0binary")
+    assert 3595 <= ttl <= 3601                     # Redis expires it by itself
+    assert store.delete(b"id\0binary") is True
+    assert store.delete(b"id\0binary") is False
+    assert store.get(b"id\0binary") is None
+    assert len(store) == 0 and store.size == 0
+
+
+def test_store_keeps_within_limits_oldest_out_first(redis_server):
+    store = RedisStore(redis_server.url, "smtp", RedisSettings("caps:"), timeout=3600)
+    limits = Limits(entries=10, bytes=2000)
+    trimmed = [store.save(b"k%02d" % i, Entry(1000 + i, b"x" * 100), limits, cutoff=1005)
+               for i in range(30)]
+    assert len(store) == 10 and store.size <= 2000
+    assert store.get(b"k00") is None and store.get(b"k29") is not None
+    assert sum(t.expired for t in trimmed) == 5        # saved before the cutoff
+    assert sum(t.evicted for t in trimmed) == 15
+    store.save(b"big", Entry(2000, b"y" * 1500), limits, cutoff=0)
+    assert store.size <= 2000 and store.get(b"big") is not None
+
+
+def test_store_fails_fast_while_redis_is_down(redis_server):
+    store = RedisStore(redis_server.url, "smtpd", RedisSettings("down:"), timeout=3600)
+    redis_server.stop()
+    with pytest.raises(StoreError, match="Redis unix://"):
+        store.get(b"a")
+    with pytest.raises(StoreError, match="unreachable; trying again"):
+        store.get(b"a")                               # no network this time
+    redis_server.start()
+    wait_for(lambda: _works(store), timeout=10, what="the store to try Redis again")
+
+
+def _works(store):
+    try:
+        store.put(b"a", Entry(1, b"s"))
+        return True
+    except StoreError:
+        return False
+
+
+# Two daemons, two hosts of one fleet.
+
+def test_two_hosts_share_sessions_and_ticket_keys(tmp_path, redis_server):
+    first, second = (host(tmp_path, name, redis_server) for name in ("a", "b"))
+    try:
+        with TlsmgrClient(str(first.socket_path)) as a, \
+                TlsmgrClient(str(second.socket_path)) as b:
+            assert a.update("smtpd", "sess1", b"made on a") == 0
+            assert b.lookup("smtpd", "sess1") == (0, b"made on a")
+            assert b.update("smtp", "relay1", b"made on b") == 0
+            assert a.lookup("smtp", "relay1") == (0, b"made on b")
+            assert b.delete("smtpd", "sess1") == 0
+            assert a.lookup("smtpd", "sess1") == (-1, b"")
+            status, key_a = a.tktkey()
+            status_b, key_b = b.tktkey()
+            assert status == status_b == 0 and key_a == key_b
+            assert b.tktkey(key_a.name) == (0, key_a)
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_ticket_keys_survive_a_daemon_restart(tmp_path, redis_server):
+    first = host(tmp_path, "a", redis_server)
+    with TlsmgrClient(str(first.socket_path)) as a:
+        _, key = a.tktkey()
+    first.stop()
+    again = start_ours(tmp_path / "a", **fleet_params(redis_server, tmp_path / "a" / "data"))
+    try:
+        with TlsmgrClient(str(again.socket_path)) as a:
+            assert a.tktkey() == (0, key)
+            assert a.tktkey(key.name) == (0, key)
+    finally:
+        again.stop()
+
+
+def storm(path, prefix, count, size=300):
+    def writer(n):
+        with TlsmgrClient(str(path)) as client:
+            for i in range(count):
+                assert client.update("smtpd", "%s-%d-%d" % (prefix, n, i), b"s" * size) == 0
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+
+def test_caps_hold_under_a_write_storm_from_two_hosts(tmp_path, redis_server):
+    limits = dict(tlsmgr_smtpd_cache_entry_limit=200, tlsmgr_smtpd_cache_size_limit=50000)
+    first = host(tmp_path, "a", redis_server, **limits)
+    second = host(tmp_path, "b", redis_server, **limits)
+    try:
+        both = [threading.Thread(target=storm, args=(d.socket_path, name, 150))
+                for d, name in ((first, "a"), (second, "b"))]
+        for thread in both:
+            thread.start()
+        for thread in both:
+            thread.join(180)
+        client = redis_server.client()
+        tag = "{fleet%d:smtpd}" % os.getpid()
+        assert client.zcard(tag + ":age") <= 50000 // 300   # the byte cap bites first
+        assert int(client.get(tag + ":bytes")) <= 50000
+        assert len(client.keys(tag + ":s:*")) == client.zcard(tag + ":age")
+        with TlsmgrClient(str(first.socket_path)) as a:
+            assert a.lookup("smtpd", "a-0-0") == (-1, b"")   # the oldest went first
+        wait_for(lambda: "TLS session cache is full" in first.log + second.log,
+                 what="an eviction report")
+    finally:
+        first.stop()
+        second.stop()
+
+
+@pytest.mark.parametrize("table", ["memory:", "lmdb:{data}/smtpd_scache"])
+def test_caps_hold_for_local_stores(tmp_path, table):
+    data = tmp_path / "data"
+    data.mkdir()
+    daemon = start_ours(tmp_path, data_directory=data,
+                        smtpd_tls_session_cache_database=table.format(data=data),
+                        tlsmgr_smtpd_cache_entry_limit=100, tlsmgr_smtpd_cache_size_limit=20000)
+    try:
+        storm(daemon.socket_path, "w", 100)
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            present = sum(client.lookup("smtpd", "w-%d-%d" % (n, i))[0] == 0
+                          for n in range(8) for i in range(100))
+        assert 0 < present <= 100 and present * (300 + 6) <= 20000 + 400
+        # Hundreds of evictions, one line: at most one a minute.
+        assert daemon.log.count("smtpd TLS session cache is full") == 1
+    finally:
+        daemon.stop()
+
+
+# Redis going away.
+
+def test_redis_outage_is_survived(tmp_path, redis_server):
+    daemon = host(tmp_path, "a", redis_server)
+    try:
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            assert client.update("smtpd", "before", b"s") == 0
+            _, shared_key = client.tktkey()
+            redis_server.stop()
+            for _ in range(20):
+                assert client.seed(16)[0] == 0
+                assert client.policy("smtpd") == (0, 1, 3600)
+                assert client.lookup("smtpd", "before") == (-1, b"")      # a miss
+                assert client.update("smtpd", "during", b"s") == -1       # fails
+            # The fleet's key of this period, remembered: still issued, and
+            # its tickets still decrypt here.
+            assert client.tktkey() == (0, shared_key)
+            assert client.tktkey(shared_key.name) == (0, shared_key)
+            warnings = re.findall(r"warning: cannot (save|look up) smtpd TLS session",
+                                  daemon.log)
+            assert 1 <= len(warnings) <= 2                                 # rate-limited
+            redis_server.start()
+            wait_for(lambda: client.update("smtpd", "after", b"back") == 0, timeout=40,
+                     what="sharing to come back")
+            assert client.lookup("smtpd", "after") == (0, b"back")
+            assert client.tktkey() == (0, shared_key)                     # the fleet's again
+    finally:
+        daemon.stop()
+
+
+def test_redis_down_at_start(tmp_path, redis_server):
+    redis_server.stop()
+    daemon = host(tmp_path, "a", redis_server)
+    try:
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            assert client.seed(8)[0] == 0
+            assert client.lookup("smtpd", "x") == (-1, b"")
+            status, local_key = client.tktkey()              # this host's own key
+            assert status == 0 and client.tktkey(local_key.name) == (0, local_key)
+            redis_server.start()
+            wait_for(lambda: client.update("smtpd", "x", b"s") == 0, timeout=40,
+                     what="sharing to start")
+            assert client.lookup("smtpd", "x") == (0, b"s")
+            status, shared_key = client.tktkey()
+            assert status == 0 and shared_key != local_key
+            stored = redis_server.client().keys("{fleet%d:tickets}:name:*" % os.getpid())
+            assert [key.endswith(shared_key.name) for key in stored] == [True]
+            assert client.tktkey(local_key.name) == (0, local_key)   # still decrypts
+    finally:
+        daemon.stop()
+
+
+def test_a_silent_redis_delays_only_its_own_requests(tmp_path):
+    # A Redis that accepts connections and never answers.
+    path = str(tmp_path / "silent.sock")
+    silent = socket.socket(socket.AF_UNIX)
+    silent.bind(path)
+    silent.listen(16)
+    data = tmp_path / "data"
+    data.mkdir()
+    daemon = start_ours(tmp_path, data_directory=data,
+                        smtpd_tls_session_cache_database="redis:unix://%s" % path,
+                        tlsmgr_redis_timeout_ms=2000)
+    try:
+        with TlsmgrClient(str(daemon.socket_path), timeout=30) as slow, \
+                TlsmgrClient(str(daemon.socket_path)) as quick:
+            done = []
+            waiter = threading.Thread(
+                target=lambda: done.append(slow.lookup("smtpd", "x")))
+            waiter.start()
+            time.sleep(0.2)                       # the lookup is now waiting on Redis
+            assert quick.seed(8)[0] == 0          # answered meanwhile
+            assert quick.policy("smtpd")[0] == 0
+            assert not done                       # the lookup is still waiting
+            waiter.join(20)
+            assert done == [(-1, b"")]            # a miss, after the bounded wait
+    finally:
+        daemon.stop()
+        silent.close()
