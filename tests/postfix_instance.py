@@ -6,6 +6,12 @@ its tlsmgr service.  Two smtpd listeners: ``port`` (where tests connect
 with openssl s_client) and ``relay_port`` (where the instance's own smtp
 client relays mail, which is then discarded), both one connection per
 process, so that sessions can only be resumed through tlsmgr.
+
+With ``netns=NAME`` the instance lives in that network namespace (made by
+the caller with ``ip netns add``): ``postfix`` commands and ``s_client``
+run through ``ip netns exec NAME``, so its listeners are on that
+namespace's loopback; ``port`` and ``relay_port`` may then be fixed
+numbers, the same in several namespaces.
 """
 
 from __future__ import annotations
@@ -68,7 +74,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 class PostfixInstance:
 
-    def __init__(self, *, ours: bool = True, chroot: bool = False, **params):
+    def __init__(self, *, ours: bool = True, chroot: bool = False, port: int | None = None,
+                 relay_port: int | None = None, netns: str | None = None, **params):
         self.root = Path(tempfile.mkdtemp(prefix="tlsmgr-postfix-"))
         self.root.chmod(0o755)
         self.conf = self.root / "conf"
@@ -76,8 +83,9 @@ class PostfixInstance:
         self.data = self.root / "data"
         self.daemons = self.root / "daemon"
         self.maillog = self.root / "log" / "maillog"
-        self.port = free_port()
-        self.relay_port = free_port()
+        self.port = port or free_port()
+        self.relay_port = relay_port or free_port()
+        self.netns = netns
         self.ours = ours
         self.chroot = chroot
         self.started = False
@@ -121,9 +129,15 @@ class PostfixInstance:
                         "-days", "2", "-subj", "/CN=tlsmgr-test.localdomain"],
                        check=True, capture_output=True, timeout=60)
 
+    def command(self, *args) -> list[str]:
+        """A command line, run in this instance's network namespace if it has one."""
+        if self.netns:
+            return [shutil.which("ip") or "/usr/sbin/ip", "netns", "exec", self.netns, *args]
+        return list(args)
+
     def postfix(self, *args, check=True, timeout=60) -> subprocess.CompletedProcess:
-        return subprocess.run(["postfix", "-c", str(self.conf), *args], capture_output=True,
-                              text=True, timeout=timeout, check=check)
+        return subprocess.run(self.command("postfix", "-c", str(self.conf), *args),
+                              capture_output=True, text=True, timeout=timeout, check=check)
 
     def start(self):
         self.postfix("start")
@@ -131,6 +145,12 @@ class PostfixInstance:
         wait_for(self._listening, timeout=30, what="smtpd to listen")
 
     def _listening(self) -> bool:
+        if self.netns:
+            # Not reachable from here: ask ss(8) inside the namespace.
+            result = subprocess.run(
+                self.command("ss", "-Hltn", "sport = :%d" % self.port),
+                capture_output=True, text=True, timeout=10)
+            return result.returncode == 0 and bool(result.stdout.strip())
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True
@@ -201,9 +221,10 @@ class PostfixInstance:
         which the server sends after the handshake, reaches it.
         """
         process = subprocess.Popen(
-            ["openssl", "s_client", "-starttls", "smtp", "-connect",
-             "127.0.0.1:%d" % (port or self.port), "-servername", "tlsmgr-test.localdomain",
-             *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            self.command(
+                "openssl", "s_client", "-starttls", "smtp", "-connect",
+                "127.0.0.1:%d" % (port or self.port), "-servername", "tlsmgr-test.localdomain",
+                *args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
         try:
             time.sleep(1)
@@ -215,7 +236,8 @@ class PostfixInstance:
         return out
 
     def send_mail(self, recipient: str, subject: str):
-        """Submit a message over SMTP to the main listener, without TLS."""
+        """Submit a message over SMTP to the main listener, without TLS
+        (from this namespace: not for an instance with ``netns``)."""
         import smtplib
         with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as smtp:
             smtp.sendmail("sender@tlsmgr-test.localdomain", [recipient],

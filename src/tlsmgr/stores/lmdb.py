@@ -53,6 +53,9 @@ class LmdbStore(Store):
         except lmdb.Error as err:
             raise StoreError("cannot open cache file %s: %s" % (self.path, err)) from None
         self._max_key = self._env.max_key_size() - _STAMP.size
+        # Counted here, not asked of LMDB: the file is ours alone, and the
+        # limits are checked at every update.
+        self._count = 0
         self._size = 0
 
     def _key(self, cache_id: bytes) -> bytes:
@@ -89,23 +92,33 @@ class LmdbStore(Store):
         value = _STAMP.pack(entry.timestamp) + entry.session
 
         def put(txn):
-            self._remove(txn, key)
+            old = self._remove(txn, key)
             txn.put(key, value, db=self._sessions)
             txn.put(value[:_STAMP.size] + key, b"", db=self._ages)
-            self._size += len(key) + len(entry.session)
-        self._write(put)
+            return old
+        self._forget(key, self._write(put))
+        self._count += 1
+        self._size += len(key) + len(entry.session)
 
     def _remove(self, txn, key: bytes) -> Entry | None:
         value = txn.pop(key, db=self._sessions)
         if value is None:
             return None
         txn.delete(value[:_STAMP.size] + key, db=self._ages)
-        self._size -= len(key) + len(value) - _STAMP.size
         return _entry(value)
+
+    def _forget(self, key: bytes, removed: Entry | None) -> None:
+        # The counts change only once a transaction is committed: one that
+        # is retried (the map grew) must not count twice.
+        if removed is not None:
+            self._count -= 1
+            self._size -= len(key) + len(removed.session)
 
     def delete(self, cache_id: bytes) -> bool:
         key = self._key(cache_id)
-        return self._write(lambda txn: self._remove(txn, key) is not None)
+        removed = self._write(lambda txn: self._remove(txn, key))
+        self._forget(key, removed)
+        return removed is not None
 
     def oldest(self) -> Entry | None:
         def oldest(txn):
@@ -119,12 +132,15 @@ class LmdbStore(Store):
         def pop_oldest(txn):
             cursor = txn.cursor(db=self._ages)
             if not cursor.first():
-                return None
-            return self._remove(txn, bytes(cursor.key()[_STAMP.size:]))
-        return self._write(pop_oldest)
+                return None, None
+            key = bytes(cursor.key()[_STAMP.size:])
+            return key, self._remove(txn, key)
+        key, removed = self._write(pop_oldest)
+        self._forget(key, removed)
+        return removed
 
     def __len__(self) -> int:
-        return self._read(lambda txn: txn.stat(self._sessions)["entries"])
+        return self._count
 
     @property
     def size(self) -> int:
