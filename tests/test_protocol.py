@@ -217,3 +217,13 @@ def test_warnings_sanitise_unprintable_bytes(tlsmgr, caplog):
     caplog.set_level(logging.WARNING, logger="tlsmgr")
     request(tlsmgr, ("request", "policy"), ("cache_type", "a\x01\x7fb"))
     assert 'bogus cache type "a??b"' in caplog.text
+
+
+def test_a_failure_inside_a_request_still_answers_in_shape(tlsmgr, caplog):
+    class Broken(MemoryStore):
+        def get(self, cache_id):
+            raise RuntimeError("disk on fire")
+    tlsmgr.caches[b"smtpd"].store = Broken()
+    reply = request(tlsmgr, ("request", "lookup"), ("cache_type", "smtpd"), ("cache_id", "a"))
+    assert reply == b"status\x004294967294\0session\0\0\0"
+    assert "cannot answer lookup request: RuntimeError: disk on fire" in caplog.text

@@ -21,6 +21,7 @@ import pwd
 import signal
 import socket
 import sys
+import traceback
 
 from . import __version__, config, log, master
 from .attr import Decoder
@@ -261,6 +262,7 @@ def run_under_master(args) -> int:
 
     # Pre-jail: open the entropy source, exchange file and caches, as
     # mail_owner when we are root, so that the files belong to Postfix.
+    master.preload_modules()
     if os.geteuid() == 0:
         uid, gid = master.mail_owner_ids(cfg.mail_owner)
         with master.effective_ids(uid, gid):
@@ -273,7 +275,6 @@ def run_under_master(args) -> int:
                for fd in range(master.LISTEN_FD, master.LISTEN_FD + args.socket_count)]
     server.master = master.StatusChannel(generation)
     server.watchdog = master.Watchdog(cfg.daemon_timeout)
-    master.preload_modules()
     master.enter_jail(cfg.queue_directory if args.chroot else None,
                       cfg.mail_owner if args.unprivileged else None)
     return asyncio.run(server.serve(sockets=sockets))
@@ -297,6 +298,12 @@ def main(argv=None) -> int:
             return run_standalone(args)
         return run_under_master(args)
     except log.Fatal:
+        return 1
+    except Exception as err:
+        # A bug: say what broke, in one line where the administrator looks.
+        if log.verbose:
+            log.info("%s", traceback.format_exc())
+        log.logger.critical("unexpected %s: %s", type(err).__name__, err)
         return 1
 
 

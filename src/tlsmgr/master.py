@@ -10,6 +10,7 @@ chroot jail and privilege drop that follow start-up.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pwd
 import signal
@@ -121,12 +122,22 @@ class effective_ids:
         os.setegid(self.saved[1])
 
 
+# Modules that would otherwise be imported lazily, while serving.
+_LAZY_MODULES = (
+    "asyncio.base_events", "asyncio.selector_events", "asyncio.unix_events",
+    "concurrent.futures.thread", "encodings.ascii", "encodings.latin_1",
+    "encodings.utf_8", "urllib.parse",
+    # redis-py: secrets for its connection pool; importlib.metadata, which
+    # reads with email.parser, when it names its version on connecting.
+    "redis.connection", "secrets", "importlib.metadata", "email.parser",
+    "email.feedparser",
+    "tlsmgr.stores.memory", "tlsmgr.stores.lmdb", "tlsmgr.stores.redis",
+)
+
+
 def preload_modules() -> None:
-    """Import now what asyncio and the standard library would import
-    lazily, while the files are still within reach (before chroot)."""
-    import asyncio.base_events  # noqa: F401
-    import asyncio.selector_events  # noqa: F401
-    import asyncio.unix_events  # noqa: F401
-    import encodings.ascii  # noqa: F401
-    import encodings.latin_1  # noqa: F401
-    import encodings.utf_8  # noqa: F401
+    """Import now what would otherwise be imported lazily, while the files
+    are within reach: before files are opened as mail_owner (who may not
+    read the Python installation) and before the chroot jail."""
+    for name in _LAZY_MODULES:
+        importlib.import_module(name)

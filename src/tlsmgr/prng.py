@@ -40,6 +40,9 @@ MAX_PERIOD = (2**31 - 1) // 255
 
 _EOF = "end of file"
 
+_TIMES = struct.Struct("=qq")
+_TIMES_BATCH = 64 * _TIMES.size
+
 
 class MustExit(SystemExit):
     """Exit with status 0 after a 1 s pause, so that master(8) restarts us.
@@ -60,7 +63,7 @@ class Pool:
     input is mixed in, so no path leads to a state that must be refused.
     """
 
-    __slots__ = ("_key", "_lock", "_value")
+    __slots__ = ("_key", "_lock", "_times", "_value")
 
     def __init__(self, extra: bytes = b"") -> None:
         # The pid and clock keep a forked or restored copy of the kernel's
@@ -80,6 +83,7 @@ class Pool:
         # Requests for a remote store are answered in worker threads, and
         # two threads must never generate from the same state.
         self._lock = threading.Lock()
+        self._times = bytearray()
         self._key = bytes(32)
         self._value = b"\x01" * 32
         self.mix(seed_material)
@@ -91,7 +95,11 @@ class Pool:
         even chosen by an attacker, cannot make the state easier to guess.
         """
         with self._lock:
-            self._update(data)
+            self._update(self._take_times() + data)
+
+    def _take_times(self) -> bytes:
+        times, self._times = self._times, bytearray()
+        return bytes(times)
 
     def _update(self, data: bytes) -> None:
         key = hmac.digest(self._key, self._value + b"\x00" + data, "sha256")
@@ -102,14 +110,23 @@ class Pool:
         self._key, self._value = key, value
 
     def mix_time(self) -> None:
-        """Stir in the wall clock and the monotonic clock, in nanoseconds."""
-        self.mix(struct.pack("=qq", time.time_ns(), time.monotonic_ns()))
+        """Stir in the wall clock and the monotonic clock, in nanoseconds.
+
+        This runs after every event, so it must be cheap: the times are
+        gathered, and stirred in together before the pool next gives out
+        bytes, or once a batch has gathered.
+        """
+        self._times += _TIMES.pack(time.time_ns(), time.monotonic_ns())
+        if len(self._times) >= _TIMES_BATCH:
+            self.mix(b"")
 
     def random_bytes(self, n: int) -> bytes:
         """Return *n* fresh bytes: the DRBG generate function."""
         if not 0 <= n <= MAX_REQUEST:
             raise ValueError(f"cannot generate {n} bytes at once")
         with self._lock:
+            if self._times:
+                self._update(self._take_times())
             key, value = self._key, self._value
             blocks = []
             for _ in range(-(-n // 32)):

@@ -69,6 +69,12 @@ class Reply:
 
 
 NO_REPLY = Reply()
+
+# What a failed request's reply carries besides its status.
+_FAILED_EXTRAS = {
+    b"lookup": [("session", b"")], b"tktkey": [("keybuf", b"")], b"seed": [("seed", b"")],
+    b"policy": [("cachable", 0), ("timeout", 0)], b"update": [], b"delete": [],
+}
 HANG_UP = Reply(close=True)
 
 
@@ -113,7 +119,14 @@ class Tlsmgr:
         request = fields[0]
         handler = self._handlers.get(request)
         if handler is not None:
-            return Reply(handler(message))
+            try:
+                return Reply(handler(message))
+            except Exception as err:
+                # A bug, but the client still gets an answer of the right
+                # shape, and the connection stays in step.
+                log.error("cannot answer %s request: %s: %s", request.decode(),
+                          type(err).__name__, err)
+                return Reply(encode([("status", STAT_FAIL), *_FAILED_EXTRAS[request]]))
         if request == WAKEUP:
             return HANG_UP
         log.warn('unknown request "%s" from %s', printable(request), self.peer)

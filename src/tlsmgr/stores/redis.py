@@ -105,7 +105,9 @@ class Breaker:
                              % (self.name, self.closed_until - self.clock()))
         try:
             result = operation()
-        except redis.RedisError as err:
+        except Exception as err:
+            # Whatever broke (the network, Redis, the client library), the
+            # request is a miss or a failed update, never a crash.
             with self.lock:
                 self.closed_until = self.clock() + self.pause
                 self.pause = min(self.pause * 2, LAST_PAUSE)
