@@ -215,3 +215,9 @@ class Redis:
 
 def redis_available() -> bool:
     return os.path.exists(REDIS_SERVER)
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -24,17 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import wait_for
+from harness import free_tcp_port, wait_for
 
 DEBIAN_DAEMONS = Path("/usr/lib/postfix/sbin")
 OUR_COMMAND = "pytlsmgr"
 OUR_SCRIPT = Path(shutil.which("tlsmgr") or Path(os.sys.executable).parent / "tlsmgr")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def available() -> bool:
@@ -83,8 +77,8 @@ class PostfixInstance:
         self.data = self.root / "data"
         self.daemons = self.root / "daemon"
         self.maillog = self.root / "log" / "maillog"
-        self.port = port or free_port()
-        self.relay_port = relay_port or free_port()
+        self.port = port or free_tcp_port()
+        self.relay_port = relay_port or free_tcp_port()
         self.netns = netns
         self.ours = ours
         self.chroot = chroot

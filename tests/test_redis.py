@@ -4,6 +4,7 @@ caps under load, and a Redis that goes away and comes back."""
 import os
 import re
 import socket
+import subprocess
 import threading
 import time
 
@@ -257,3 +258,26 @@ def test_a_silent_redis_delays_only_its_own_requests(tmp_path):
     finally:
         daemon.stop()
         silent.close()
+
+
+def test_sentinel_url_finds_the_master(tmp_path):
+    require(redis_available(), "redis-server (apt-get install redis-server)")
+    from harness import REDIS_SERVER, free_tcp_port
+    port, sentinel_port = free_tcp_port(), free_tcp_port()
+    master = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = tmp_path / "sentinel.conf"
+    config.write_text("port %d\nbind 127.0.0.1\nsentinel monitor pool 127.0.0.1 %d 1\n"
+                      % (sentinel_port, port))
+    sentinel = subprocess.Popen([REDIS_SERVER, str(config), "--sentinel"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        store = RedisStore("redis+sentinel://127.0.0.1:%d/pool/0" % sentinel_port, "smtpd",
+                           RedisSettings("sentinel:"), timeout=3600)
+        wait_for(lambda: _works(store), timeout=20, what="the sentinel to name the master")
+        assert store.get(b"a") == Entry(1, b"s")
+    finally:
+        for process in (sentinel, master):
+            process.terminate()
+            process.wait(10)
