@@ -15,6 +15,7 @@ limit) are stored under a digest of the id.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import struct
@@ -57,6 +58,8 @@ class LmdbStore(Store):
         # limits are checked at every update.
         self._count = 0
         self._size = 0
+        self._map = _mapping(os.path.abspath(self.path))
+        self._writes = 0
 
     def _key(self, cache_id: bytes) -> bytes:
         if 0 < len(cache_id) <= self._max_key and cache_id[:1] != b"\0":
@@ -75,11 +78,17 @@ class LmdbStore(Store):
         while True:
             try:
                 with self._env.begin(write=True) as txn:
-                    return operation(txn)
+                    result = operation(txn)
+                break
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
+                self._map = _mapping(os.path.abspath(self.path))     # it moved
             except lmdb.Error as err:
                 raise StoreError("%s: %s" % (self.path, err)) from None
+        self._writes += 1
+        if self._writes % _RELEASE_EVERY == 0:
+            _release(self._map)
+        return result
 
     def get(self, cache_id: bytes) -> Entry | None:
         def get(txn):
@@ -148,6 +157,35 @@ class LmdbStore(Store):
 
     def close(self) -> None:
         self._env.close()
+
+
+# Every so many writes, the pages of the map that this process touched are
+# given back: they are the kernel's page cache of the file, and stay there,
+# but the daemon's resident memory then does not grow with the cache.
+_RELEASE_EVERY = 1024
+_MADV_DONTNEED = 4
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def _mapping(path: str) -> tuple[int, int] | None:
+    """Where LMDB mapped the file: (start, length), found in /proc/self/maps
+    (None when that cannot be read, as inside a chroot jail)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == path:
+                    start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                    return start, end - start
+    except OSError:
+        pass
+    return None
+
+
+def _release(mapping: tuple[int, int] | None) -> None:
+    if mapping is not None:
+        _libc.madvise(mapping[0], mapping[1], _MADV_DONTNEED)
 
 
 def _entry(value) -> Entry:
