@@ -174,3 +174,30 @@ def test_byte_limit(tmp_path, kind):
     assert len(store) == 10 and store.size == 1000
     assert store.get(b"39") is None and store.get(b"40") == Entry(40, b"x" * 98)
     store.close()
+
+
+def test_lmdb_resident_memory_does_not_grow_with_entries(tmp_path):
+    # In a fresh process, so that nothing else moves its memory.
+    import json
+    import subprocess
+    import sys
+    code = """
+import json, os
+from tlsmgr.stores import Entry
+from tlsmgr.stores.lmdb import LmdbStore
+def rss():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmRSS"))
+store = LmdbStore(%r)
+session = os.urandom(300)
+for i in range(5000):
+    store.put(b"%%064x" %% i, Entry(i, session))
+before = rss()
+for i in range(5000, 100000):
+    store.put(b"%%064x" %% i, Entry(i, session))
+print(json.dumps({"grown": rss() - before, "entries": len(store)}))
+""" % str(tmp_path / "scache")
+    result = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                       text=True, check=True, timeout=120).stdout)
+    assert result["entries"] == 100000
+    assert result["grown"] < 4 * 1024 * 1024      # 95000 more entries, ~35 MB of data
