@@ -281,3 +281,23 @@ def test_idle_connection_is_closed_after_ipc_timeout(tmp_path):
         sock.close()
     finally:
         started.stop()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_either_event_loop_serves(tmp_path, loop):
+    started = start_ours(tmp_path, data_directory=tmp_path, tlsmgr_event_loop=loop,
+                         smtpd_tls_session_cache_database="memory:")
+    try:
+        with TlsmgrClient(str(started.socket_path)) as client:
+            assert client.update("smtpd", "a", b"s") == 0
+            assert client.lookup("smtpd", "a") == (0, b"s")
+    finally:
+        assert started.stop() == 0
+
+
+def test_bad_event_loop_is_one_fatal_line(tmp_path):
+    started = start_ours(tmp_path, wait=False, data_directory=tmp_path,
+                         tlsmgr_event_loop="twisted")
+    assert started.process.wait(10) == 1
+    assert ("fatal: parameter tlsmgr_event_loop: bad value: twisted "
+            "(expected uvloop or asyncio)") in started.log

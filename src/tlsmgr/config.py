@@ -81,6 +81,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("tlsmgr_redis_key_prefix", "tlsmgr:"),
     Parameter("tlsmgr_redis_password", ""),
     Parameter("tlsmgr_redis_timeout_ms", "250", "int", 1),
+    # Ours: uvloop or asyncio.
+    Parameter("tlsmgr_event_loop", "uvloop"),
 )
 
 _DEFAULTS = {p.name: p.default for p in PARAMETERS}
@@ -128,6 +130,7 @@ class Config:
     tlsmgr_redis_key_prefix: str
     tlsmgr_redis_password: str
     tlsmgr_redis_timeout_ms: int
+    tlsmgr_event_loop: str
     # Expanded text of every known parameter and of every name main.cf or
     # -o defines, for messages and --show-config.
     params: Mapping[str, str]

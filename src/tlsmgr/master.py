@@ -43,13 +43,18 @@ class StatusChannel:
 
     def __init__(self, generation: int, fd: int = STATUS_FD):
         self.fd = fd
-        self._taken = _STATUS.pack(os.getpid(), generation, STAT_TAKEN)
-        self._avail = _STATUS.pack(os.getpid(), generation, STAT_AVAIL)
+        # Busy, then idle again: what Postfix's servers say around a request.
+        self._served = (_STATUS.pack(os.getpid(), generation, STAT_TAKEN)
+                        + _STATUS.pack(os.getpid(), generation, STAT_AVAIL))
 
-    def notify(self, avail: bool) -> bool:
-        """Tell master we are busy or idle; False when master is gone."""
+    def served(self) -> bool:
+        """Tell master that requests were served; False when master is gone.
+
+        This daemon never stops accepting while it serves, so the busy and
+        idle messages go together, in one write after the work.
+        """
         try:
-            return os.write(self.fd, self._avail if avail else self._taken) == _STATUS.size
+            return os.write(self.fd, self._served) == len(self._served)
         except OSError:
             return False
 

@@ -95,7 +95,6 @@ class Connection(asyncio.Protocol):
     def _answer_pending(self):
         tlsmgr = self.server.tlsmgr
         replies = []
-        self.server.busy(True)
         while self.pending and self.in_worker is None:
             message = self.pending.popleft()
             if tlsmgr.blocking(message):
@@ -104,8 +103,9 @@ class Connection(asyncio.Protocol):
                 self.in_worker.add_done_callback(self._worker_done)
             else:
                 replies.append(self.server.answer(message))
-        self.server.busy(False)
         self._send(replies)
+        if replies:
+            self.server.served()
         self._update_reading()
         self.server.prng.mix_time()
 
@@ -114,6 +114,7 @@ class Connection(asyncio.Protocol):
         if self.transport.is_closing():
             return
         self._send([future.result()])
+        self.server.served()
         self._answer_pending()
 
     def _send(self, replies: list[Reply]):
@@ -227,10 +228,10 @@ class Server:
             log.error("cannot answer request: %s: %s", type(err).__name__, err)
             return Reply(encode([("status", STAT_FAIL)]))
 
-    def busy(self, busy: bool) -> None:
-        """Tell master(8) whether a request is being served, as Postfix's
-        servers do around each request."""
-        if self.master is not None and not self.master.notify(not busy):
+    def served(self) -> None:
+        """Tell master(8) that requests were served, as Postfix's servers
+        do around each request."""
+        if self.master is not None and not self.master.served():
             self._master_gone()
 
     def _master_gone(self) -> None:
