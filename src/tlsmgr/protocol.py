@@ -21,7 +21,15 @@ import re
 from collections.abc import Callable
 
 from . import log
-from .attr import Message, decode_data, decode_data_prefix, decode_int, encode
+from .attr import (
+    Message,
+    decode_data,
+    decode_data_prefix,
+    decode_int,
+    encode,
+    encode_data,
+    encode_int,
+)
 from .scache import SessionCache
 from .tickets import NAME_LENGTH, FleetTicketKeys, TicketKeyRing
 
@@ -36,19 +44,23 @@ SEED_MAX = 255
 
 
 class Kind:
-    """How an attribute value is read (Postfix's RECV_ATTR_STR/INT/DATA)."""
+    """How an attribute value is read (Postfix's RECV_ATTR_STR/INT/DATA):
+    the function that converts it, None for a string taken as it is."""
 
-    STR = "str"
-    INT = "int"
-    DATA = "data"
+    STR = None
+    INT = staticmethod(decode_int)
+    DATA = staticmethod(decode_data)
 
 
-_CONVERT: dict[str, Callable[[bytes], object]] = {
-    Kind.STR: lambda value: value,
-    Kind.INT: decode_int,
-    Kind.DATA: decode_data,
-}
 _MALFORMED = {Kind.INT: "numerical", Kind.DATA: "base64"}
+
+# What each request reads after its name, in order.
+_REQUEST = ((b"request", Kind.STR),)
+_CACHE_ENTRY = ((b"cache_type", Kind.STR), (b"cache_id", Kind.STR))
+_UPDATE = (*_CACHE_ENTRY, (b"session", Kind.DATA))
+_CACHE_TYPE = ((b"cache_type", Kind.STR),)
+_KEYNAME = ((b"keyname", Kind.DATA),)
+_SIZE = ((b"size", Kind.INT),)
 
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
@@ -78,8 +90,12 @@ _FAILED_EXTRAS = {
 HANG_UP = Reply(close=True)
 
 
-def _status(status: int) -> bytes:
-    return encode([("status", status)])
+# Replies, built directly: they are on every request's path.
+_STATUS = {status: encode([("status", status)]) for status in (STAT_OK, STAT_ERR, STAT_FAIL)}
+
+
+def _status_and_data(status: int, name: bytes, data: bytes) -> bytes:
+    return b"status\0%s\0%s\0%s\0\0" % (encode_int(status), name, encode_data(data))
 
 
 class Tlsmgr:
@@ -113,10 +129,10 @@ class Tlsmgr:
 
     def handle(self, message: Message) -> Reply:
         """Answer one complete request message."""
-        fields, ok = self._scan(message, 0, (("request", Kind.STR),), more=True)
-        if not ok:
-            return Reply(_status(STAT_FAIL))
-        request = fields[0]
+        if message and message[0][0] == b"request":
+            request = message[0][1]
+        elif not self._scan(message, 0, _REQUEST, more=True)[1]:   # says what is wrong
+            return Reply(_STATUS[STAT_FAIL])
         handler = self._handlers.get(request)
         if handler is not None:
             try:
@@ -130,7 +146,7 @@ class Tlsmgr:
         if request == WAKEUP:
             return HANG_UP
         log.warn('unknown request "%s" from %s', printable(request), self.peer)
-        return Reply(_status(STAT_FAIL))
+        return Reply(_STATUS[STAT_FAIL])
 
     def blocking(self, message: Message) -> bool:
         """Whether answering may wait on the network (a Redis cache or
@@ -162,20 +178,22 @@ class Tlsmgr:
         the request.
         """
         values = []
-        for index, (name, kind) in enumerate(wanted, start):
+        for index, (name, convert) in enumerate(wanted, start):
             if index >= len(message):
-                log.warn("missing attribute %s in input from %s", name, self.peer)
+                log.warn("missing attribute %s in input from %s", name.decode(), self.peer)
                 return values, False
-            got_name, raw = message[index]
-            if got_name != name.encode():
+            got_name, value = message[index]
+            if got_name != name:
                 log.warn("unexpected attribute %s from %s (expecting: %s)",
-                         printable(got_name), self.peer, name)
+                         printable(got_name), self.peer, name.decode())
                 return values, False
-            value = _CONVERT[kind](raw)
-            if value is None:
-                log.warn("malformed %s data from %s while reading input attribute"
-                         " value: %.100s", _MALFORMED[kind], self.peer, printable(raw))
-                return values, False
+            if convert is not None:
+                value = convert(value)
+                if value is None:
+                    log.warn("malformed %s data from %s while reading input attribute"
+                             " value: %.100s", _MALFORMED[convert], self.peer,
+                             printable(message[index][1]))
+                    return values, False
             values.append(value)
         end = start + len(wanted)
         if not more and end < len(message):
@@ -194,42 +212,38 @@ class Tlsmgr:
 
     def _lookup(self, message: Message) -> bytes:
         status, session = STAT_FAIL, b""
-        (values, ok) = self._scan(message, 1, (("cache_type", Kind.STR),
-                                               ("cache_id", Kind.STR)))
+        (values, ok) = self._scan(message, 1, _CACHE_ENTRY)
         if ok:
             _, cache = self._cache(values[0], "lookup")
             if cache is not None:
                 found = cache.lookup(values[1])
                 status, session = (STAT_ERR, b"") if found is None else (STAT_OK, found)
-        return encode([("status", status), ("session", session)])
+        return _status_and_data(status, b"session", session)
 
     def _update(self, message: Message) -> bytes:
         status = STAT_FAIL
-        (values, ok) = self._scan(message, 1, (("cache_type", Kind.STR),
-                                               ("cache_id", Kind.STR),
-                                               ("session", Kind.DATA)))
+        (values, ok) = self._scan(message, 1, _UPDATE)
         if ok:
             _, cache = self._cache(values[0], "update")
             if cache is not None:
                 status = STAT_OK if cache.update(values[1], values[2]) else STAT_ERR
-        return _status(status)
+        return _STATUS[status]
 
     def _delete(self, message: Message) -> bytes:
         status = STAT_FAIL
-        (values, ok) = self._scan(message, 1, (("cache_type", Kind.STR),
-                                               ("cache_id", Kind.STR)))
+        (values, ok) = self._scan(message, 1, _CACHE_ENTRY)
         if ok:
             _, cache = self._cache(values[0], "delete")
             if cache is not None:
                 status = STAT_OK if cache.delete(values[1]) else STAT_ERR
-        return _status(status)
+        return _STATUS[status]
 
     def _tktkey(self, message: Message) -> bytes:
         # Like the stock daemon (Postfix 3.7), a name not found is echoed
         # in place of a key, and so is what could be decoded of a name that
         # is not base64.
         status, keybuf = STAT_FAIL, b""
-        (values, ok) = self._scan(message, 1, (("keyname", Kind.DATA),))
+        (values, ok) = self._scan(message, 1, _KEYNAME)
         if not ok:
             if len(message) > 1 and message[1][0] == b"keyname":
                 keybuf = decode_data_prefix(message[1][1])[0]
@@ -246,22 +260,22 @@ class Tlsmgr:
                     status, keybuf = STAT_ERR, name
                 else:
                     status, keybuf = STAT_OK, key.pack()
-        return encode([("status", status), ("keybuf", keybuf)])
+        return _status_and_data(status, b"keybuf", keybuf)
 
     def _seed(self, message: Message) -> bytes:
         status, seed = STAT_FAIL, b""
-        (values, ok) = self._scan(message, 1, (("size", Kind.INT),))
+        (values, ok) = self._scan(message, 1, _SIZE)
         if ok:
             size = values[0]
             if 0 < size <= SEED_MAX:
                 status, seed = STAT_OK, self.random_bytes(size)
             else:
                 log.warn('bogus seed length "%d" in "seed" request', size)
-        return encode([("status", status), ("seed", seed)])
+        return _status_and_data(status, b"seed", seed)
 
     def _policy(self, message: Message) -> bytes:
         status, cachable, timeout = STAT_FAIL, 0, 0
-        (values, ok) = self._scan(message, 1, (("cache_type", Kind.STR),))
+        (values, ok) = self._scan(message, 1, _CACHE_TYPE)
         if ok:
             known, cache = self._cache(values[0], "policy")
             if known:
