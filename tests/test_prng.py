@@ -421,3 +421,17 @@ def test_huge_periods_are_capped_like_stock(make):
     longest = (2**31 - 1) // 255
     assert max(p.reseed() for _ in range(50)) <= longest
     assert max(p.update_exchange() for _ in range(50)) <= longest
+
+
+def test_small_requests_come_from_a_block_used_once_and_dropped_by_a_mix(tmp_path):
+    prng = Prng("", 32, "", 3600, 3600, pool=Pool.from_seed(b"seed"))
+    outputs = [prng.random_bytes(32) for _ in range(300)]      # crosses blocks
+    assert len(set(outputs)) == 300
+    same = Prng("", 32, "", 3600, 3600, pool=Pool.from_seed(b"seed"))
+    same.random_bytes(32)
+    before_mix = same.random_bytes(32)
+    other = Prng("", 32, "", 3600, 3600, pool=Pool.from_seed(b"seed"))
+    other.random_bytes(32)
+    other.mix(b"new entropy")
+    assert other.random_bytes(32) != before_mix
+    assert len(prng.random_bytes(1024)) == 1024

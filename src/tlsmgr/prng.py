@@ -41,6 +41,8 @@ MAX_PERIOD = (2**31 - 1) // 255
 _EOF = "end of file"
 
 _TIMES = struct.Struct("=qq")
+_SMALL = 255                    # the largest seed request
+_AHEAD = 4096                   # bytes generated at once for small requests
 _TIMES_BATCH = 64 * _TIMES.size
 
 
@@ -175,6 +177,9 @@ class Prng:
                  reseed_period: int, update_period: int,
                  pool: Pool | None = None) -> None:
         self.pool = pool if pool is not None else Pool()
+        self._ahead = b""
+        self._ahead_used = 0
+        self._ahead_lock = threading.Lock()
         self.source = source
         self.reseed_bytes = random_bytes
         self.exchange_path = exchange_path
@@ -224,10 +229,22 @@ class Prng:
                           exchange_path, _reason(exc))
 
     def random_bytes(self, n: int) -> bytes:
-        return self.pool.random_bytes(n)
+        """n fresh bytes.  Small requests (seed replies, key material) are
+        cut from a block generated ahead, so that one generate call serves
+        many: each byte is handed out once, and a mix discards the block."""
+        if n > _SMALL:
+            return self.pool.random_bytes(n)
+        with self._ahead_lock:
+            start = self._ahead_used
+            if start + n > len(self._ahead):
+                self._ahead, start = self.pool.random_bytes(_AHEAD), 0
+            self._ahead_used = start + n
+            return self._ahead[start:start + n]
 
     def mix(self, data: bytes) -> None:
         self.pool.mix(data)
+        with self._ahead_lock:     # what follows must depend on the new data
+            self._ahead, self._ahead_used = b"", 0
 
     def mix_time(self) -> None:
         self.pool.mix_time()
@@ -262,7 +279,7 @@ class Prng:
             self._exit("exiting to reopen external entropy source %s",
                        self.source)
         if data:
-            self.pool.mix(data)
+            self.mix(data)
             self.reseeds += 1
         return self._delay(self.reseed_period) if self.source else None
 
@@ -330,7 +347,7 @@ class Prng:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             doing = "read"
-            self.pool.mix(os.pread(fd, EXCHANGE_SIZE, 0))
+            self.mix(os.pread(fd, EXCHANGE_SIZE, 0))
             doing = "write"
             # One write(2), so that even SIGKILL cannot leave half a file.
             written = os.pwrite(fd, self.pool.random_bytes(EXCHANGE_SIZE), 0)

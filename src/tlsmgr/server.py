@@ -61,6 +61,7 @@ class Connection(asyncio.Protocol):
         self.pending: deque[Message] = deque()
         self.in_worker: asyncio.Future | None = None
         self.write_paused = False
+        self.read_paused = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -136,12 +137,13 @@ class Connection(asyncio.Protocol):
         self._update_reading()
 
     def _update_reading(self):
-        if self.transport.is_closing():
-            return
-        if self.write_paused or self.in_worker is not None:
-            self.transport.pause_reading()
-        else:
-            self.transport.resume_reading()
+        paused = self.write_paused or self.in_worker is not None
+        if paused != self.read_paused and not self.transport.is_closing():
+            self.read_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def peer(self) -> str:
         return describe_peer(self.transport.get_extra_info("socket"))
