@@ -27,12 +27,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
-from harness import postfix_dirs, start_as_master_does, wait_for
+from harness import Redis, postfix_dirs, start_as_master_does, wait_for
 from postfix_instance import OUR_COMMAND, PostfixInstance
 
 PORT = 2525            # the same in both namespaces: the same service name
@@ -79,99 +78,6 @@ class Namespace:
 
 
 # Redis.
-
-class RedisError(Exception):
-    pass
-
-
-class RedisServer:
-    """A redis-server of our own on a UNIX socket: no TCP port, no files saved."""
-
-    def __init__(self):
-        self.directory = Path(tempfile.mkdtemp(prefix="tlsmgr-redis-"))
-        # 0755: the daemons run as mail_owner, and reach the socket by path.
-        self.directory.chmod(0o755)
-        self.socket_path = self.directory / "redis.sock"
-        self.log_path = self.directory / "redis.log"
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def start(self):
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [shutil.which("redis-server") or "redis-server", "--port", "0",
-                 "--unixsocket", str(self.socket_path), "--unixsocketperm", "777",
-                 "--save", "", "--appendonly", "no", "--daemonize", "no",
-                 "--dir", str(self.directory)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory)
-        wait_for(self._answers, timeout=20, interval=0.05, what="redis-server to answer PING")
-
-    def _answers(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            raise AssertionError("redis-server exited with %s:\n%s"
-                                 % (self.process and self.process.returncode, self.log))
-        try:
-            return self.command("PING") == "PONG"
-        except OSError:
-            return False
-
-    def command(self, *args: str | bytes):
-        """One Redis command over the socket (RESP2), its reply in Python terms."""
-        words = [arg if isinstance(arg, bytes) else arg.encode() for arg in args]
-        request = b"*%d\r\n" % len(words) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(word), word) for word in words)
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(5)
-            sock.connect(str(self.socket_path))
-            sock.sendall(request)
-            with sock.makefile("rb") as replies:
-                return _read_reply(replies)
-
-    def keys(self, pattern: str = "*") -> list[bytes]:
-        return sorted(self.command("KEYS", pattern))
-
-    def stop(self):
-        """Stop it by its pid; remove its directory.  Idempotent."""
-        try:
-            if self.process is not None and self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(10)
-        finally:
-            self.process = None
-            shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _read_reply(replies):
-    line = replies.readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError("redis-server closed the connection")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest.decode()
-    if kind == b"-":
-        raise RedisError(rest.decode())
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        size = int(rest)
-        return None if size < 0 else replies.read(size + 2)[:-2]
-    if kind == b"*":
-        size = int(rest)
-        return None if size < 0 else [_read_reply(replies) for _ in range(size)]
-    raise ConnectionError("unexpected reply from redis-server: %r" % line)
-
-
-# Hosts.
 
 class Host:
     """One Postfix instance in its own namespace."""
@@ -296,7 +202,7 @@ class Fleet:
     def __init__(self, *, ours: bool, label: str | None = None):
         self.ours = ours
         self.label = label or ("ours" if ours else "stock")
-        self.redis: RedisServer | None = None
+        self.redis: Redis | None = None
         self.hosts: dict[str, Host] = {}
         self._cleanup = contextlib.ExitStack()
 
@@ -314,9 +220,12 @@ class Fleet:
 
     def start(self):
         if self.ours:
-            self.redis = RedisServer()
+            directory = Path(tempfile.mkdtemp(prefix="tlsmgr-redis-"))
+            # 0755: the daemons run as mail_owner, and reach the socket by path.
+            directory.chmod(0o755)
+            self._cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
+            self.redis = Redis(directory)
             self._cleanup.callback(self.redis.stop)
-            self.redis.start()
         first = None
         for name in HOST_NAMES:
             namespace = Namespace(self.namespace_name(name))
@@ -402,8 +311,8 @@ class Fleet:
                          % (", ".join(host.name for host in died), died[0].name, report))
         if self.redis is not None:
             try:
-                keys = self.redis.keys()
+                keys = sorted(self.redis.client().keys("*"))
                 parts.append("--- redis: %d keys: %s" % (len(keys), keys[:20]))
-            except (OSError, RedisError) as err:
-                parts.append("--- redis: %s\n%s" % (err, self.redis.log[-2000:]))
+            except Exception as err:
+                parts.append("--- redis: %s" % err)
         return "\n".join(parts)

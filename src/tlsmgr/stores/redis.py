@@ -116,19 +116,27 @@ class Breaker:
         return result
 
 
-_SAVE = """
+# Every script gets the cache's keys and this function, which removes one
+# session and its bookkeeping.
+_PRELUDE = """
 local sessions, age, sizes, total = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, value, ttl, stamp, size = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local cutoff, max_entries, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local expired, evicted = 0, 0
-local function remove(member, score)
+local function forget(member)
   redis.call('DEL', sessions .. member)
   local held = redis.call('HGET', sizes, member)
   if held then
     redis.call('DECRBY', total, held)
     redis.call('HDEL', sizes, member)
   end
-  redis.call('ZREM', age, member)
+  return redis.call('ZREM', age, member)
+end
+"""
+
+_SAVE = _PRELUDE + """
+local id, value, ttl, stamp, size = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local cutoff, max_entries, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local expired, evicted = 0, 0
+local function remove(member, score)
+  forget(member)
   if tonumber(score) < cutoff then expired = expired + 1 else evicted = evicted + 1 end
 end
 local old = redis.call('HGET', sizes, id)
@@ -149,8 +157,9 @@ end
 return {expired, evicted}
 """
 
-_REMOVE = """
-local sessions, age, sizes, total = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+# Remove one id (the oldest for ''); its value, '' when Redis had already
+# expired it, false when there was none.
+_REMOVE = _PRELUDE + """
 local id = ARGV[1]
 if id == '' then
   local oldest = redis.call('ZRANGE', age, 0, 0)
@@ -158,29 +167,14 @@ if id == '' then
   id = oldest[1]
 end
 local value = redis.call('GET', sessions .. id)
-redis.call('DEL', sessions .. id)
-local held = redis.call('HGET', sizes, id)
-if held then
-  redis.call('DECRBY', total, held)
-  redis.call('HDEL', sizes, id)
-end
-local indexed = redis.call('ZREM', age, id)
+local indexed = forget(id)
 if value then return value end
 return indexed == 1 and '' or false
 """
 
-_PRUNE = """
-local sessions, age, sizes, total = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+_PRUNE = _PRELUDE + """
 local gone = redis.call('ZRANGEBYSCORE', age, '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(gone) do
-  redis.call('DEL', sessions .. member)
-  local held = redis.call('HGET', sizes, member)
-  if held then
-    redis.call('DECRBY', total, held)
-    redis.call('HDEL', sizes, member)
-  end
-  redis.call('ZREM', age, member)
-end
+for _, member in ipairs(gone) do forget(member) end
 return #gone
 """
 
