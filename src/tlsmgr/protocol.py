@@ -98,6 +98,9 @@ def _status_and_data(status: int, name: bytes, data: bytes) -> bytes:
     return b"status\0%s\0%s\0%s\0\0" % (encode_int(status), name, encode_data(data))
 
 
+_LOOKUP_MISS = _status_and_data(STAT_ERR, b"session", b"")
+
+
 class Tlsmgr:
     """Answers requests from the caches, the PRNG and the ticket key ring.
 
@@ -116,6 +119,9 @@ class Tlsmgr:
         self.random_bytes = random_bytes
         self.tickets = tickets
         self.peer = peer
+        # Whether any request may wait on the network (see blocking()).
+        self.any_blocking = getattr(tickets, "blocking", False) or any(
+            cache is not None and cache.store.blocking for cache in caches.values())
         self._handlers = {
             b"lookup": self._lookup,
             b"update": self._update,
@@ -217,7 +223,9 @@ class Tlsmgr:
             _, cache = self._cache(values[0], "lookup")
             if cache is not None:
                 found = cache.lookup(values[1])
-                status, session = (STAT_ERR, b"") if found is None else (STAT_OK, found)
+                if found is None:
+                    return _LOOKUP_MISS
+                status, session = STAT_OK, found
         return _status_and_data(status, b"session", session)
 
     def _update(self, message: Message) -> bytes:

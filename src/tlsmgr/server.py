@@ -15,6 +15,7 @@ SIGINT save the PRNG state and end the process with status 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -31,6 +32,7 @@ from .prng import MustExit, Prng
 from .protocol import HANDSHAKE, STAT_FAIL, Reply, Tlsmgr, encode
 from .scache import SessionCache
 
+_GC_YOUNG_THRESHOLD = 50_000
 _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
 
 
@@ -94,21 +96,22 @@ class Connection(asyncio.Protocol):
         self._answer_pending()
 
     def _answer_pending(self):
-        tlsmgr = self.server.tlsmgr
+        server = self.server
+        may_block = server.tlsmgr.blocking if server.tlsmgr.any_blocking else None
         replies = []
         while self.pending and self.in_worker is None:
             message = self.pending.popleft()
-            if tlsmgr.blocking(message):
-                self.in_worker = self.server.loop.run_in_executor(
-                    self.server.workers, self.server.answer, message)
+            if may_block is not None and may_block(message):
+                self.in_worker = server.loop.run_in_executor(
+                    server.workers, server.answer, message)
                 self.in_worker.add_done_callback(self._worker_done)
             else:
-                replies.append(self.server.answer(message))
-        self._send(replies)
+                replies.append(server.answer(message))
         if replies:
-            self.server.served()
+            self._send(replies)
+            server.served()
         self._update_reading()
-        self.server.prng.mix_time()
+        server.prng.mix_time()
 
     def _worker_done(self, future: asyncio.Future):
         self.in_worker = None
@@ -119,10 +122,14 @@ class Connection(asyncio.Protocol):
         self._answer_pending()
 
     def _send(self, replies: list[Reply]):
-        out = b"".join(reply.data for reply in replies)
+        if len(replies) == 1:            # the usual case: one request, one reply
+            out, close = replies[0].data, replies[0].close
+        else:
+            out = b"".join(reply.data for reply in replies)
+            close = any(reply.close for reply in replies)
         if out:
             self.transport.write(out)
-        if any(reply.close for reply in replies):
+        if close:
             self.transport.close()
 
     # Flow control: a client that does not read its replies is not read
@@ -204,6 +211,12 @@ class Server:
         if self.watchdog is not None:
             self._pet_watchdog()
         self._start_housekeeping()
+        # What start-up made lives as long as the process: keep the cyclic
+        # garbage collector from scanning it again and again.  Requests make
+        # no cycles (their objects go by reference counting), so it may
+        # also run less often.
+        gc.freeze()
+        gc.set_threshold(_GC_YOUNG_THRESHOLD, 50, 100)
         await self._stopped.wait()
         await self._shut_down()
         return self.exit_status
