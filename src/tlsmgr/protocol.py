@@ -134,7 +134,8 @@ class Tlsmgr:
     # The message layer.
 
     def handle(self, message: Message) -> Reply:
-        """Answer one complete request message."""
+        """Answer one complete request message.  Never raises: a failure
+        inside a request is logged and answered with status -2."""
         if message and message[0][0] == b"request":
             request = message[0][1]
         elif not self._scan(message, 0, _REQUEST, more=True)[1]:   # says what is wrong

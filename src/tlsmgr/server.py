@@ -80,8 +80,8 @@ class Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         # A master(8) trigger is a short NUL-terminated string that
         # arrives alone, not an attribute list (the stock daemon's test).
-        if (self.decoder.idle and not self.pending and len(data) <= 2
-                and data.endswith(b"\0")):
+        if (len(data) <= 2 and data.endswith(b"\0") and self.decoder.idle
+                and not self.pending):
             self._send([self.server.tlsmgr.handle_trigger(data[:-1])])
             return
         try:
@@ -97,16 +97,17 @@ class Connection(asyncio.Protocol):
 
     def _answer_pending(self):
         server = self.server
-        may_block = server.tlsmgr.blocking if server.tlsmgr.any_blocking else None
+        tlsmgr = server.tlsmgr
+        may_block = tlsmgr.blocking if tlsmgr.any_blocking else None
         replies = []
         while self.pending and self.in_worker is None:
             message = self.pending.popleft()
             if may_block is not None and may_block(message):
                 self.in_worker = server.loop.run_in_executor(
-                    server.workers, server.answer, message)
+                    server.workers, tlsmgr.handle, message)
                 self.in_worker.add_done_callback(self._worker_done)
             else:
-                replies.append(server.answer(message))
+                replies.append(tlsmgr.handle(message))
         if replies:
             self._send(replies)
             server.served()
@@ -233,15 +234,6 @@ class Server:
             log.fatal("bind %s: %s", path, err.strerror)
         self._socket_paths.append(path)
         return listener
-
-    def answer(self, message: Message) -> Reply:
-        """The reply to one request.  A failure here is a bug, but it must
-        not cost the client its answer or anyone else their service."""
-        try:
-            return self.tlsmgr.handle(message)
-        except Exception as err:
-            log.error("cannot answer request: %s: %s", type(err).__name__, err)
-            return Reply(encode([("status", STAT_FAIL)]))
 
     def served(self) -> None:
         """Tell master(8) that requests were served, as Postfix's servers

@@ -91,10 +91,13 @@ class LmdbStore(Store):
         return result
 
     def get(self, cache_id: bytes) -> Entry | None:
-        def get(txn):
-            value = txn.get(self._key(cache_id), db=self._sessions)
-            return None if value is None else _entry(value)
-        return self._read(get)
+        # Every lookup comes here: written out, without _read's closure.
+        try:
+            with self._env.begin(db=self._sessions, buffers=True) as txn:
+                value = txn.get(self._key(cache_id))
+                return None if value is None else _entry(value)
+        except lmdb.Error as err:
+            raise StoreError("%s: %s" % (self.path, err)) from None
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         key = self._key(cache_id)
