@@ -221,3 +221,15 @@ def free_tcp_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def assert_exchange_file_rewritten(exchange: Path, end) -> None:
+    """The PRNG exchange file is whole (1024 bytes) and rewritten by end(),
+    which ends the daemon (a signal, master going away) and returns its
+    exit status: that must be 0."""
+    wait_for(lambda: exchange.exists() and exchange.stat().st_size == 1024,
+             what="the exchange file")
+    before = exchange.read_bytes()
+    assert end() == 0
+    after = exchange.read_bytes()
+    assert len(after) == 1024 and after != before

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from harness import PYTHON, start_ours, wait_for
+from harness import PYTHON, assert_exchange_file_rewritten, start_ours, wait_for
 
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
@@ -130,22 +130,14 @@ def test_cache_file_is_made_private_and_empty_at_start(daemon, tmp_path):
 
 def test_exchange_file_is_1024_bytes_and_rewritten_at_exit(daemon, tmp_path):
     exchange = tmp_path / "data" / "prng_exch"
-    wait_for(lambda: exchange.exists() and exchange.stat().st_size == 1024,
-             what="the exchange file")
-    before = exchange.read_bytes()
-    assert daemon.stop() == 0
-    after = exchange.read_bytes()
-    assert len(after) == 1024 and after != before
+    assert_exchange_file_rewritten(exchange, daemon.stop)
     assert oct(exchange.stat().st_mode & 0o777) == "0o600"
     assert not daemon.socket_path.exists()
 
 
 def test_sigint_also_saves_and_exits_cleanly(daemon, tmp_path):
-    exchange = tmp_path / "data" / "prng_exch"
-    wait_for(lambda: exchange.exists(), what="the exchange file")
-    before = exchange.read_bytes()
-    assert daemon.stop(signal.SIGINT) == 0
-    assert exchange.read_bytes() != before
+    assert_exchange_file_rewritten(tmp_path / "data" / "prng_exch",
+                                   lambda: daemon.stop(signal.SIGINT))
 
 
 def test_bad_configuration_is_one_fatal_line(tmp_path):

@@ -7,7 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from harness import PYTHON, start_ours_as_master_does, wait_for, write_main_cf
+from harness import (
+    PYTHON,
+    assert_exchange_file_rewritten,
+    start_ours_as_master_does,
+    wait_for,
+    write_main_cf,
+)
 
 from tlsmgr.client import TlsmgrClient
 
@@ -37,22 +43,16 @@ def test_working_directory_is_queue_directory(daemon, tmp_path):
 
 
 def test_exits_when_master_goes_away_and_saves_prng_state(daemon, tmp_path):
-    exchange = tmp_path / "data" / "prng_exch"
-    wait_for(lambda: exchange.exists() and exchange.stat().st_size == 1024,
-             what="the exchange file")
-    before = exchange.read_bytes()
-    os.close(daemon.status_read)
-    daemon.status_read = os.open("/dev/null", os.O_RDONLY)     # for the fixture
-    assert daemon.process.wait(10) == 0
-    assert exchange.read_bytes() != before
+    def master_goes_away():
+        os.close(daemon.status_read)
+        daemon.status_read = os.open("/dev/null", os.O_RDONLY)     # for the fixture
+        return daemon.process.wait(10)
+    assert_exchange_file_rewritten(tmp_path / "data" / "prng_exch", master_goes_away)
 
 
 def test_sigterm_saves_prng_state(daemon, tmp_path):
-    exchange = tmp_path / "data" / "prng_exch"
-    wait_for(lambda: exchange.exists(), what="the exchange file")
-    before = exchange.read_bytes()
-    assert daemon.stop(signal.SIGTERM) == 0
-    assert exchange.read_bytes() != before
+    assert_exchange_file_rewritten(tmp_path / "data" / "prng_exch",
+                                   lambda: daemon.stop(signal.SIGTERM))
 
 
 def test_files_belong_to_mail_owner(daemon, tmp_path):
