@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import pwd
 import signal
 import socket
 import sys
@@ -45,10 +44,7 @@ def owner_uid(cfg: config.Config) -> int:
     """The uid whose directories hold Postfix data: mail_owner's when we
     run as root, else our own (a stand-alone daemon writes its own files)."""
     if os.geteuid() == 0:
-        try:
-            return pwd.getpwnam(cfg.mail_owner).pw_uid
-        except KeyError:
-            log.fatal("parameter mail_owner: unknown user name value: %s", cfg.mail_owner)
+        return master.mail_owner_ids(cfg.mail_owner)[0]
     return os.geteuid()
 
 
