@@ -69,6 +69,8 @@ class SessionCache:
         self.clock = clock
         self.limits = limits
         self.cleanup_active = False
+        self._pass_removed = 0
+        self._pass_started = 0.0
         self.expired = 0                 # removed because they were too old
         self.evicted = 0                 # removed, still live, to make room
         self._unlogged = Trimmed()       # removals not yet reported
@@ -148,6 +150,8 @@ class SessionCache:
         if self.verbose:
             log.info("start TLS %s session cache cleanup", self.label)
         self.cleanup_active = True
+        self._pass_removed = 0
+        self._pass_started = time.monotonic()
 
     def cleanup_step(self) -> list[Entry]:
         """One bounded step of the running pass; returns what it removed."""
@@ -158,9 +162,14 @@ class SessionCache:
             self._store_warning("%s TLS session cache cleanup: %s", self.label, err)
             removed, done = [], True
         self.expired += len(removed)
+        self._pass_removed += len(removed)
         if done:
             self.cleanup_active = False
-            if self.verbose:
+            if self._pass_removed:
+                log.info("%s TLS session cache cleanup: removed %d expired entries "
+                         "in %.1f seconds", self.label, self._pass_removed,
+                         time.monotonic() - self._pass_started)
+            elif self.verbose:
                 log.info("finished TLS %s session cache cleanup", self.label)
         return removed
 

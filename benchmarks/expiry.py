@@ -1,0 +1,96 @@
+"""A cache of a million entries expiring under load: does cleanup stall anyone?
+
+    .venv/bin/python benchmarks/expiry.py [--table memory:] [--entries 1000000]
+
+Our daemon starts (as master(8) starts it) with a 120 s smtpd cache timeout
+and no size limits, and is filled with at least --entries sessions of 300
+bytes by the load generator (benchmarks/loadgen.c, updates of fresh ids).
+A cleanup pass runs at start and then every 120 s; the one at 240 s finds
+every entry expired and removes them all, in steps between requests.  From
+200 s to 300 s the generator keeps 8 connections busy with lookups and
+counts every reply that took longer than 10 ms.  The daemon's own log line
+says how many entries the pass removed, and how long it took.
+
+Takes about five minutes.  As root, with gcc (like compare.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import compare
+
+TIMEOUT = 120          # the smallest cache timeout tlsmgr allows
+STALL = 0.010          # seconds: a reply slower than this is a stall
+
+
+def loadgen(binary: Path, daemon, workload: str, seconds: float) -> dict:
+    # The generator on CPU 1, the daemon on CPU 0, as compare.py places them.
+    out = subprocess.run(
+        ["taskset", "-c", "1", str(binary), "--socket", str(daemon.socket_path),
+         "--workload", workload, "--conns", "8", "--size", "300",
+         "--seconds", str(seconds), "--warmup", "0", "--stall", str(STALL),
+         "--server-pid", str(daemon.process.pid)],
+        capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    return json.loads(out)
+
+
+def run(table: str, entries: int) -> dict:
+    scratch = Path(tempfile.mkdtemp(prefix="tlsmgr-expiry-"))
+    settings = compare.Settings(
+        seconds=0, warmup=0, keys=0, cycle_updates=False, ours_table=table,
+        ours_env={}, ours_params={"smtpd_tls_session_cache_timeout": "%ds" % TIMEOUT,
+                                  "tlsmgr_smtpd_cache_entry_limit": "0",
+                                  "tlsmgr_smtpd_cache_size_limit": "0"},
+        pin="split", ours_source=compare.snapshot_source(scratch))
+    binary = compare.build_loadgen(scratch)
+    daemon = compare.start("ours", scratch / "ours", settings)
+    try:
+        compare.harness.wait_for(daemon.connectable, what="tlsmgr to listen")
+        compare.pin_process(daemon.process.pid, {0})
+        started = time.monotonic()
+        filled = 0
+        while filled < entries:
+            filled += loadgen(binary, daemon, "update", 20)["requests"]
+        # Lookups across the pass that finds everything expired (at 2T).
+        time.sleep(max(0.0, started + 2 * TIMEOUT - 40 - time.monotonic()))
+        under_load = loadgen(binary, daemon, "lookup-miss", 100)
+        passes = re.findall(r"smtpd TLS session cache cleanup: removed (\d+) expired "
+                            r"entries in ([\d.]+) seconds", daemon.log)
+        return {"table": table, "filled": filled, "passes": passes,
+                "requests": under_load["requests"], "stalls": under_load["stalls"],
+                "latency_us": under_load["latency_us"]}
+    finally:
+        compare.stop(daemon)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", action="append",
+                        help="our smtpd cache table (repeatable; default memory: and lmdb:)")
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    args = parser.parse_args()
+    tables = args.table or ["memory:", "lmdb:${data_directory}/smtpd_scache"]
+    print("command: %s" % " ".join(sys.argv))
+    for table in tables:
+        result = run(table, args.entries)
+        removed = ", ".join("%s in %s s" % pass_ for pass_ in result["passes"]) or "none"
+        print("%-40s filled %d; cleanup removed %s; %d lookups meanwhile, "
+              "%d slower than %d ms; latency p50/p99/p99.9/max %s/%s/%s/%s us"
+              % (table, result["filled"], removed, result["requests"], result["stalls"],
+                 STALL * 1000, *(result["latency_us"][k]
+                                 for k in ("p50", "p99", "p99.9", "max"))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
