@@ -16,10 +16,6 @@ from collections.abc import Callable
 from . import log
 from .stores import Entry, Limits, Store, StoreError, Trimmed
 
-# Entries examined per cleanup step: small enough that a step costs well
-# under a millisecond, so requests interleave with a long pass.
-CLEANUP_BUDGET = 256
-
 NO_LIMITS = Limits()
 
 # At most one line a minute about evictions, per cache.
@@ -157,7 +153,7 @@ class SessionCache:
         """One bounded step of the running pass; returns what it removed."""
         cutoff = int(self.clock()) - self.timeout
         try:
-            removed, done = self.store.expire(cutoff, CLEANUP_BUDGET)
+            removed, done = self.store.expire(cutoff, self.store.cleanup_batch)
         except StoreError as err:
             self._store_warning("%s TLS session cache cleanup: %s", self.label, err)
             removed, done = [], True

@@ -119,6 +119,10 @@ class Store(ABC):
     # it in a worker thread, so that other clients do not wait with it.
     blocking = False
 
+    # Entries removed per cleanup step: few enough that a step takes about
+    # a millisecond, so that requests interleave with a long pass.
+    cleanup_batch = 256
+
 
 class StoreError(Exception):
     """A store could not be opened or used; the message says why."""
