@@ -654,7 +654,13 @@ static void print_json(const struct run *run, double wall, struct sample used,
                r->statuses[i].count);
     if (r->other_statuses)
         printf("%s\"other\": %" PRIu64, r->nstatuses ? ", " : "", r->other_statuses);
-    printf("}, \"latency_us\": {\"p50\": %.1f, \"p99\": %.1f, \"p99.9\": %.1f, "
+    /* Replies that took longer than the stall time, counted exactly (the
+     * stall count above sees only requests still waiting when it looks). */
+    uint64_t slow = 0, stall_ns = (uint64_t) (o->stall * 1e9);
+    for (size_t i = 0; i < r->count; i++)
+        slow += r->latencies[i] > stall_ns;
+    printf("}, \"slow_replies\": %" PRIu64, slow);
+    printf(", \"latency_us\": {\"p50\": %.1f, \"p99\": %.1f, \"p99.9\": %.1f, "
            "\"max\": %.1f}, ",
            percentile_us(r, 0.50), percentile_us(r, 0.99), percentile_us(r, 0.999),
            percentile_us(r, 1.0));
