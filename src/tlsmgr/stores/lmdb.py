@@ -89,9 +89,6 @@ class LmdbStore(Store):
                 self._map = _mapping(os.path.abspath(self.path))     # it moved
             except lmdb.Error as err:
                 raise StoreError("%s: %s" % (self.path, err)) from None
-        self._writes += 1
-        if self._writes % _RELEASE_EVERY == 0:
-            _release(self._map)
         return result
 
     def get(self, cache_id: bytes) -> Entry | None:
@@ -115,6 +112,11 @@ class LmdbStore(Store):
         self._forget(key, self._write(put))
         self._count += 1
         self._size += len(key) + len(entry.session)
+        # Only updates grow what the map has touched; cleanup shrinks it,
+        # and releasing then would make lookups fault the tree back in.
+        self._writes += 1
+        if self._writes % _RELEASE_EVERY == 0:
+            _release(self._map)
 
     def _remove(self, txn, key: bytes) -> Entry | None:
         value = txn.pop(key, db=self._sessions)
@@ -183,7 +185,7 @@ class LmdbStore(Store):
         self._env.close()
 
 
-# Every so many writes, the pages of the map that this process touched are
+# Every so many updates, the pages of the map that this process touched are
 # given back: they are the kernel's page cache of the file, and stay there,
 # but the daemon's resident memory then does not grow with the cache.
 _RELEASE_EVERY = 1024
