@@ -92,6 +92,8 @@ HANG_UP = Reply(close=True)
 
 # Replies, built directly: they are on every request's path.
 _STATUS = {status: encode([("status", status)]) for status in (STAT_OK, STAT_ERR, STAT_FAIL)}
+# The whole reply to a message that cannot be a request at all.
+PROTOCOL_ERROR = _STATUS[STAT_FAIL]
 
 
 def _status_and_data(status: int, name: bytes, data: bytes) -> bytes:
@@ -139,7 +141,7 @@ class Tlsmgr:
         if message and message[0][0] == b"request":
             request = message[0][1]
         elif not self._scan(message, 0, _REQUEST, more=True)[1]:   # says what is wrong
-            return Reply(_STATUS[STAT_FAIL])
+            return Reply(PROTOCOL_ERROR)
         handler = self._handlers.get(request)
         if handler is not None:
             try:
@@ -153,7 +155,7 @@ class Tlsmgr:
         if request == WAKEUP:
             return HANG_UP
         log.warn('unknown request "%s" from %s', printable(request), self.peer)
-        return Reply(_STATUS[STAT_FAIL])
+        return Reply(PROTOCOL_ERROR)
 
     def blocking(self, message: Message) -> bool:
         """Whether answering may wait on the network (a Redis cache or

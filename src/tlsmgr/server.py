@@ -29,7 +29,7 @@ from . import log
 from .attr import Decoder, Message, MessageTooLarge
 from .master import StatusChannel, Watchdog
 from .prng import MustExit, Prng
-from .protocol import HANDSHAKE, STAT_FAIL, Reply, Tlsmgr, encode
+from .protocol import HANDSHAKE, PROTOCOL_ERROR, Reply, Tlsmgr
 from .scache import SessionCache
 
 _GC_YOUNG_THRESHOLD = 50_000
@@ -90,7 +90,7 @@ class Connection(asyncio.Protocol):
             log.warn("%s: request exceeds tlsmgr_request_size_limit (%d bytes)"
                      " -- closing connection", self.peer(), err.limit)
             self.pending.clear()
-            self.transport.write(encode([("status", STAT_FAIL)]))
+            self.transport.write(PROTOCOL_ERROR)
             self.transport.close()
             return
         self._answer_pending()
