@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from tlsmgr.attr import (
     AttrError,
     Decoder,
+    MAX_ATTRIBUTES,
     MessageTooLarge,
     decode_data,
     decode_data_prefix,
@@ -108,6 +109,28 @@ def test_endless_message_without_nul_is_refused_before_it_grows():
         for _ in range(100):
             decoder.feed(b"z" * 1000)
     assert decoder.idle
+
+
+def test_a_message_of_too_many_attributes_is_refused_and_freed():
+    # 300 tiny attributes are few bytes but many objects: refused at the cap.
+    many = encode([("a%d" % i, "") for i in range(MAX_ATTRIBUTES + 1)])
+    decoder = Decoder()
+    with pytest.raises(MessageTooLarge) as info:
+        decoder.feed(many)
+    assert (info.value.limit, info.value.unit) == (MAX_ATTRIBUTES, "attributes")
+    assert decoder.idle
+    at_cap = encode([("a%d" % i, "") for i in range(MAX_ATTRIBUTES)])
+    assert len(Decoder().feed(at_cap)[0]) == MAX_ATTRIBUTES
+
+
+def test_a_message_sent_a_byte_at_a_time_decodes_whole():
+    wire = encode([("request", "update"), ("session", b"s" * 3000)]) * 2
+    decoder = Decoder()
+    messages = []
+    for i in range(len(wire)):
+        messages += decoder.feed(wire[i:i + 1])
+    assert messages == Decoder().feed(wire)
+    assert len(messages) == 2 and decoder.idle
 
 
 def test_limit_counts_the_whole_message_not_each_piece():

@@ -12,9 +12,11 @@ messages out.
     [((b'status', b'0'),)]
 
 The decoder is incremental (bytes may arrive in any pieces) and bounded:
-a message larger than ``max_size`` bytes raises :class:`MessageTooLarge`
-before more than ``max_size`` bytes of it are held.  It never raises
-anything but :class:`AttrError` and its subclasses.
+a message larger than ``max_size`` bytes, or of more than
+``MAX_ATTRIBUTES`` attributes, raises :class:`MessageTooLarge` before more
+than that is held.  Bytes that arrive a few at a time cost no quadratic
+copying.  It never raises anything but :class:`AttrError` and its
+subclasses.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ Message = tuple[tuple[bytes, bytes], ...]
 Value = str | bytes | int
 
 DEFAULT_MAX_SIZE = 65536
+# Postfix's requests have at most five attributes.  The cap keeps a message
+# of tiny attributes from costing far more memory than its size in bytes.
+MAX_ATTRIBUTES = 256
 
 _NUL = b"\0"
 
@@ -36,11 +41,12 @@ class AttrError(Exception):
 
 
 class MessageTooLarge(AttrError):
-    """A message grew past the decoder's size limit."""
+    """A message grew past the decoder's limit, of bytes or of attributes."""
 
-    def __init__(self, limit: int):
-        super().__init__("message exceeds %d bytes" % limit)
+    def __init__(self, limit: int, unit: str = "bytes"):
+        super().__init__("message exceeds %d %s" % (limit, unit))
         self.limit = limit
+        self.unit = unit
 
 
 # Encoding.
@@ -164,8 +170,18 @@ class Decoder:
 
     def feed(self, data: bytes) -> list[Message]:
         """Take more bytes; return the messages they complete."""
-        if self._tail:
-            data = self._tail + data
+        tail = self._tail
+        if tail:
+            if _NUL not in data:
+                # More of one name or value: grow it in place, so that a
+                # client sending a byte at a time costs no repeated copying.
+                if type(tail) is bytes:
+                    tail = self._tail = bytearray(tail)
+                tail += data
+                if self._size + len(tail) > self.max_size:
+                    self._overflow(self.max_size)
+                return []
+            data = b"".join((tail, data))
         parts = data.split(_NUL)
         self._tail = parts.pop()
         messages = []
@@ -175,8 +191,10 @@ class Decoder:
         for part in parts:
             size += len(part) + 1
             if size > limit:
-                self._overflow()
+                self._overflow(limit)
             if part or len(tokens) & 1:
+                if len(tokens) == 2 * MAX_ATTRIBUTES:
+                    self._overflow(MAX_ATTRIBUTES, "attributes")
                 tokens.append(part)
             else:                         # an empty name ends the message
                 it = iter(tokens)
@@ -185,12 +203,12 @@ class Decoder:
                 size = 0
         self._size = size
         if size + len(self._tail) > limit:
-            self._overflow()
+            self._overflow(limit)
         return messages
 
-    def _overflow(self):
+    def _overflow(self, limit: int, unit: str = "bytes"):
         # Free the buffer at once: an endless message must not grow us.
         self._tail = b""
         self._tokens = []
         self._size = 0
-        raise MessageTooLarge(self.max_size)
+        raise MessageTooLarge(limit, unit)
