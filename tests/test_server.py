@@ -23,7 +23,8 @@ def test_requests_are_answered_while_a_long_cleanup_runs(tmp_path):
     tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
                     {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
                     prng.random_bytes, TicketKeyRing(prng.random_bytes))
-    server = Server(tlsmgr, prng, [cache], ipc_timeout=60, request_size_limit=65536)
+    server = Server(tlsmgr, prng, [cache], ipc_timeout=60, request_size_limit=65536,
+                    connection_limit=100)
     path = str(tmp_path / "sock")
 
     async def scenario():

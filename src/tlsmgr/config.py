@@ -77,6 +77,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     *(p for label in CACHE_LABELS for p in _cache_parameters(label)),
     # Ours: the largest attribute-protocol message a client may send.
     Parameter("tlsmgr_request_size_limit", "65536", "int", 65536),
+    # Ours: client connections served at once; past it, the one idle longest
+    # is closed to make room.
+    Parameter("tlsmgr_connection_limit", "4096", "int", 1),
     # Ours: caches on Redis (redis: tables).
     Parameter("tlsmgr_redis_key_prefix", "tlsmgr:"),
     Parameter("tlsmgr_redis_password", ""),
@@ -127,6 +130,7 @@ class Config:
     syslog_name: str
     maillog_file: str
     tlsmgr_request_size_limit: int
+    tlsmgr_connection_limit: int
     tlsmgr_redis_key_prefix: str
     tlsmgr_redis_password: str
     tlsmgr_redis_timeout_ms: int

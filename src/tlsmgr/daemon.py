@@ -27,7 +27,7 @@ from .attr import Decoder
 from .prng import Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache, logs_cache_activity
-from .server import Server
+from .server import Server, raise_open_files_limit
 from .stores import (
     FILE_TYPES,
     MEMORY_TYPE,
@@ -132,7 +132,8 @@ def build_server(cfg: config.Config, uid: int, **server_options) -> Server:
                     prng.random_bytes, ticket_keys(cfg, caches["smtpd"], prng.random_bytes),
                     peer="%s socket" % cfg.params["service_name"])
     return Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
-                  cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, **server_options)
+                  cfg.ipc_timeout, cfg.tlsmgr_request_size_limit,
+                  raise_open_files_limit(cfg.tlsmgr_connection_limit), **server_options)
 
 
 class ArgumentParser(argparse.ArgumentParser):

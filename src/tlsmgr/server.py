@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import resource
 import signal
 import socket
 import stat
@@ -33,6 +34,9 @@ from .protocol import HANDSHAKE, PROTOCOL_ERROR, Reply, Tlsmgr
 from .scache import SessionCache
 
 _GC_YOUNG_THRESHOLD = 50_000
+_SLICE = 4096           # bytes of input decoded before their requests are answered
+_REPLY_BATCH = 64       # replies made before they are written
+_RESERVED_FILES = 64     # descriptors kept for caches, logging, Redis and the like
 _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
 
 
@@ -46,12 +50,43 @@ def describe_peer(sock: socket.socket | None) -> str:
         return "client"
 
 
+def raise_open_files_limit(connections: int) -> int:
+    """Raise the soft open-files limit as far as the connection limit needs
+    and the hard limit allows; return how many connections then fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + _RESERVED_FILES
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (OSError, ValueError) as err:
+            log.warn("cannot raise the open files limit to %d: %s", wanted, err)
+    fit = max(1, soft - _RESERVED_FILES)
+    if fit < connections:
+        log.warn("open files limit %d leaves room for %d connections, not "
+                 "tlsmgr_connection_limit = %d; raise the hard limit (ulimit -Hn, "
+                 "or LimitNOFILE for systemd's postfix unit)", soft, fit, connections)
+    return min(fit, connections)
+
+
+def _log_loop_error(loop, context) -> None:
+    """Errors the event loop meets on its own (accept(2) out of file
+    descriptors, say): one warning line, never a traceback."""
+    error = context.get("exception")
+    log.warn("%s%s", context.get("message", "event loop error"),
+             ": %s" % error if error is not None else "")
+
+
 class Connection(asyncio.Protocol):
     """One client connection: a stream of requests, answered in order.
 
-    A request that may wait on the network (a Redis cache) is answered in
-    a worker thread; the requests after it on this connection wait for it,
-    while other connections go on being served.
+    What a client sends is decoded a slice at a time and answered before
+    more is decoded, so that a flood of small requests costs no more memory
+    than one slice of them.  A request that may wait on the network (a
+    Redis cache) is answered in a worker thread; the requests after it on
+    this connection wait for it, while other connections go on being served.
     """
 
     def __init__(self, server: Server):
@@ -59,7 +94,9 @@ class Connection(asyncio.Protocol):
         self.decoder = Decoder(server.request_size_limit)
         self.transport: asyncio.Transport | None = None
         self.last_active = time.monotonic()
+        self.request_started: float | None = None    # of a request not yet whole
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.unread: bytes | memoryview = b""   # received, not yet decoded
         self.pending: deque[Message] = deque()
         self.in_worker: asyncio.Future | None = None
         self.write_paused = False
@@ -67,7 +104,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
-        self.server.connections.add(self)
+        self.server.admit(self)
         transport.write(HANDSHAKE)
         self._arm_idle_timer(self.server.ipc_timeout)
 
@@ -75,6 +112,9 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        # Whatever the client left unanswered goes with it.
+        self.unread = b""
+        self.pending.clear()
 
     def data_received(self, data: bytes):
         self.last_active = time.monotonic()
@@ -84,35 +124,65 @@ class Connection(asyncio.Protocol):
                 and not self.pending):
             self._send([self.server.tlsmgr.handle_trigger(data[:-1])])
             return
-        try:
-            self.pending.extend(self.decoder.feed(data))
-        except MessageTooLarge as err:
-            log.warn("%s: request exceeds tlsmgr_request_size_limit (%d bytes)"
-                     " -- closing connection", self.peer(), err.limit)
-            self.pending.clear()
-            self.transport.write(PROTOCOL_ERROR)
-            self.transport.close()
-            return
-        self._answer_pending()
+        self.unread = data
+        self._serve()
 
-    def _answer_pending(self):
+    def _serve(self):
+        """Decode and answer until all that came is answered, a request
+        waits on a worker, or the client stops reading its replies."""
         server = self.server
         tlsmgr = server.tlsmgr
         may_block = tlsmgr.blocking if tlsmgr.any_blocking else None
+        pending = self.pending
         replies = []
-        while self.pending and self.in_worker is None:
-            message = self.pending.popleft()
-            if may_block is not None and may_block(message):
-                self.in_worker = server.loop.run_in_executor(
-                    server.workers, tlsmgr.handle, message)
-                self.in_worker.add_done_callback(self._worker_done)
+        while self.in_worker is None and not self.write_paused:
+            if pending:
+                message = pending.popleft()
+                if may_block is not None and may_block(message):
+                    self.in_worker = server.loop.run_in_executor(
+                        server.workers, tlsmgr.handle, message)
+                    self.in_worker.add_done_callback(self._worker_done)
+                else:
+                    replies.append(tlsmgr.handle(message))
+                    if len(replies) == _REPLY_BATCH:
+                        # Written now, so that a client not reading them
+                        # pauses us (pause_writing) before more are made.
+                        self._send(replies)
+                        replies = []
+            elif self.unread:
+                data = self.unread
+                if len(data) <= _SLICE:
+                    data, self.unread = bytes(data), b""
+                else:
+                    view = memoryview(data)
+                    data, self.unread = bytes(view[:_SLICE]), view[_SLICE:]
+                try:
+                    pending.extend(self.decoder.feed(data))
+                except MessageTooLarge as err:
+                    self._refuse(err)
+                    return
+                if self.decoder.idle:
+                    self.request_started = None
+                elif self.request_started is None:
+                    self.request_started = self.last_active
             else:
-                replies.append(tlsmgr.handle(message))
+                break
         if replies:
             self._send(replies)
             server.served()
         self._update_reading()
         server.prng.mix_time()
+
+    def _refuse(self, err: MessageTooLarge):
+        if err.unit == "bytes":
+            why = "exceeds tlsmgr_request_size_limit (%d bytes)" % err.limit
+        else:
+            why = "has more than %d attributes" % err.limit
+        log.warn("%s: request %s -- closing connection", self.peer(), why)
+        self.unread = b""
+        self.pending.clear()
+        self.transport.write(PROTOCOL_ERROR)
+        self.transport.close()
 
     def _worker_done(self, future: asyncio.Future):
         self.in_worker = None
@@ -120,7 +190,7 @@ class Connection(asyncio.Protocol):
             return
         self._send([future.result()])
         self.server.served()
-        self._answer_pending()
+        self._serve()
 
     def _send(self, replies: list[Reply]):
         if len(replies) == 1:            # the usual case: one request, one reply
@@ -142,7 +212,10 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self):
         self.write_paused = False
-        self._update_reading()
+        if self.pending or self.unread:
+            self._serve()
+        else:
+            self._update_reading()
 
     def _update_reading(self):
         paused = self.write_paused or self.in_worker is not None
@@ -156,16 +229,25 @@ class Connection(asyncio.Protocol):
     def peer(self) -> str:
         return describe_peer(self.transport.get_extra_info("socket"))
 
+    # Deadlines: a connection that sends nothing for ipc_timeout, or whose
+    # request is not whole ipc_timeout after it began, is closed.  Only
+    # that client waited: everyone else was served meanwhile.
     def _arm_idle_timer(self, delay: float):
-        self.idle_timer = self.server.loop.call_later(delay, self._idle_check)
+        self.idle_timer = self.server.loop.call_later(delay, self._deadline_check)
 
-    def _idle_check(self):
-        idle = time.monotonic() - self.last_active
-        if idle < self.server.ipc_timeout:
-            self._arm_idle_timer(self.server.ipc_timeout - idle)
-        else:
+    def _deadline_check(self):
+        now = time.monotonic()
+        timeout = self.server.ipc_timeout
+        since = self.last_active if self.request_started is None else self.request_started
+        if now - since < timeout:
+            self._arm_idle_timer(since + timeout - now)
+        elif self.request_started is None:
             log.warn("timeout while waiting for data from %s -- closing connection",
                      self.peer())
+            self.transport.close()
+        else:
+            log.warn("%s: request not complete after %d seconds (ipc_timeout)"
+                     " -- closing connection", self.peer(), timeout)
             self.transport.close()
 
 
@@ -173,13 +255,15 @@ class Server:
     """The daemon's event loop work, around one Tlsmgr request handler."""
 
     def __init__(self, tlsmgr: Tlsmgr, prng: Prng, caches: list[SessionCache],
-                 ipc_timeout: int, request_size_limit: int,
+                 ipc_timeout: int, request_size_limit: int, connection_limit: int,
                  master: StatusChannel | None = None, watchdog: Watchdog | None = None):
         self.tlsmgr = tlsmgr
         self.prng = prng
         self.caches = caches
         self.ipc_timeout = ipc_timeout
         self.request_size_limit = request_size_limit
+        self.connection_limit = connection_limit
+        self._full_warning = log.RateLimitedWarning()
         self.master = master
         self.watchdog = watchdog
         # For requests that may wait on the network; threads start on demand.
@@ -191,12 +275,27 @@ class Server:
         self._listeners: list[asyncio.AbstractServer] = []
         self._socket_paths: list[str] = []
 
+    def admit(self, connection: Connection) -> None:
+        """Count a new connection in; at the connection limit, first close
+        the one that has been idle longest (a stalled client, or one that
+        would reconnect), so that no set of clients can lock others out."""
+        if len(self.connections) >= self.connection_limit:
+            oldest = min(self.connections, key=lambda c: c.last_active)
+            self._full_warning(
+                "connection limit %d reached (tlsmgr_connection_limit): closing the "
+                "connection of %s, idle for %.0f seconds", self.connection_limit,
+                oldest.peer(), time.monotonic() - oldest.last_active)
+            oldest.transport.abort()
+            self.connections.discard(oldest)
+        self.connections.add(connection)
+
     # Lifecycle.
 
     async def serve(self, socket_paths=(), sockets=()) -> int:
         """Listen on UNIX socket paths (made here) and/or ready sockets;
         run until stopped; return the exit status."""
         self.loop = asyncio.get_running_loop()
+        self.loop.set_exception_handler(_log_loop_error)
         self._stopped = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop, 0)
