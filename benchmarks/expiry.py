@@ -75,6 +75,7 @@ def run(table: str, entries: int) -> dict:
                             r"entries in ([\d.]+) seconds", daemon.log)
         return {"table": table, "filled": filled, "passes": passes,
                 "requests": under_load["requests"], "slow": under_load["slow_replies"],
+                "slow_at": under_load["slow_at_seconds"],
                 "latency_us": under_load["latency_us"]}
     finally:
         compare.stop(daemon)
@@ -97,6 +98,10 @@ def main() -> int:
               % (table, result["filled"], removed, result["requests"], result["slow"],
                  STALL * 1000, *(result["latency_us"][k]
                                  for k in ("p50", "p99", "p99.9", "max"))))
+        if result["slow_at"]:
+            # The lookups began 40 s before the pass: which stalls were its?
+            print("%-40s slow replies came at (s after the lookups began; the pass "
+                  "began at about 40): %s" % ("", " ".join("%.1f" % t for t in result["slow_at"])))
     return 0
 
 

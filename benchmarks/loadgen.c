@@ -100,9 +100,13 @@ struct status_count {
     uint64_t count;
 };
 
+#define MAX_SLOW_AT 200
+
 struct results {
     uint64_t *latencies;       /* ns, of replies to requests sent in the window */
     size_t count, cap;
+    double slow_at[MAX_SLOW_AT];   /* s into the window, of the first slow replies */
+    int nslow_at;
     uint64_t errors, bad_replies, stalls, closed;
     struct status_count statuses[MAX_STATUSES];
     int nstatuses;
@@ -565,8 +569,13 @@ static void on_readable(struct run *run, int ep, int i)
     uint64_t t = now_ns();
     c->outstanding = 0;
     /* Only requests sent inside the window count: none from the warm-up. */
-    if (c->sent_ns >= run->window_start && t <= run->window_end)
+    if (c->sent_ns >= run->window_start && t <= run->window_end) {
         record(run->o, &run->r, c, t - c->sent_ns, run->session_len);
+        /* When the slow replies came says what slowed them. */
+        if (t - c->sent_ns > (uint64_t) (run->o->stall * 1e9)
+            && run->r.nslow_at < MAX_SLOW_AT)
+            run->r.slow_at[run->r.nslow_at++] = (t - run->window_start) / 1e9;
+    }
     if (t < run->window_end)
         start_request(run->o, c, i);
 }
@@ -659,7 +668,10 @@ static void print_json(const struct run *run, double wall, struct sample used,
     uint64_t slow = 0, stall_ns = (uint64_t) (o->stall * 1e9);
     for (size_t i = 0; i < r->count; i++)
         slow += r->latencies[i] > stall_ns;
-    printf("}, \"slow_replies\": %" PRIu64, slow);
+    printf("}, \"slow_replies\": %" PRIu64 ", \"slow_at_seconds\": [", slow);
+    for (int i = 0; i < r->nslow_at; i++)
+        printf("%s%.3f", i ? ", " : "", r->slow_at[i]);
+    printf("]");
     printf(", \"latency_us\": {\"p50\": %.1f, \"p99\": %.1f, \"p99.9\": %.1f, "
            "\"max\": %.1f}, ",
            percentile_us(r, 0.50), percentile_us(r, 0.99), percentile_us(r, 0.999),
