@@ -76,9 +76,16 @@ class Daemon:
         return self.process.returncode
 
 
-def start_ours(workdir: Path, *, extra_args=(), wait=True, **params) -> Daemon:
-    """``tlsmgr --listen`` with a main.cf of params under workdir."""
+def start_ours(workdir: Path, *, extra_args=(), wait=True, main_cf: bytes | None = None,
+               **params) -> Daemon:
+    """``tlsmgr --listen`` with a main.cf of params under workdir (or the
+    main_cf bytes as they are).  Unless params say otherwise, whoever runs
+    the tests stands in for mail_owner (as in dev/run-daemon), so that the
+    daemon may use workdir as it is."""
+    params.setdefault("mail_owner", pwd.getpwuid(os.geteuid()).pw_name)
     conf = write_main_cf(workdir / "conf", **params)
+    if main_cf is not None:
+        (conf / "main.cf").write_bytes(main_cf)
     socket_path = workdir / "tlsmgr.sock"
     log_path = workdir / "tlsmgr.log"
     env = dict(os.environ, MAIL_CONFIG=str(conf))

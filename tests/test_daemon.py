@@ -7,7 +7,13 @@ import subprocess
 import time
 
 import pytest
-from harness import PYTHON, assert_exchange_file_rewritten, start_ours, wait_for
+from harness import (
+    PYTHON,
+    assert_exchange_file_rewritten,
+    postfix_dirs,
+    start_ours,
+    wait_for,
+)
 
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
@@ -212,13 +218,11 @@ def test_ctl_without_a_server_says_so(tmp_path):
 def test_cache_outside_a_mail_owner_directory_is_redirected(tmp_path):
     # /tmp belongs to root: neither to mail_owner (when we run as root) nor
     # to us (when we do not), so a cache file there is redirected.
-    data = tmp_path / "data"
-    data.mkdir()
     name = "tlsmgr-test-%d_scache" % os.getpid()
-    owner = "postfix" if os.geteuid() == 0 else None
-    params = dict(data_directory=data, smtpd_tls_session_cache_database="btree:/tmp/" + name)
-    if owner:
-        params["mail_owner"] = owner
+    params = dict(postfix_dirs(tmp_path), smtpd_tls_session_cache_database="btree:/tmp/" + name)
+    if os.geteuid() == 0:
+        params["mail_owner"] = "postfix"
+    data = params["data_directory"]
     started = start_ours(tmp_path, **params)
     try:
         with TlsmgrClient(str(started.socket_path)) as client:

@@ -7,7 +7,7 @@ from tlsmgr.attr import Decoder, encode
 from tlsmgr.prng import Prng
 from tlsmgr.protocol import Tlsmgr
 from tlsmgr.scache import SessionCache
-from tlsmgr.server import Server
+from tlsmgr.server import Server, listen_unix
 from tlsmgr.stores import Entry
 from tlsmgr.stores.memory import MemoryStore
 from tlsmgr.tickets import TicketKeyRing
@@ -28,7 +28,7 @@ def test_requests_are_answered_while_a_long_cleanup_runs(tmp_path):
     path = str(tmp_path / "sock")
 
     async def scenario():
-        serving = asyncio.create_task(server.serve(socket_paths=[path]))
+        serving = asyncio.create_task(server.serve([listen_unix(path)]))
         while not os.path.exists(path):
             await asyncio.sleep(0.01)
         reader, writer = await asyncio.open_unix_connection(path)

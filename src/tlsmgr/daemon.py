@@ -27,7 +27,7 @@ from .attr import Decoder
 from .prng import Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache, logs_cache_activity
-from .server import Server, raise_open_files_limit
+from .server import Server, listen_unix, raise_open_files_limit
 from .stores import (
     FILE_TYPES,
     MEMORY_TYPE,
@@ -38,14 +38,6 @@ from .stores import (
     split_table,
 )
 from .tickets import FleetTicketKeys, TicketKeyRing
-
-
-def owner_uid(cfg: config.Config) -> int:
-    """The uid whose directories hold Postfix data: mail_owner's when we
-    run as root, else our own (a stand-alone daemon writes its own files)."""
-    if os.geteuid() == 0:
-        return master.mail_owner_ids(cfg.mail_owner)[0]
-    return os.geteuid()
 
 
 def redirect_to_data_directory(path: str, what: str, name: str,
@@ -120,7 +112,7 @@ def ticket_keys(cfg: config.Config, smtpd_cache: SessionCache | None, random_byt
     return FleetTicketKeys(shared, ring, random_bytes)
 
 
-def build_server(cfg: config.Config, uid: int, **server_options) -> Server:
+def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
     """The stock daemon's pre-init: open everything, then make the server."""
     exchange = cfg.tls_random_exchange_name
     if exchange:
@@ -132,8 +124,20 @@ def build_server(cfg: config.Config, uid: int, **server_options) -> Server:
                     prng.random_bytes, ticket_keys(cfg, caches["smtpd"], prng.random_bytes),
                     peer="%s socket" % cfg.params["service_name"])
     return Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
-                  cfg.ipc_timeout, cfg.tlsmgr_request_size_limit,
-                  raise_open_files_limit(cfg.tlsmgr_connection_limit), **server_options)
+                  cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit)
+
+
+def build_server_as_mail_owner(cfg: config.Config) -> Server:
+    """build_server(), making the files as mail_owner when we are root, so
+    that they belong to Postfix (and the modules it needs later imported
+    while the Python installation is still within reach)."""
+    connection_limit = raise_open_files_limit(cfg.tlsmgr_connection_limit)
+    if os.geteuid() != 0:
+        return build_server(cfg, os.geteuid(), connection_limit)
+    master.preload_modules()
+    uid, gid = master.mail_owner_ids(cfg.mail_owner)
+    with master.effective_ids(uid, gid):
+        return build_server(cfg, uid, connection_limit)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -272,15 +276,8 @@ def run_under_master(args) -> int:
     except OSError as err:
         log.fatal('chdir("%s"): %s', cfg.queue_directory, err.strerror)
 
-    # Pre-jail: open the entropy source, exchange file and caches, as
-    # mail_owner when we are root, so that the files belong to Postfix.
-    master.preload_modules()
-    if os.geteuid() == 0:
-        uid, gid = master.mail_owner_ids(cfg.mail_owner)
-        with master.effective_ids(uid, gid):
-            server = build_server(cfg, uid)
-    else:
-        server = build_server(cfg, os.geteuid())
+    # Pre-jail: open the entropy source, exchange file and caches.
+    server = build_server_as_mail_owner(cfg)
     if args.single:
         return serve_one_request(server)
     sockets = [socket.socket(fileno=fd)
@@ -294,12 +291,19 @@ def run_under_master(args) -> int:
 
 
 def run_standalone(args) -> int:
+    """As under master(8), minus master: started as root, the daemon makes
+    its files and socket as mail_owner, then runs as mail_owner."""
     log.setup_stderr("tlsmgr")
     log.verbose = args.verbose
     cfg = config.load(overrides=args.overrides)
     run = event_loop_runner(cfg)
-    server = build_server(cfg, owner_uid(cfg))
-    return run(server.serve(socket_paths=[args.listen]))
+    server = build_server_as_mail_owner(cfg)
+    if os.geteuid() == 0:
+        listener = listen_unix(args.listen, master.mail_owner_ids(cfg.mail_owner))
+        master.enter_jail(None, cfg.mail_owner)
+    else:
+        listener = listen_unix(args.listen)
+    return run(server.serve([listener], remove_at_exit=[args.listen]))
 
 
 def main(argv=None) -> int:

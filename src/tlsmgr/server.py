@@ -55,6 +55,12 @@ def raise_open_files_limit(connections: int) -> int:
     and the hard limit allows; return how many connections then fit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = connections + _RESERVED_FILES
+    if hard != resource.RLIM_INFINITY and hard < wanted and os.geteuid() == 0:
+        try:                          # root may raise the hard limit too
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            soft = hard = wanted
+        except (OSError, ValueError):
+            pass
     if hard != resource.RLIM_INFINITY:
         wanted = min(wanted, hard)
     if wanted > soft:
@@ -69,6 +75,33 @@ def raise_open_files_limit(connections: int) -> int:
                  "tlsmgr_connection_limit = %d; raise the hard limit (ulimit -Hn, "
                  "or LimitNOFILE for systemd's postfix unit)", soft, fit, connections)
     return min(fit, connections)
+
+
+def listen_unix(path: str, owner: tuple[int, int] | None = None) -> socket.socket:
+    """A listening UNIX-domain socket at path, for stand-alone mode.
+
+    A stale socket from an earlier run is replaced.  The socket is private
+    (0600): the clients are Postfix processes running as mail_owner, who
+    owns it when we start as root (owner is then mail_owner's uid and gid).
+    """
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    umask = os.umask(0o177)           # private from the moment it exists
+    try:
+        sock.bind(path)
+        if owner is not None:
+            os.chown(path, *owner)
+        sock.listen(socket.SOMAXCONN)
+    except OSError as err:
+        sock.close()
+        log.fatal("bind %s: %s", path, err.strerror)
+    finally:
+        os.umask(umask)
+    return sock
 
 
 def _log_loop_error(loop, context) -> None:
@@ -291,16 +324,15 @@ class Server:
 
     # Lifecycle.
 
-    async def serve(self, socket_paths=(), sockets=()) -> int:
-        """Listen on UNIX socket paths (made here) and/or ready sockets;
-        run until stopped; return the exit status."""
+    async def serve(self, sockets, remove_at_exit=()) -> int:
+        """Serve listening sockets until stopped; return the exit status.
+        The socket files named in remove_at_exit go when the server does."""
         self.loop = asyncio.get_running_loop()
         self.loop.set_exception_handler(_log_loop_error)
         self._stopped = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop, 0)
-        for path in socket_paths:
-            self._listeners.append(await self._listen_path(path))
+        self._socket_paths = list(remove_at_exit)
         for sock in sockets:
             create = (self.loop.create_unix_server if sock.family == socket.AF_UNIX
                       else self.loop.create_server)
@@ -320,19 +352,6 @@ class Server:
         await self._stopped.wait()
         await self._shut_down()
         return self.exit_status
-
-    async def _listen_path(self, path: str) -> asyncio.AbstractServer:
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)          # a stale socket from an earlier run
-        except FileNotFoundError:
-            pass
-        try:
-            listener = await self.loop.create_unix_server(lambda: Connection(self), path)
-        except OSError as err:
-            log.fatal("bind %s: %s", path, err.strerror)
-        self._socket_paths.append(path)
-        return listener
 
     def served(self) -> None:
         """Tell master(8) that requests were served, as Postfix's servers
