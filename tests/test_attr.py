@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tlsmgr.attr import (
+    MAX_ATTRIBUTES,
     AttrError,
     Decoder,
-    MAX_ATTRIBUTES,
     MessageTooLarge,
     decode_data,
     decode_data_prefix,

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from harness import PYTHON, postfix_dirs, start_ours, wait_for
+from harness import postfix_dirs, start_ours, wait_for
 
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import ClientError, TlsmgrClient
@@ -263,6 +263,21 @@ def test_a_client_that_never_reads_its_replies_costs_bounded_memory(daemon):
     assert healthy(daemon)
 
 
+def write_storm(socket_path, prefix: str, stop: threading.Event, updates: list[int]):
+    """Updates to both caches, as fast as they are answered, until stopped
+    or the daemon is gone."""
+    try:
+        with TlsmgrClient(str(socket_path)) as client:
+            i = 0
+            while not stop.is_set():
+                cache = "smtpd" if i % 2 else "smtp"
+                client.update(cache, "%s-%d" % (prefix, i), os.urandom(300))
+                updates[0] += 1
+                i += 1
+    except (OSError, ClientError):
+        pass                                     # the daemon was killed under us
+
+
 def test_sigkill_under_a_write_storm_then_a_clean_restart(tmp_path):
     params = dict(data_directory=tmp_path,
                   smtpd_tls_session_cache_database="lmdb:%s/smtpd_scache" % tmp_path,
@@ -274,23 +289,13 @@ def test_sigkill_under_a_write_storm_then_a_clean_restart(tmp_path):
         daemon = start_ours(tmp_path, **params)
         stop = threading.Event()
         updates = [0]
-
-        def storm(n):
-            try:
-                with TlsmgrClient(str(daemon.socket_path)) as client:
-                    i = 0
-                    while not stop.is_set():
-                        cache = "smtpd" if i % 2 else "smtp"
-                        client.update(cache, "id-%d-%d-%d" % (round_, n, i), os.urandom(300))
-                        updates[0] += 1
-                        i += 1
-            except (OSError, ClientError):
-                pass                             # the daemon was killed under us
-
-        writers = [threading.Thread(target=storm, args=(n,)) for n in range(4)]
+        writers = [threading.Thread(target=write_storm,
+                                    args=(daemon.socket_path, "id-%d-%d" % (round_, n),
+                                          stop, updates))
+                   for n in range(4)]
         for writer in writers:
             writer.start()
-        wait_for(lambda: updates[0] > 500, what="the write storm to run")
+        wait_for(lambda done=updates: done[0] > 500, what="the write storm to run")
         time.sleep(random.uniform(0, 0.5))
         daemon.process.send_signal(signal.SIGKILL)
         daemon.process.wait(10)
