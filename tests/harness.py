@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from tlsmgr.attr import Decoder
+
 STOCK_TLSMGR = "/usr/lib/postfix/sbin/tlsmgr"
 PYTHON = sys.executable
 
@@ -240,3 +242,58 @@ def assert_exchange_file_rewritten(exchange: Path, end) -> None:
     assert end() == 0
     after = exchange.read_bytes()
     assert len(after) == 1024 and after != before
+
+
+# Raw clients, for tests and benchmarks that misbehave on purpose.
+
+def process_memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in bytes."""
+    memory = {}
+    with open("/proc/%d/status" % pid) as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                memory[name] = int(value.split()[0]) * 1024
+    return memory
+
+
+def connect(path, timeout=10.0) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX)
+    # A blocking connect waits while the listen queue is full (a UNIX
+    # socket with a timeout would fail at once with EAGAIN).
+    sock.connect(str(path))
+    sock.settimeout(timeout)
+    return sock
+
+
+def request(sock, message: bytes):
+    """Send one request on a connected socket whose handshake was read."""
+    sock.sendall(message)
+    decoder, messages = Decoder(), []
+    while not messages:
+        data = sock.recv(65536)
+        assert data, "the server closed the connection"
+        messages = decoder.feed(data)
+    return messages[0]
+
+
+def handshake(sock):
+    decoder, messages = Decoder(), []
+    while not messages:
+        data = sock.recv(4096)
+        assert data, "the server closed the connection before its handshake"
+        messages = decoder.feed(data)
+    assert messages[0] == ((b"protocol", b"tlsmgr_protocol"),)
+
+
+def closed_by_server(sock, timeout: float) -> bool:
+    """True once the server has closed this connection (EOF or reset)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
