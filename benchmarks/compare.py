@@ -212,7 +212,7 @@ def start(kind: str, workdir: Path, settings: Settings) -> harness.Daemon:
     Not harness.start_stock(): it waits before handing the daemon back, and
     a signal during that wait would leave a process nobody knows the pid of.
     """
-    workdir.mkdir()
+    workdir.mkdir(exist_ok=True)        # a restart after a crash reuses it
     if kind == "stock":
         daemon = harness.start_as_master_does(
             [harness.STOCK_TLSMGR], workdir, "stock", **harness.postfix_dirs(workdir),
