@@ -12,6 +12,8 @@ with the open-files limit Debian's postfix service gets from systemd
 The checks:
 
 connections  2000 clients connect and stay; then each asks for a seed.
+footprint    the daemon's memory with 4000 idle connections, then with each
+             holding 60 KB of a request it never finishes.
 stalled      100 clients send half a request and stop; meanwhile a
              well-behaved client asks for seeds for 10 s (latency, failures).
 message      one client sends a 64 MiB request: how much the daemon read,
@@ -147,6 +149,30 @@ def check_connections(daemon, count=2000) -> str:
                                     ", %d could not connect" % refused if refused else "")
 
 
+def check_footprint(daemon, count=4000) -> str:
+    pid = daemon.process.pid
+    answers(daemon)
+    base = harness.process_memory(pid)["VmRSS"]
+    socks = []
+    try:
+        for _ in range(count):
+            socks.append(harness.connect(daemon.socket_path, timeout=5))
+        time.sleep(1)
+        idle = harness.process_memory(pid)["VmRSS"] - base
+        for sock in socks:                  # 60 KB of a request that never ends
+            try:
+                sock.sendall(b"request\0update\0session\0" + b"A" * 61000)
+            except OSError:
+                pass
+        time.sleep(2)
+        partial = harness.process_memory(pid)["VmRSS"] - base
+    finally:
+        for sock in socks:
+            sock.close()
+    return "%d connections: %.1f KB each idle, %.1f KB each holding 60 KB of a request" % (
+        count, idle / count / 1024, partial / count / 1024)
+
+
 def check_stalled(daemon, count=100) -> str:
     stalled = []
     try:
@@ -261,7 +287,8 @@ def check_hostile(daemon) -> str:
                                           "; failed: " + ", ".join(failed) if failed else "")
 
 
-CHECKS = {"connections": check_connections, "stalled": check_stalled,
+CHECKS = {"connections": check_connections, "footprint": check_footprint,
+          "stalled": check_stalled,
           "message": check_message, "no-read": check_no_read, "kill-9": check_kill,
           "hostile": check_hostile}
 
