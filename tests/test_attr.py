@@ -38,7 +38,11 @@ def test_integers_travel_as_unsigned_text(number, text):
 @pytest.mark.parametrize("text,value", [
     (b"32", 32), (b" 7", 7), (b"+5", 5), (b"-5", -5), (b"4294967295", -1),
     (b"99999999999", 99999999999 & 0xFFFFFFFF), (b"", None), (b"abc", None),
-    (b"12x", None), (b"1 ", None), (b"0x10", None)])
+    (b"12x", None), (b"1 ", None), (b"0x10", None),
+    # strtoul saturates at 2**64 - 1 whatever the sign, which lands in an
+    # int as -1; leading zeros do not count; no length is too long to read.
+    (b"9" * 10000, -1), (b"0" * 10000 + b"32", 32), (b"-" + b"9" * 30, -1),
+    (b"-18446744073709551615", 1)])
 def test_numbers_are_read_as_sscanf_u_reads_them(text, value):
     assert decode_int(text) == value
 

@@ -34,6 +34,7 @@ DEFAULT_MAX_SIZE = 65536
 MAX_ATTRIBUTES = 256
 
 _NUL = b"\0"
+_ULONG_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 class AttrError(Exception):
@@ -94,8 +95,13 @@ def decode_int(text: bytes) -> int | None:
     if match is None:
         return None
     sign, digits = match.groups()
-    value = min(int(digits), 0xFFFFFFFFFFFFFFFF)   # strtoul saturates
-    if sign == b"-":
+    digits = digits.lstrip(b"0")
+    # strtoul saturates, whatever the sign (and so may we, before int()
+    # meets a hostile length).
+    value = int(digits or b"0") if len(digits) <= 20 else _ULONG_MAX + 1
+    if value > _ULONG_MAX:
+        value = _ULONG_MAX
+    elif sign == b"-":
         value = -value
     value &= 0xFFFFFFFF
     return value - 0x100000000 if value & 0x80000000 else value
