@@ -70,3 +70,17 @@ def test_stderr_lines_look_like_postfix(capsys, restore_logging):
     log.warn("careful")
     log.info("fine")
     assert capsys.readouterr().err == "tlsmgr: warning: careful\ntlsmgr: fine\n"
+
+
+def test_rate_limited_warning_lets_a_burst_through_then_one_per_interval(caplog):
+    now = [0.0]
+    warn = log.RateLimitedWarning(interval=1.0, burst=3, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger=log.logger.name):
+        for i in range(10):
+            warn("bad input %d", i)
+        now[0] += 1.0                      # one more may pass, with the count
+        warn("bad input %d", 10)
+        warn("bad input %d", 11)
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad input 0", "bad input 1", "bad input 2",
+        "bad input 10 (and 7 more like it in the last 1 seconds)"]

@@ -336,3 +336,44 @@ def test_a_damaged_main_cf_is_one_fatal_line(tmp_path, text):
     assert len(lines) == 1, started.log
     assert "main.cf, line 1" in lines[0] or "ipc_timeout" in lines[0]
     assert "Traceback" not in started.log
+
+
+def test_unfinished_requests_are_bounded_in_total(tmp_path):
+    daemon = start_ours(tmp_path, data_directory=tmp_path,
+                        tlsmgr_request_memory_limit="200000")
+    stalled = []
+    try:
+        # Four clients each leave 60 KB of a request unfinished: the fourth
+        # goes over 200000 bytes in all, and the oldest is closed for it.
+        for _ in range(4):
+            sock = connect(daemon.socket_path)
+            handshake(sock)
+            sock.sendall(b"request\0update\0session\0" + b"A" * 60000)
+            stalled.append(sock)
+            time.sleep(0.05)
+        assert closed_by_server(stalled[0], 5)
+        assert not any(closed_by_server(sock, 0.1) for sock in stalled[1:])
+        wait_for(lambda: "over tlsmgr_request_memory_limit (200000): closing the connection "
+                         "of client pid %d" % os.getpid() in daemon.log, what="the warning")
+        assert healthy(daemon)
+    finally:
+        for sock in stalled:
+            sock.close()
+        daemon.stop()
+
+
+def test_a_flood_of_bad_requests_neither_floods_the_log_nor_holds_others_up(daemon):
+    with connect(daemon.socket_path) as flooder, connect(daemon.socket_path) as client:
+        handshake(flooder)
+        handshake(client)
+        flooder.sendall(b"\0" * 65536)           # 65536 empty requests
+        for _ in range(5):
+            assert request(client, SEED)[0] == (b"status", b"0")
+        replies, decoder = [], Decoder()
+        while len(replies) < 65536:
+            replies += decoder.feed(flooder.recv(1 << 20))
+        assert set(replies) == {((b"status", b"4294967294"),)}
+    assert healthy(daemon)
+    warnings = daemon.log.count("missing attribute request in input from")
+    assert 100 <= warnings < 1000
+    assert "more like it in the last" in daemon.log

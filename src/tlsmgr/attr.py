@@ -174,6 +174,11 @@ class Decoder:
         """True at a message boundary: nothing of a next message is held."""
         return not self._tail and not self._tokens
 
+    @property
+    def held(self) -> int:
+        """Bytes of an unfinished message held."""
+        return self._size + len(self._tail)
+
     def feed(self, data: bytes) -> list[Message]:
         """Take more bytes; return the messages they complete."""
         tail = self._tail

@@ -43,20 +43,27 @@ def warn(text: str, *args) -> None:
 
 class RateLimitedWarning:
     """A warning that may recur many times a second (a backend that is
-    down): logged at most once per interval, with a count of the ones
-    that were held back."""
+    down, a client sending garbage): the first ``burst`` are logged as they
+    come, then one per ``interval`` seconds, with a count of those held
+    back in between."""
 
-    def __init__(self, interval: float = 60.0, clock=time.monotonic):
+    def __init__(self, interval: float = 60.0, burst: int = 1, clock=time.monotonic):
         self.interval = interval
+        self.burst = burst
         self.clock = clock
-        self.last = None
+        self.tokens = float(burst)
+        self.refilled = self.last = None
         self.held_back = 0
 
     def __call__(self, text: str, *args) -> None:
         now = self.clock()
-        if self.last is not None and now - self.last < self.interval:
+        if self.refilled is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.refilled) / self.interval)
+        self.refilled = now
+        if self.tokens < 1:
             self.held_back += 1
             return
+        self.tokens -= 1
         if self.held_back:
             text += " (and %d more like it in the last %d seconds)"
             args += (self.held_back, now - self.last)

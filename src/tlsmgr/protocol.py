@@ -121,6 +121,9 @@ class Tlsmgr:
         self.random_bytes = random_bytes
         self.tickets = tickets
         self.peer = peer
+        # Warnings about what clients send, which a client may cause at will:
+        # a hundred as they come, then ten a second.
+        self._warn = log.RateLimitedWarning(interval=0.1, burst=100)
         # Whether any request may wait on the network (see blocking()).
         self.any_blocking = getattr(tickets, "blocking", False) or any(
             cache is not None and cache.store.blocking for cache in caches.values())
@@ -154,7 +157,7 @@ class Tlsmgr:
                 return Reply(encode([("status", STAT_FAIL), *_FAILED_EXTRAS[request]]))
         if request == WAKEUP:
             return HANG_UP
-        log.warn('unknown request "%s" from %s', printable(request), self.peer)
+        self._warn('unknown request "%s" from %s', printable(request), self.peer)
         return Reply(PROTOCOL_ERROR)
 
     def blocking(self, message: Message) -> bool:
@@ -189,24 +192,24 @@ class Tlsmgr:
         values = []
         for index, (name, convert) in enumerate(wanted, start):
             if index >= len(message):
-                log.warn("missing attribute %s in input from %s", name.decode(), self.peer)
+                self._warn("missing attribute %s in input from %s", name.decode(), self.peer)
                 return values, False
             got_name, value = message[index]
             if got_name != name:
-                log.warn("unexpected attribute %s from %s (expecting: %s)",
+                self._warn("unexpected attribute %s from %s (expecting: %s)",
                          printable(got_name), self.peer, name.decode())
                 return values, False
             if convert is not None:
                 value = convert(value)
                 if value is None:
-                    log.warn("malformed %s data from %s while reading input attribute"
+                    self._warn("malformed %s data from %s while reading input attribute"
                              " value: %.100s", _MALFORMED[convert], self.peer,
                              printable(message[index][1]))
                     return values, False
             values.append(value)
         end = start + len(wanted)
         if not more and end < len(message):
-            log.warn("unexpected attribute %s from %s (expecting: (list terminator))",
+            self._warn("unexpected attribute %s from %s (expecting: (list terminator))",
                      printable(message[end][0]), self.peer)
         return values, True
 
@@ -214,7 +217,7 @@ class Tlsmgr:
         """(known, cache) for a cache type; warns about an unknown one."""
         if cache_type in self.caches:
             return True, self.caches[cache_type]
-        log.warn('bogus cache type "%s" in "%s" request', printable(cache_type), request)
+        self._warn('bogus cache type "%s" in "%s" request', printable(cache_type), request)
         return False, None
 
     # The requests.  Each returns the reply message.
@@ -262,7 +265,7 @@ class Tlsmgr:
             name = values[0]
             timeout = self.timeouts[b"smtpd"]
             if len(name) not in (0, NAME_LENGTH):
-                log.warn("invalid session ticket key name length: %d", len(name))
+                self._warn("invalid session ticket key name length: %d", len(name))
             elif timeout <= 0:
                 status = STAT_ERR
             else:
@@ -281,7 +284,7 @@ class Tlsmgr:
             if 0 < size <= SEED_MAX:
                 status, seed = STAT_OK, self.random_bytes(size)
             else:
-                log.warn('bogus seed length "%d" in "seed" request', size)
+                self._warn('bogus seed length "%d" in "seed" request', size)
         return _status_and_data(status, b"seed", seed)
 
     def _policy(self, message: Message) -> bytes:

@@ -128,6 +128,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.last_active = time.monotonic()
         self.request_started: float | None = None    # of a request not yet whole
+        self.held = 0                      # bytes of that request held
         self.idle_timer: asyncio.TimerHandle | None = None
         self.unread: bytes | memoryview = b""   # received, not yet decoded
         self.pending: deque[Message] = deque()
@@ -143,6 +144,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.server.connections.discard(self)
+        self.server.hold(self, 0)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         # Whatever the client left unanswered goes with it.
@@ -162,12 +164,18 @@ class Connection(asyncio.Protocol):
 
     def _serve(self):
         """Decode and answer until all that came is answered, a request
-        waits on a worker, or the client stops reading its replies."""
+        waits on a worker, or the client stops reading its replies.  A
+        client that sent much at once gets one slice of it answered per
+        turn of the event loop, so that others are served in between."""
+        transport = self.transport
+        if transport.is_closing():
+            return
         server = self.server
         tlsmgr = server.tlsmgr
         may_block = tlsmgr.blocking if tlsmgr.any_blocking else None
         pending = self.pending
         replies = []
+        sliced = False
         while self.in_worker is None and not self.write_paused:
             if pending:
                 message = pending.popleft()
@@ -183,6 +191,10 @@ class Connection(asyncio.Protocol):
                         self._send(replies)
                         replies = []
             elif self.unread:
+                if sliced:
+                    server.loop.call_soon(self._serve)      # the next slice, later
+                    break
+                sliced = True
                 data = self.unread
                 if len(data) <= _SLICE:
                     data, self.unread = bytes(data), b""
@@ -196,8 +208,14 @@ class Connection(asyncio.Protocol):
                     return
                 if self.decoder.idle:
                     self.request_started = None
-                elif self.request_started is None:
-                    self.request_started = self.last_active
+                    if self.held:
+                        server.hold(self, 0)
+                else:
+                    if self.request_started is None:
+                        self.request_started = self.last_active
+                    server.hold(self, self.decoder.held)
+                    if transport.is_closing():      # made room for others
+                        return
             else:
                 break
         if replies:
@@ -207,6 +225,7 @@ class Connection(asyncio.Protocol):
         server.prng.mix_time()
 
     def _refuse(self, err: MessageTooLarge):
+        self.server.hold(self, 0)
         if err.unit == "bytes":
             why = "exceeds tlsmgr_request_size_limit (%d bytes)" % err.limit
         else:
@@ -251,7 +270,8 @@ class Connection(asyncio.Protocol):
             self._update_reading()
 
     def _update_reading(self):
-        paused = self.write_paused or self.in_worker is not None
+        # Nor is one whose earlier input is still being answered.
+        paused = self.write_paused or self.in_worker is not None or bool(self.unread)
         if paused != self.read_paused and not self.transport.is_closing():
             self.read_paused = paused
             if paused:
@@ -289,6 +309,7 @@ class Server:
 
     def __init__(self, tlsmgr: Tlsmgr, prng: Prng, caches: list[SessionCache],
                  ipc_timeout: int, request_size_limit: int, connection_limit: int,
+                 request_memory_limit: int,
                  master: StatusChannel | None = None, watchdog: Watchdog | None = None):
         self.tlsmgr = tlsmgr
         self.prng = prng
@@ -296,7 +317,10 @@ class Server:
         self.ipc_timeout = ipc_timeout
         self.request_size_limit = request_size_limit
         self.connection_limit = connection_limit
+        self.request_memory_limit = request_memory_limit
+        self.held_bytes = 0                # of unfinished requests, all connections
         self._full_warning = log.RateLimitedWarning()
+        self._memory_warning = log.RateLimitedWarning()
         self.master = master
         self.watchdog = watchdog
         # For requests that may wait on the network; threads start on demand.
@@ -321,6 +345,24 @@ class Server:
             oldest.transport.abort()
             self.connections.discard(oldest)
         self.connections.add(connection)
+
+    def hold(self, connection: Connection, held: int) -> None:
+        """Account for the bytes of a connection's unfinished request.  Past
+        tlsmgr_request_memory_limit in all, the connections whose requests
+        have been unfinished longest are closed until it fits again."""
+        self.held_bytes += held - connection.held
+        connection.held = held
+        while self.held_bytes > self.request_memory_limit:
+            oldest = min((c for c in self.connections if c.held),
+                         key=lambda c: c.request_started, default=connection)
+            self._memory_warning(
+                "unfinished requests hold %d bytes, over tlsmgr_request_memory_limit "
+                "(%d): closing the connection of %s, whose request began %.0f seconds "
+                "ago", self.held_bytes, self.request_memory_limit, oldest.peer(),
+                time.monotonic() - (oldest.request_started or time.monotonic()))
+            self.held_bytes -= oldest.held
+            oldest.held = 0
+            oldest.transport.abort()
 
     # Lifecycle.
 
