@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
@@ -388,6 +388,9 @@ def finish(server, transport):
 
 
 SEED_REQUEST = encode([("request", "seed"), ("size", 8)])
+# How much may wait to be written before the server is asked to pause:
+# from less than a reply to more than it ever writes.
+high_waters = st.one_of(st.sampled_from([1, 24, 1000, 10**9]), st.integers(1, 20_000))
 chunks = st.one_of(
     st.binary(max_size=64),
     messages.map(invariants.wire_bytes),
@@ -398,8 +401,7 @@ chunks = st.one_of(
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(chunks, st.booleans()), max_size=10), st.integers(1, 20_000),
-       st.booleans())
+@given(st.lists(st.tuples(chunks, st.booleans()), max_size=10), high_waters, st.booleans())
 def test_connection_survives_any_bytes(received, high_water, then_oversized):
     server, connection, transport = connect(high_water)
     with invariants.recording_internal_errors() as errors:
@@ -428,11 +430,15 @@ def test_connection_survives_any_bytes(received, high_water, then_oversized):
     assert server.loop.timers and server.loop.timers[-1].cancelled
 
 
+# Several slices of input at once, written freely or a reply at a time.
+@example(requests=[((b"request", b"seed"), (b"size", b"8"))], rounds=500, cuts=[],
+         high_water=10**9)
+@example(requests=[((b"request", b"seed"), (b"size", b"8"))], rounds=500, cuts=[5000],
+         high_water=1)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(well_shaped_requests(sorted(REQUEST_TYPES)), mangled_requests())
                 .filter(lambda message: invariants.requested(message) != b"W"), max_size=40),
-       st.integers(1, 8), st.lists(st.integers(0, 20_000), max_size=12),
-       st.integers(1, 20_000))
+       st.integers(1, 100), st.lists(st.integers(0, 20_000), max_size=12), high_waters)
 def test_connection_answers_pipelined_requests_as_tlsmgr_does(requests, rounds, cuts,
                                                               high_water):
     # Each message starts with its "request" name, so no piece of the

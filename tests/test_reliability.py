@@ -340,7 +340,7 @@ def test_a_damaged_main_cf_is_one_fatal_line(tmp_path, text):
 
 def test_unfinished_requests_are_bounded_in_total(tmp_path):
     daemon = start_ours(tmp_path, data_directory=tmp_path,
-                        tlsmgr_request_memory_limit="200000")
+                        tlsmgr_client_buffer_limit="200000")
     stalled = []
     try:
         # Four clients each leave 60 KB of a request unfinished: the fourth
@@ -353,8 +353,9 @@ def test_unfinished_requests_are_bounded_in_total(tmp_path):
             time.sleep(0.05)
         assert closed_by_server(stalled[0], 5)
         assert not any(closed_by_server(sock, 0.1) for sock in stalled[1:])
-        wait_for(lambda: "over tlsmgr_request_memory_limit (200000): closing the connection "
+        wait_for(lambda: "over tlsmgr_client_buffer_limit (200000): closing the connection "
                          "of client pid %d" % os.getpid() in daemon.log, what="the warning")
+        assert "which has held 60" in daemon.log
         assert healthy(daemon)
     finally:
         for sock in stalled:
@@ -377,3 +378,25 @@ def test_a_flood_of_bad_requests_neither_floods_the_log_nor_holds_others_up(daem
     warnings = daemon.log.count("missing attribute request in input from")
     assert 100 <= warnings < 1000
     assert "more like it in the last" in daemon.log
+
+
+def test_replies_a_client_does_not_read_count_against_the_buffer_limit(tmp_path):
+    daemon = start_ours(tmp_path, data_directory=tmp_path, tlsmgr_client_buffer_limit="65536",
+                        smtpd_tls_session_cache_database="memory:")
+    try:
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            assert client.update("smtpd", "big", os.urandom(40000)) == 0
+        lookup = encode([("request", "lookup"), ("cache_type", "smtpd"), ("cache_id", "big")])
+        with connect(daemon.socket_path) as greedy:
+            greedy.settimeout(1)
+            try:
+                for _ in range(2000):             # 100 MB of replies, never read
+                    greedy.sendall(lookup)
+            except (TimeoutError, BrokenPipeError, ConnectionResetError):
+                pass
+            assert closed_by_server(greedy, 10)
+        wait_for(lambda: "over tlsmgr_client_buffer_limit (65536)" in daemon.log,
+                 what="the warning")
+        assert healthy(daemon)
+    finally:
+        daemon.stop()

@@ -24,7 +24,7 @@ def test_requests_are_answered_while_a_long_cleanup_runs(tmp_path):
                     {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
                     prng.random_bytes, TicketKeyRing(prng.random_bytes))
     server = Server(tlsmgr, prng, [cache], ipc_timeout=60, request_size_limit=65536,
-                    connection_limit=100, request_memory_limit=1 << 20)
+                    connection_limit=100, client_buffer_limit=1 << 20)
     path = str(tmp_path / "sock")
 
     async def scenario():

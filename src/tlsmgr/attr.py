@@ -35,6 +35,7 @@ MAX_ATTRIBUTES = 256
 
 _NUL = b"\0"
 _ULONG_MAX = 0xFFFFFFFFFFFFFFFF
+_TOKEN_COST = 48        # a bytes object and its list slot, besides its bytes
 
 
 class AttrError(Exception):
@@ -176,8 +177,9 @@ class Decoder:
 
     @property
     def held(self) -> int:
-        """Bytes of an unfinished message held."""
-        return self._size + len(self._tail)
+        """What an unfinished message takes in memory, roughly: its bytes,
+        and the objects its names and values are held in."""
+        return self._size + len(self._tail) + _TOKEN_COST * len(self._tokens)
 
     def feed(self, data: bytes) -> list[Message]:
         """Take more bytes; return the messages they complete."""

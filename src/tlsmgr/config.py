@@ -81,7 +81,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     # is closed to make room.
     Parameter("tlsmgr_connection_limit", "4096", "int", 1),
     # Ours: bytes of unfinished requests held for all clients together.
-    Parameter("tlsmgr_request_memory_limit", "67108864", "int", 65536),
+    Parameter("tlsmgr_client_buffer_limit", "67108864", "int", 65536),
     # Ours: caches on Redis (redis: tables).
     Parameter("tlsmgr_redis_key_prefix", "tlsmgr:"),
     Parameter("tlsmgr_redis_password", ""),
@@ -133,7 +133,7 @@ class Config:
     maillog_file: str
     tlsmgr_request_size_limit: int
     tlsmgr_connection_limit: int
-    tlsmgr_request_memory_limit: int
+    tlsmgr_client_buffer_limit: int
     tlsmgr_redis_key_prefix: str
     tlsmgr_redis_password: str
     tlsmgr_redis_timeout_ms: int
@@ -450,9 +450,9 @@ def load(config_directory: str | None = None, overrides: Sequence[str] = (),
                 log.fatal("parameter %s: %s", name, err)
 
     typed = {p.name: _convert(p, params[p.name]) for p in PARAMETERS}
-    if typed["tlsmgr_request_memory_limit"] < typed["tlsmgr_request_size_limit"]:
-        log.fatal("tlsmgr_request_memory_limit (%d) must be at least "
-                  "tlsmgr_request_size_limit (%d)", typed["tlsmgr_request_memory_limit"],
+    if typed["tlsmgr_client_buffer_limit"] < typed["tlsmgr_request_size_limit"]:
+        log.fatal("tlsmgr_client_buffer_limit (%d) must be at least "
+                  "tlsmgr_request_size_limit (%d)", typed["tlsmgr_client_buffer_limit"],
                   typed["tlsmgr_request_size_limit"])
     field_names = {field.name for field in dataclasses.fields(Config)}
     return Config(caches=tuple(_cache_settings(label, typed) for label in CACHE_LABELS),

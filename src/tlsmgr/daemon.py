@@ -125,7 +125,7 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
                     peer="%s socket" % cfg.params["service_name"])
     return Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
                   cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
-                  cfg.tlsmgr_request_memory_limit)
+                  cfg.tlsmgr_client_buffer_limit)
 
 
 def build_server_as_mail_owner(cfg: config.Config) -> Server:

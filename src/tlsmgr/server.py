@@ -35,7 +35,8 @@ from .scache import SessionCache
 
 _GC_YOUNG_THRESHOLD = 50_000
 _SLICE = 4096           # bytes of input decoded before their requests are answered
-_REPLY_BATCH = 64       # replies made before they are written
+_REPLY_BATCH = 64       # replies made before they are written...
+_REPLY_BYTES = 16384    # ...or this many bytes of them
 _RESERVED_FILES = 64     # descriptors kept for caches, logging, Redis and the like
 _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
 
@@ -128,7 +129,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.last_active = time.monotonic()
         self.request_started: float | None = None    # of a request not yet whole
-        self.held = 0                      # bytes of that request held
+        self.unread_since: float | None = None   # replies the client is not reading
+        self.held = 0                      # bytes of both, held in memory
         self.idle_timer: asyncio.TimerHandle | None = None
         self.unread: bytes | memoryview = b""   # received, not yet decoded
         self.pending: deque[Message] = deque()
@@ -175,6 +177,7 @@ class Connection(asyncio.Protocol):
         may_block = tlsmgr.blocking if tlsmgr.any_blocking else None
         pending = self.pending
         replies = []
+        reply_bytes = 0
         sliced = False
         while self.in_worker is None and not self.write_paused:
             if pending:
@@ -184,12 +187,14 @@ class Connection(asyncio.Protocol):
                         server.workers, tlsmgr.handle, message)
                     self.in_worker.add_done_callback(self._worker_done)
                 else:
-                    replies.append(tlsmgr.handle(message))
-                    if len(replies) == _REPLY_BATCH:
+                    reply = tlsmgr.handle(message)
+                    replies.append(reply)
+                    reply_bytes += len(reply.data)
+                    if len(replies) == _REPLY_BATCH or reply_bytes >= _REPLY_BYTES:
                         # Written now, so that a client not reading them
                         # pauses us (pause_writing) before more are made.
                         self._send(replies)
-                        replies = []
+                        replies, reply_bytes = [], 0
             elif self.unread:
                 if sliced:
                     server.loop.call_soon(self._serve)      # the next slice, later
@@ -209,11 +214,11 @@ class Connection(asyncio.Protocol):
                 if self.decoder.idle:
                     self.request_started = None
                     if self.held:
-                        server.hold(self, 0)
+                        self._account()
                 else:
                     if self.request_started is None:
                         self.request_started = self.last_active
-                    server.hold(self, self.decoder.held)
+                    self._account()
                     if transport.is_closing():      # made room for others
                         return
             else:
@@ -225,7 +230,6 @@ class Connection(asyncio.Protocol):
         server.prng.mix_time()
 
     def _refuse(self, err: MessageTooLarge):
-        self.server.hold(self, 0)
         if err.unit == "bytes":
             why = "exceeds tlsmgr_request_size_limit (%d bytes)" % err.limit
         else:
@@ -233,6 +237,7 @@ class Connection(asyncio.Protocol):
         log.warn("%s: request %s -- closing connection", self.peer(), why)
         self.unread = b""
         self.pending.clear()
+        self._account()
         self.transport.write(PROTOCOL_ERROR)
         self.transport.close()
 
@@ -260,10 +265,14 @@ class Connection(asyncio.Protocol):
     # whose request is in a worker thread.
     def pause_writing(self):
         self.write_paused = True
+        self.unread_since = time.monotonic()
+        self._account()
         self._update_reading()
 
     def resume_writing(self):
         self.write_paused = False
+        self.unread_since = None
+        self._account()
         if self.pending or self.unread:
             self._serve()
         else:
@@ -281,6 +290,21 @@ class Connection(asyncio.Protocol):
 
     def peer(self) -> str:
         return describe_peer(self.transport.get_extra_info("socket"))
+
+    def _account(self):
+        """Tell the server what this client holds: its unfinished request,
+        and the replies it has not read (once it stops reading them)."""
+        held = self.decoder.held
+        if self.write_paused:
+            held += self.transport.get_write_buffer_size()
+        if held != self.held:
+            self.server.hold(self, held)
+
+    @property
+    def stuck_since(self) -> float:
+        """Since when this client has kept us holding bytes for it."""
+        return min(t for t in (self.request_started, self.unread_since, time.monotonic())
+                   if t is not None)
 
     # Deadlines: a connection that sends nothing for ipc_timeout, or whose
     # request is not whole ipc_timeout after it began, is closed.  Only
@@ -309,7 +333,7 @@ class Server:
 
     def __init__(self, tlsmgr: Tlsmgr, prng: Prng, caches: list[SessionCache],
                  ipc_timeout: int, request_size_limit: int, connection_limit: int,
-                 request_memory_limit: int,
+                 client_buffer_limit: int,
                  master: StatusChannel | None = None, watchdog: Watchdog | None = None):
         self.tlsmgr = tlsmgr
         self.prng = prng
@@ -317,8 +341,8 @@ class Server:
         self.ipc_timeout = ipc_timeout
         self.request_size_limit = request_size_limit
         self.connection_limit = connection_limit
-        self.request_memory_limit = request_memory_limit
-        self.held_bytes = 0                # of unfinished requests, all connections
+        self.client_buffer_limit = client_buffer_limit
+        self.held_bytes = 0                # for all connections (Connection.held)
         self._full_warning = log.RateLimitedWarning()
         self._memory_warning = log.RateLimitedWarning()
         self.master = master
@@ -347,19 +371,20 @@ class Server:
         self.connections.add(connection)
 
     def hold(self, connection: Connection, held: int) -> None:
-        """Account for the bytes of a connection's unfinished request.  Past
-        tlsmgr_request_memory_limit in all, the connections whose requests
-        have been unfinished longest are closed until it fits again."""
+        """Account for the bytes held for a connection.  Past
+        tlsmgr_client_buffer_limit in all, the connections that have kept
+        theirs longest are closed until the rest fits."""
         self.held_bytes += held - connection.held
         connection.held = held
-        while self.held_bytes > self.request_memory_limit:
+        while self.held_bytes > self.client_buffer_limit:
             oldest = min((c for c in self.connections if c.held),
-                         key=lambda c: c.request_started, default=connection)
+                         key=lambda c: c.stuck_since, default=connection)
             self._memory_warning(
-                "unfinished requests hold %d bytes, over tlsmgr_request_memory_limit "
-                "(%d): closing the connection of %s, whose request began %.0f seconds "
-                "ago", self.held_bytes, self.request_memory_limit, oldest.peer(),
-                time.monotonic() - (oldest.request_started or time.monotonic()))
+                "clients' unfinished requests and unread replies take %d bytes, over "
+                "tlsmgr_client_buffer_limit (%d): closing the connection of %s, which "
+                "has held %d bytes for %.0f seconds", self.held_bytes,
+                self.client_buffer_limit, oldest.peer(), oldest.held,
+                time.monotonic() - oldest.stuck_since)
             self.held_bytes -= oldest.held
             oldest.held = 0
             oldest.transport.abort()
