@@ -81,7 +81,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     # is closed to make room.
     Parameter("tlsmgr_connection_limit", "4096", "int", 1),
     # Ours: bytes of unfinished requests held for all clients together.
-    Parameter("tlsmgr_client_buffer_limit", "67108864", "int", 65536),
+    Parameter("tlsmgr_client_buffer_limit", "16777216", "int", 65536),
     # Ours: caches on Redis (redis: tables).
     Parameter("tlsmgr_redis_key_prefix", "tlsmgr:"),
     Parameter("tlsmgr_redis_password", ""),

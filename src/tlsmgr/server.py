@@ -15,6 +15,7 @@ SIGINT save the PRNG state and end the process with status 0.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import os
 import resource
@@ -23,7 +24,7 @@ import socket
 import stat
 import struct
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 
 from . import log
@@ -37,6 +38,7 @@ _GC_YOUNG_THRESHOLD = 50_000
 _SLICE = 4096           # bytes of input decoded before their requests are answered
 _REPLY_BATCH = 64       # replies made before they are written...
 _REPLY_BYTES = 16384    # ...or this many bytes of them
+_TRIM_AFTER = 4 << 20   # bytes of client buffers freed before memory goes back
 _RESERVED_FILES = 64     # descriptors kept for caches, logging, Redis and the like
 _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
 
@@ -49,6 +51,12 @@ def describe_peer(sock: socket.socket | None) -> str:
         return "client pid %d uid %d" % (pid, uid)
     except (AttributeError, OSError):
         return "client"
+
+
+try:                                    # glibc's; elsewhere memory stays with us
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):
+    _malloc_trim = None
 
 
 def raise_open_files_limit(connections: int) -> int:
@@ -213,11 +221,9 @@ class Connection(asyncio.Protocol):
                     return
                 if self.decoder.idle:
                     self.request_started = None
-                    if self.held:
-                        self._account()
-                else:
-                    if self.request_started is None:
-                        self.request_started = self.last_active
+                elif self.request_started is None:
+                    self.request_started = self.last_active
+                if self.held or self.unread or not self.decoder.idle:
                     self._account()
                     if transport.is_closing():      # made room for others
                         return
@@ -291,10 +297,19 @@ class Connection(asyncio.Protocol):
     def peer(self) -> str:
         return describe_peer(self.transport.get_extra_info("socket"))
 
+    def drop(self):
+        """Close the connection now, and free what it holds now rather than
+        when the event loop gets round to connection_lost()."""
+        self.unread = b""
+        self.pending.clear()
+        self.decoder = Decoder(self.server.request_size_limit)
+        self.transport.abort()
+
     def _account(self):
-        """Tell the server what this client holds: its unfinished request,
-        and the replies it has not read (once it stops reading them)."""
-        held = self.decoder.held
+        """Tell the server what this client holds: what it sent that is not
+        yet decoded, its unfinished request, and the replies it has not read
+        (once it stops reading them)."""
+        held = self.decoder.held + len(self.unread)
         if self.write_paused:
             held += self.transport.get_write_buffer_size()
         if held != self.held:
@@ -343,6 +358,9 @@ class Server:
         self.connection_limit = connection_limit
         self.client_buffer_limit = client_buffer_limit
         self.held_bytes = 0                # for all connections (Connection.held)
+        self._holders: OrderedDict[Connection, None] = OrderedDict()   # held > 0
+        self._held_peak = 0                # since memory last went back
+        self._trim_pending = False
         self._full_warning = log.RateLimitedWarning()
         self._memory_warning = log.RateLimitedWarning()
         self.master = master
@@ -372,13 +390,21 @@ class Server:
 
     def hold(self, connection: Connection, held: int) -> None:
         """Account for the bytes held for a connection.  Past
-        tlsmgr_client_buffer_limit in all, the connections that have kept
+        tlsmgr_client_buffer_limit in all, the connections that have held
         theirs longest are closed until the rest fits."""
         self.held_bytes += held - connection.held
         connection.held = held
+        if held:
+            self._holders.setdefault(connection)        # kept in the order they began
+        else:
+            self._holders.pop(connection, None)
+        if self.held_bytes > self._held_peak:
+            self._held_peak = self.held_bytes
+        elif self._held_peak - self.held_bytes > _TRIM_AFTER and not self._trim_pending:
+            self._trim_pending = True
+            self.loop.call_later(1, self._give_memory_back)
         while self.held_bytes > self.client_buffer_limit:
-            oldest = min((c for c in self.connections if c.held),
-                         key=lambda c: c.stuck_since, default=connection)
+            oldest, _ = self._holders.popitem(last=False)
             self._memory_warning(
                 "clients' unfinished requests and unread replies take %d bytes, over "
                 "tlsmgr_client_buffer_limit (%d): closing the connection of %s, which "
@@ -387,7 +413,15 @@ class Server:
                 time.monotonic() - oldest.stuck_since)
             self.held_bytes -= oldest.held
             oldest.held = 0
-            oldest.transport.abort()
+            oldest.drop()
+
+    def _give_memory_back(self) -> None:
+        # Client buffers are large, short-lived and interleaved with small
+        # objects, so the C heap cannot shrink by itself once they are freed.
+        self._trim_pending = False
+        self._held_peak = self.held_bytes
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
     # Lifecycle.
 
