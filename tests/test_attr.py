@@ -52,6 +52,8 @@ def test_base64_is_strict_like_postfix():
     assert decode_data(b"QUJD") == b"ABC"
     assert decode_data(b"QUI=") == b"AB"
     assert decode_data(b"QUJ") is None            # not a multiple of 4
+    assert decode_data(b"QUJD====") is None       # a group may not start with '='
+    assert decode_data(b"QQ==QUJD") == b"A"       # Postfix ignores what follows padding
     assert decode_data(b"QU!D") is None           # not in the alphabet
     # Postfix stops at the first '=' of a group and ignores the rest.
     assert decode_data(b"QQ==QUJD") == b"A"

@@ -297,3 +297,16 @@ def test_bad_event_loop_is_one_fatal_line(tmp_path):
     assert started.process.wait(10) == 1
     assert ("fatal: parameter tlsmgr_event_loop: bad value: twisted "
             "(expected uvloop or asyncio)") in started.log
+
+
+def test_nothing_is_answered_after_a_hang_up(daemon):
+    # Requests that came in the same write as a wake-up request go unanswered.
+    sock = raw_connection(daemon.socket_path)
+    read_message(sock, Decoder())
+    seed = encode([("request", "seed"), ("size", 16)])
+    sock.sendall(encode([("request", "W")]) + seed * 100)
+    received = b""
+    while data := sock.recv(65536):
+        received += data
+    assert received == b""
+    sock.close()

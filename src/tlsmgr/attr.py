@@ -117,6 +117,11 @@ def decode_data(text: bytes) -> bytes | None:
     malformed."""
     if len(text) % 4:
         return None
+    if b"=" in text[:-2]:
+        # Padding before the last group: binascii's strict mode may take
+        # it, Postfix stops there.  The slow path says what Postfix says.
+        decoded, ok = decode_data_prefix(text)
+        return decoded if ok else None
     try:
         return binascii.a2b_base64(text, strict_mode=True)
     except binascii.Error:

@@ -197,6 +197,8 @@ class Connection(asyncio.Protocol):
                 else:
                     reply = tlsmgr.handle(message)
                     replies.append(reply)
+                    if reply.close:              # nothing after a hang-up
+                        break
                     reply_bytes += len(reply.data)
                     if len(replies) == _REPLY_BATCH or reply_bytes >= _REPLY_BYTES:
                         # Written now, so that a client not reading them
