@@ -271,12 +271,13 @@ class FakeServer:
         self.workers = None             # memory caches never go to a worker
         self.requests_served = 0
         self.held_bytes = 0
+        self.control_uids = set()       # nobody may send control requests
 
     def admit(self, connection):
         self.connections.add(connection)
 
     def hold(self, connection, held):
-        # Accounted, never enforced: tlsmgr_request_memory_limit is not
+        # Accounted, never enforced: tlsmgr_client_buffer_limit is not
         # under test here.
         self.held_bytes += held - connection.held
         connection.held = held
