@@ -88,6 +88,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("tlsmgr_redis_timeout_ms", "250", "int", 1),
     # Ours: uvloop or asyncio.
     Parameter("tlsmgr_event_loop", "uvloop"),
+    # Ours: Prometheus metrics over HTTP at [host:]port; empty is off.
+    Parameter("tlsmgr_metrics_listen", ""),
 )
 
 _DEFAULTS = {p.name: p.default for p in PARAMETERS}
@@ -138,9 +140,13 @@ class Config:
     tlsmgr_redis_password: str
     tlsmgr_redis_timeout_ms: int
     tlsmgr_event_loop: str
+    tlsmgr_metrics_listen: str
     # Expanded text of every known parameter and of every name main.cf or
     # -o defines, for messages and --show-config.
     params: Mapping[str, str]
+    # Unexpanded text of every name main.cf or -o sets (the last setting),
+    # and config_directory, the directory read: what --show-config prints.
+    raw_settings: Mapping[str, str]
 
     def cache(self, label: str) -> CacheSettings | None:
         return next((c for c in self.caches if c.label == label), None)
@@ -427,17 +433,21 @@ def load(config_directory: str | None = None, overrides: Sequence[str] = (),
     except OSError as err:
         log.fatal("cannot read %s: %s", path, err.strerror)
 
-    settings = _DEFAULTS | parse_main_cf(text, path)
+    explicit = parse_main_cf(text, path)
     for override in overrides:
         try:
             name, value = _split_name_value(override)
         except ValueError as err:
             log.fatal('invalid "-o %s" option value: %s', override, err)
-        settings[name] = value
+        explicit[name] = value
+    settings = _DEFAULTS | explicit
     # Like the stock server skeleton, set these last: neither main.cf nor -o
     # can change them.
     settings |= {"config_directory": directory, "process_name": "tlsmgr",
                  "service_name": service_name, "process_id": str(os.getpid())}
+    # config_directory counts as set, as in postconf -n, and shows which
+    # main.cf was read.
+    raw_settings = {name: settings[name] for name in [*explicit, "config_directory"]}
 
     params: dict[str, str] = {}
     for name, value in settings.items():
@@ -457,4 +467,32 @@ def load(config_directory: str | None = None, overrides: Sequence[str] = (),
     field_names = {field.name for field in dataclasses.fields(Config)}
     return Config(caches=tuple(_cache_settings(label, typed) for label in CACHE_LABELS),
                   params=MappingProxyType(params),
+                  raw_settings=MappingProxyType(raw_settings),
                   **{name: value for name, value in typed.items() if name in field_names})
+
+
+# --- tlsmgr --show-config ------------------------------------------------
+
+_SPACE_RUN = re.compile(f"[{_SPACE}]+")
+
+
+def show(cfg: Config, defaults: bool = False) -> list[str]:
+    """The lines of ``tlsmgr --show-config``, sorted by parameter name.
+
+    Like ``postconf -n`` for the parameters in :data:`PARAMETERS`: each
+    one main.cf or -o sets to a text other than its default, unexpanded;
+    with *defaults*, like ``postconf -d``: each one with its default.
+    As postconf, a value is shown with each run of white space (from a
+    continuation line, say) as one space, and an empty one as ``name =``.
+    """
+    if defaults:
+        values = {p.name: p.default for p in PARAMETERS}
+    else:
+        values = {}
+        for param in PARAMETERS:
+            value = cfg.raw_settings.get(param.name)
+            if value is not None:
+                value = _SPACE_RUN.sub(" ", value)
+                if value != param.default:
+                    values[param.name] = value
+    return [f"{name} = {values[name]}".rstrip(" ") for name in sorted(values)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pwd
 import signal
 import socket
 import sys
@@ -123,9 +124,17 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
     tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches},
                     prng.random_bytes, ticket_keys(cfg, caches["smtpd"], prng.random_bytes),
                     peer="%s socket" % cfg.params["service_name"])
-    return Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
-                  cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
-                  cfg.tlsmgr_client_buffer_limit)
+    server = Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
+                    cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
+                    cfg.tlsmgr_client_buffer_limit)
+    try:
+        server.control_uids.add(pwd.getpwnam(cfg.mail_owner).pw_uid)
+    except KeyError:
+        pass                # stand-alone, for a mail_owner this host does not have
+    if cfg.tlsmgr_metrics_listen:
+        from . import metrics  # and prometheus-client, only when wanted
+        metrics.start(cfg.tlsmgr_metrics_listen, server)
+    return server
 
 
 def build_server_as_mail_owner(cfg: config.Config) -> Server:
@@ -153,12 +162,18 @@ def parse_args(argv):
         prog="tlsmgr",
         description="Postfix TLS session cache and PRNG manager (a drop-in tlsmgr(8)). "
                     "master(8) starts it with the generic daemon options; --listen "
-                    "runs it stand-alone.",
+                    "runs it stand-alone; --show-config prints its settings.",
         epilog="Configuration is read from main.cf in $MAIL_CONFIG (default "
                "/etc/postfix); without main.cf, built-in defaults apply.")
-    parser.add_argument("--listen", metavar="PATH",
-                        help="serve on a UNIX-domain socket at PATH, in the foreground, "
-                             "logging to stderr (stand-alone mode)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--listen", metavar="PATH",
+                      help="serve on a UNIX-domain socket at PATH, in the foreground, "
+                           "logging to stderr (stand-alone mode)")
+    mode.add_argument("--show-config", action="store_true",
+                      help="print each parameter tlsmgr reads that main.cf or -o set to "
+                           "other than its default, as 'name = value' unexpanded (like "
+                           "postconf -n), and exit; with -d, print every one with its "
+                           "default instead (like postconf -d)")
     parser.add_argument("-o", dest="overrides", metavar="name=value", action="append",
                         default=[], help="override a main.cf parameter (repeatable)")
     parser.add_argument("-v", dest="verbose", action="count", default=0,
@@ -170,7 +185,8 @@ def parse_args(argv):
     generic.add_argument("-c", dest="chroot", action="store_true",
                          help="chroot to queue_directory after start-up")
     generic.add_argument("-d", dest="foreground", action="store_true",
-                         help="do not insist that stdin is not a terminal")
+                         help="with --show-config: show the defaults (postconf's -d); "
+                              "otherwise: do not insist that stdin is not a terminal")
     generic.add_argument("-D", dest="debug", action="store_true",
                          help="accepted for compatibility; no debugger is started")
     generic.add_argument("-i", dest="max_idle", metavar="TIME",
@@ -313,6 +329,13 @@ def main(argv=None) -> int:
     log.setup_stderr("tlsmgr")
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
+        if args.show_config:
+            # A listing for the shell: "| head" ends it quietly, as it ends postconf.
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            cfg = config.load(overrides=args.overrides, service_name=args.service)
+            # Here -d (args.foreground) has postconf's meaning: defaults.
+            sys.stdout.writelines(line + "\n" for line in config.show(cfg, args.foreground))
+            return 0
         if args.listen:
             return run_standalone(args)
         return run_under_master(args)
