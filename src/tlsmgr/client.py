@@ -6,6 +6,7 @@ handshake checked once, then one request and one reply at a time.
 
 from __future__ import annotations
 
+import json
 import socket
 
 from .attr import Decoder, Message, decode_data, decode_int, encode
@@ -37,6 +38,12 @@ class Reply(dict):
             raise ClientError("malformed base64 in reply attribute %s" % name)
         return value
 
+    def json(self, name: str):
+        try:
+            return json.loads(self[name])
+        except (KeyError, ValueError):
+            raise ClientError("malformed JSON in reply attribute %s" % name) from None
+
     @property
     def status(self) -> int:
         return self.int("status")
@@ -46,7 +53,7 @@ class TlsmgrClient:
 
     def __init__(self, path: str, timeout: float = 10.0):
         self.path = path
-        self.decoder = Decoder(1 << 20)
+        self.decoder = Decoder(16 << 20)        # a list reply may be large
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
@@ -111,6 +118,26 @@ class TlsmgrClient:
     def delete(self, cache_type: str, cache_id: str) -> int:
         return self.request(("request", "delete"), ("cache_type", cache_type),
                             ("cache_id", cache_id)).status
+
+    # The control requests (control.py).
+
+    def stats(self) -> tuple[int, dict | None]:
+        reply = self.request(("request", "stats"))
+        return reply.status, reply.json("stats") if reply.status == 0 else None
+
+    def flush(self, cache_type: str) -> tuple[int, int]:
+        reply = self.request(("request", "flush"), ("cache_type", cache_type))
+        return reply.status, reply.int("removed") if "removed" in reply else 0
+
+    def rotate_keys(self) -> int:
+        return self.request(("request", "rotate_keys")).status
+
+    def list(self, cache_type: str, limit: int | None = None) -> tuple[int, list]:
+        attributes = [("request", "list"), ("cache_type", cache_type)]
+        if limit is not None:
+            attributes.append(("limit", limit))
+        reply = self.request(*attributes)
+        return reply.status, reply.json("list") if "list" in reply else []
 
     def tktkey(self, keyname: bytes = b"") -> tuple[int, TicketKey | None]:
         reply = self.request(("request", "tktkey"), ("keyname", keyname))

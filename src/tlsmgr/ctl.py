@@ -13,6 +13,7 @@ Postfix's tlsmgr service to this daemon and back (see install.py).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -79,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("cache_id", metavar="ID")
     tktkey = commands.add_parser("tktkey", help="the current ticket key, or the key NAME (hex)")
     tktkey.add_argument("name", metavar="NAME", nargs="?", type=keyname, default=b"")
+    stats = commands.add_parser("stats", help="what the daemon has done (root or mail_owner)")
+    stats.add_argument("--json", action="store_true", help="print the JSON the daemon sends")
+    flush = commands.add_parser("flush", help="remove every entry of a cache (root or mail_owner)")
+    flush.add_argument("cache_type", metavar="TYPE")
+    commands.add_parser("rotate-keys", help="a new session ticket key now; the last one "
+                                            "still decrypts (root or mail_owner)")
+    listing = commands.add_parser("list", help="ids and ages in a cache, oldest first "
+                                               "(root or mail_owner)")
+    listing.add_argument("cache_type", metavar="TYPE")
+    listing.add_argument("--limit", type=int, default=None, metavar="N",
+                         help="at most N entries (default 1000, at most 10000)")
+    listing.add_argument("--json", action="store_true", help="print the JSON the daemon sends")
     for name in ("install", "uninstall"):
         install.add_arguments(commands.add_parser(name, help=install.HELP[name]))
     return parser
@@ -101,6 +114,8 @@ def run(client: TlsmgrClient, args) -> tuple[int, str]:
     if args.command == "delete":
         status = client.delete(args.cache_type, args.cache_id)
         return status, "status=%d" % status
+    if args.command in CONTROL_COMMANDS:
+        return CONTROL_COMMANDS[args.command](client, args)
     status, key = client.tktkey(args.name)
     if key is None:
         return status, "status=%d" % status
@@ -108,6 +123,57 @@ def run(client: TlsmgrClient, args) -> tuple[int, str]:
     return status, ("status=%d name=%s cipher_key=%s hmac_key=%s expires=%d (%s)"
                     % (status, key.name.hex(), key.cipher_key.hex(), key.hmac_key.hex(),
                        key.expires, expires))
+
+
+def show_stats(client: TlsmgrClient, args) -> tuple[int, str]:
+    status, stats = client.stats()
+    if stats is None:
+        return status, "status=%d" % status
+    if args.json:
+        return status, json.dumps(stats, indent=2)
+    lines = ["uptime: %d seconds" % stats["uptime"]]
+    for label, cache in stats["caches"].items():
+        lines.append("%s cache: %d entries, %d bytes; %d hits, %d misses (hit ratio %.2f); "
+                     "%d updates, %d deletes; %d expired, %d evicted"
+                     % (label, cache["entries"], cache["bytes"], cache["hits"],
+                        cache["misses"], cache["hit_ratio"], cache["updates"],
+                        cache["deletes"], cache["expired"], cache["evicted"]))
+    keys = stats["ticket_keys"]
+    age = "" if keys["current_age"] is None else ", the current one %d seconds old" \
+        % keys["current_age"]
+    lines.append("ticket keys: %d%s; %d made or taken on%s" % (
+        keys["count"], age, keys["rotations"], " (shared by the fleet)" if keys["shared"] else ""))
+    lines.append("prng: %d reseeds, %d exchange file updates"
+                 % (stats["prng"]["reseeds"], stats["prng"]["exchange_updates"]))
+    lines.append("connections: %d open, %d in all"
+                 % (stats["connections"]["now"], stats["connections"]["total"]))
+    for title in ("requests", "errors"):
+        counts = ", ".join("%s %d" % item for item in stats[title].items())
+        lines.append("%s: %s" % (title, counts or "none"))
+    return status, "\n".join(lines)
+
+
+def flush_cache(client: TlsmgrClient, args) -> tuple[int, str]:
+    status, removed = client.flush(args.cache_type)
+    return status, "status=%d removed=%d" % (status, removed)
+
+
+def rotate_keys(client: TlsmgrClient, args) -> tuple[int, str]:
+    status = client.rotate_keys()
+    return status, "status=%d" % status
+
+
+def list_cache(client: TlsmgrClient, args) -> tuple[int, str]:
+    status, entries = client.list(args.cache_type, args.limit)
+    if args.json:
+        return status, json.dumps(entries, indent=2)
+    if status != 0:
+        return status, "status=%d" % status
+    return status, "\n".join("%d %s" % (entry["age"], entry["id"]) for entry in entries)
+
+
+CONTROL_COMMANDS = {"stats": show_stats, "flush": flush_cache, "rotate-keys": rotate_keys,
+                    "list": list_cache}
 
 
 def default_socket() -> str:
@@ -129,7 +195,8 @@ def main(argv=None) -> int:
     except ClientError as err:
         log.error("%s", err)
         return 2
-    print(line)
+    if line:
+        print(line)
     return {0: 0, -1: 1}.get(status, 2)
 
 

@@ -17,7 +17,9 @@ read from its start.  Two deliberate differences follow from that:
 
 from __future__ import annotations
 
+import functools
 import re
+from collections import Counter
 from collections.abc import Callable
 
 from . import log
@@ -124,6 +126,11 @@ class Tlsmgr:
         # Warnings about what clients send, which a client may cause at will:
         # a hundred as they come, then ten a second.
         self._warn = log.RateLimitedWarning(interval=0.1, burst=100)
+        # What it has done, for the stats request and the metrics.
+        self.requests: Counter[bytes] = Counter()    # by request name
+        self.errors: Counter[str] = Counter()        # by kind
+        # The administrator's requests (control.py), when the server offers them.
+        self.control = None
         # Whether any request may wait on the network (see blocking()).
         self.any_blocking = getattr(tickets, "blocking", False) or any(
             cache is not None and cache.store.blocking for cache in caches.values())
@@ -138,15 +145,29 @@ class Tlsmgr:
 
     # The message layer.
 
-    def handle(self, message: Message) -> Reply:
+    def handle(self, message: Message, client=None) -> Reply:
         """Answer one complete request message.  Never raises: a failure
-        inside a request is logged and answered with status -2."""
+        inside a request is logged and answered with status -2.
+
+        ``client`` is the connection it came on, if any: whether it may
+        send control requests (``client.privileged``), and who it is
+        (``client.peer()``).
+        """
         if message and message[0][0] == b"request":
             request = message[0][1]
-        elif not self._scan(message, 0, _REQUEST, more=True)[1]:   # says what is wrong
+        elif not self.scan(message, 0, _REQUEST, more=True)[1]:   # says what is wrong
             return Reply(PROTOCOL_ERROR)
         handler = self._handlers.get(request)
+        if handler is None and self.control is not None and request in self.control.requests:
+            if client is None or not client.privileged:
+                self.errors["refused"] += 1
+                self._warn('refusing control request "%s" from %s: only root, mail_owner '
+                           "and the daemon's own user may send it", request.decode(),
+                           client.peer() if client is not None else self.peer)
+                return Reply(PROTOCOL_ERROR)
+            handler = functools.partial(self.control.handle, request)
         if handler is not None:
+            self.requests[request] += 1
             try:
                 return Reply(handler(message))
             except Exception as err:
@@ -154,11 +175,18 @@ class Tlsmgr:
                 # shape, and the connection stays in step.
                 log.error("cannot answer %s request: %s: %s", request.decode(),
                           type(err).__name__, err)
-                return Reply(encode([("status", STAT_FAIL), *_FAILED_EXTRAS[request]]))
+                self.errors["internal"] += 1
+                return Reply(encode([("status", STAT_FAIL),
+                                     *_FAILED_EXTRAS.get(request, ())]))
         if request == WAKEUP:
             return HANG_UP
-        self._warn('unknown request "%s" from %s', printable(request), self.peer)
+        self.requests[b"unknown"] += 1
+        self._client_error('unknown request "%s" from %s', printable(request), self.peer)
         return Reply(PROTOCOL_ERROR)
+
+    def _client_error(self, text: str, *args) -> None:
+        self.errors["protocol"] += 1
+        self._warn(text, *args)
 
     def blocking(self, message: Message) -> bool:
         """Whether answering may wait on the network (a Redis cache or
@@ -171,7 +199,9 @@ class Tlsmgr:
         if request in (b"lookup", b"update", b"delete") and len(message) > 1:
             cache = self.caches.get(message[1][1])
             return cache is not None and cache.store.blocking
-        return False
+        # A control request may ask every cache (stats) or any one.
+        return self.control is not None and request in self.control.requests \
+            and self.any_blocking
 
     def handle_trigger(self, trigger: bytes) -> Reply:
         """A short NUL-terminated string from master(8), not a request."""
@@ -181,7 +211,7 @@ class Tlsmgr:
             return HANG_UP
         return NO_REPLY
 
-    def _scan(self, message: Message, start: int, wanted, more: bool = False):
+    def scan(self, message: Message, start: int, wanted, more: bool = False):
         """Read the wanted attributes from message[start:], in order.
 
         Returns the values read and whether all were: the warnings and the
@@ -192,41 +222,43 @@ class Tlsmgr:
         values = []
         for index, (name, convert) in enumerate(wanted, start):
             if index >= len(message):
-                self._warn("missing attribute %s in input from %s", name.decode(), self.peer)
+                self._client_error("missing attribute %s in input from %s", name.decode(),
+                                   self.peer)
                 return values, False
             got_name, value = message[index]
             if got_name != name:
-                self._warn("unexpected attribute %s from %s (expecting: %s)",
-                         printable(got_name), self.peer, name.decode())
+                self._client_error("unexpected attribute %s from %s (expecting: %s)",
+                                   printable(got_name), self.peer, name.decode())
                 return values, False
             if convert is not None:
                 value = convert(value)
                 if value is None:
-                    self._warn("malformed %s data from %s while reading input attribute"
-                             " value: %.100s", _MALFORMED[convert], self.peer,
-                             printable(message[index][1]))
+                    self._client_error("malformed %s data from %s while reading input "
+                                       "attribute value: %.100s", _MALFORMED[convert],
+                                       self.peer, printable(message[index][1]))
                     return values, False
             values.append(value)
         end = start + len(wanted)
         if not more and end < len(message):
-            self._warn("unexpected attribute %s from %s (expecting: (list terminator))",
-                     printable(message[end][0]), self.peer)
+            self._client_error("unexpected attribute %s from %s (expecting: (list "
+                               "terminator))", printable(message[end][0]), self.peer)
         return values, True
 
-    def _cache(self, cache_type: bytes, request: str):
+    def cache(self, cache_type: bytes, request: str):
         """(known, cache) for a cache type; warns about an unknown one."""
         if cache_type in self.caches:
             return True, self.caches[cache_type]
-        self._warn('bogus cache type "%s" in "%s" request', printable(cache_type), request)
+        self._client_error('bogus cache type "%s" in "%s" request', printable(cache_type),
+                           request)
         return False, None
 
     # The requests.  Each returns the reply message.
 
     def _lookup(self, message: Message) -> bytes:
         status, session = STAT_FAIL, b""
-        (values, ok) = self._scan(message, 1, _CACHE_ENTRY)
+        (values, ok) = self.scan(message, 1, _CACHE_ENTRY)
         if ok:
-            _, cache = self._cache(values[0], "lookup")
+            _, cache = self.cache(values[0], "lookup")
             if cache is not None:
                 found = cache.lookup(values[1])
                 if found is None:
@@ -236,18 +268,18 @@ class Tlsmgr:
 
     def _update(self, message: Message) -> bytes:
         status = STAT_FAIL
-        (values, ok) = self._scan(message, 1, _UPDATE)
+        (values, ok) = self.scan(message, 1, _UPDATE)
         if ok:
-            _, cache = self._cache(values[0], "update")
+            _, cache = self.cache(values[0], "update")
             if cache is not None:
                 status = STAT_OK if cache.update(values[1], values[2]) else STAT_ERR
         return _STATUS[status]
 
     def _delete(self, message: Message) -> bytes:
         status = STAT_FAIL
-        (values, ok) = self._scan(message, 1, _CACHE_ENTRY)
+        (values, ok) = self.scan(message, 1, _CACHE_ENTRY)
         if ok:
-            _, cache = self._cache(values[0], "delete")
+            _, cache = self.cache(values[0], "delete")
             if cache is not None:
                 status = STAT_OK if cache.delete(values[1]) else STAT_ERR
         return _STATUS[status]
@@ -257,7 +289,7 @@ class Tlsmgr:
         # in place of a key, and so is what could be decoded of a name that
         # is not base64.
         status, keybuf = STAT_FAIL, b""
-        (values, ok) = self._scan(message, 1, _KEYNAME)
+        (values, ok) = self.scan(message, 1, _KEYNAME)
         if not ok:
             if len(message) > 1 and message[1][0] == b"keyname":
                 keybuf = decode_data_prefix(message[1][1])[0]
@@ -265,7 +297,7 @@ class Tlsmgr:
             name = values[0]
             timeout = self.timeouts[b"smtpd"]
             if len(name) not in (0, NAME_LENGTH):
-                self._warn("invalid session ticket key name length: %d", len(name))
+                self._client_error("invalid session ticket key name length: %d", len(name))
             elif timeout <= 0:
                 status = STAT_ERR
             else:
@@ -278,20 +310,20 @@ class Tlsmgr:
 
     def _seed(self, message: Message) -> bytes:
         status, seed = STAT_FAIL, b""
-        (values, ok) = self._scan(message, 1, _SIZE)
+        (values, ok) = self.scan(message, 1, _SIZE)
         if ok:
             size = values[0]
             if 0 < size <= SEED_MAX:
                 status, seed = STAT_OK, self.random_bytes(size)
             else:
-                self._warn('bogus seed length "%d" in "seed" request', size)
+                self._client_error('bogus seed length "%d" in "seed" request', size)
         return _status_and_data(status, b"seed", seed)
 
     def _policy(self, message: Message) -> bytes:
         status, cachable, timeout = STAT_FAIL, 0, 0
-        (values, ok) = self._scan(message, 1, _CACHE_TYPE)
+        (values, ok) = self.scan(message, 1, _CACHE_TYPE)
         if ok:
-            known, cache = self._cache(values[0], "policy")
+            known, cache = self.cache(values[0], "policy")
             if known:
                 status = STAT_OK
                 cachable = int(cache is not None)

@@ -67,8 +67,12 @@ class SessionCache:
         self.cleanup_active = False
         self._pass_removed = 0
         self._pass_started = 0.0
+        # What it has done, for the stats request and the metrics.
+        self.hits = self.misses = 0      # lookups
+        self.updates = self.deletes = 0  # that saved, that removed an entry
         self.expired = 0                 # removed because they were too old
         self.evicted = 0                 # removed, still live, to make room
+        self.store_errors = 0
         self._unlogged = Trimmed()       # removals not yet reported
         self._logged_at: float | None = None
         self._store_warning = log.RateLimitedWarning()
@@ -83,16 +87,20 @@ class SessionCache:
         try:
             entry = self.store.get(cache_id)
         except StoreError as err:
-            self._store_warning("cannot look up %s TLS session: %s", self.label, err)
-            return None
+            self._store_error("cannot look up %s TLS session: %s", err)
+            entry = None
         if entry is None:
+            self.misses += 1
             return None
         if self.verbose:
             log.info("read %s TLS cache entry %s: time=%d [data %d bytes]", self.label,
                      cache_id.decode(errors="replace"), entry.timestamp, len(entry.session))
         if self._expired(entry, int(self.clock())):
-            self.delete(cache_id)
+            self.misses += 1
+            if self._remove(cache_id):
+                self.expired += 1
             return None
+        self.hits += 1
         return entry.session
 
     def update(self, cache_id: bytes, session: bytes) -> bool:
@@ -107,8 +115,9 @@ class SessionCache:
             trimmed = self.store.save(cache_id, Entry(now, session), self.limits,
                                       now - self.timeout)
         except StoreError as err:
-            self._store_warning("cannot save %s TLS session: %s", self.label, err)
+            self._store_error("cannot save %s TLS session: %s", err)
             return False
+        self.updates += 1
         if trimmed != (0, 0):
             self._count_trimmed(trimmed, now)
         return True
@@ -135,11 +144,53 @@ class SessionCache:
         """Remove a session; True when there was one."""
         if self.verbose:
             log.info("delete %s session id=%s", self.label, cache_id.decode(errors="replace"))
+        removed = self._remove(cache_id)
+        self.deletes += removed
+        return removed
+
+    def _remove(self, cache_id: bytes) -> bool:
         try:
             return self.store.delete(cache_id)
         except StoreError as err:
-            self._store_warning("cannot delete %s TLS session: %s", self.label, err)
+            self._store_error("cannot delete %s TLS session: %s", err)
             return False
+
+    def _store_error(self, text: str, err: StoreError) -> None:
+        self.store_errors += 1
+        self._store_warning(text, self.label, err)
+
+    def flush(self) -> int:
+        """Remove every entry (an administrator's request); how many went."""
+        try:
+            removed = self.store.clear()
+        except StoreError as err:
+            self._store_error("cannot flush %s TLS session cache: %s", err)
+            return -1
+        log.info("%s TLS session cache flushed: removed %d entries", self.label, removed)
+        return removed
+
+    def ages(self, limit: int) -> list[tuple[bytes, int]]:
+        """The ids of the oldest entries, at most limit, with their ages in
+        seconds (never the sessions)."""
+        now = int(self.clock())
+        try:
+            return [(cache_id, now - stamp) for cache_id, stamp in self.store.stamps(limit)]
+        except StoreError as err:
+            self._store_error("cannot list %s TLS session cache: %s", err)
+            return []
+
+    def stats(self) -> dict:
+        """Counts for the stats request; the store is asked for its size."""
+        try:
+            entries, size = len(self.store), self.store.size
+        except StoreError as err:
+            self._store_error("cannot count %s TLS session cache: %s", err)
+            entries = size = -1
+        lookups = self.hits + self.misses
+        return {"entries": entries, "bytes": size, "hits": self.hits, "misses": self.misses,
+                "updates": self.updates, "deletes": self.deletes, "expired": self.expired,
+                "evicted": self.evicted, "hit_ratio": self.hits / lookups if lookups else 0.0,
+                "store_errors": self.store_errors}
 
     def start_cleanup(self) -> None:
         """Begin a cleanup pass, unless one is still running."""
@@ -155,7 +206,7 @@ class SessionCache:
         try:
             removed, done = self.store.expire(cutoff, self.store.cleanup_batch)
         except StoreError as err:
-            self._store_warning("%s TLS session cache cleanup: %s", self.label, err)
+            self._store_error("%s TLS session cache cleanup: %s", err)
             removed, done = [], True
         self.expired += len(removed)
         self._pass_removed += len(removed)

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import log
 from .attr import Decoder, Message, MessageTooLarge
+from .control import Control
 from .master import StatusChannel, Watchdog
 from .prng import MustExit, Prng
 from .protocol import HANDSHAKE, PROTOCOL_ERROR, Reply, Tlsmgr
@@ -43,14 +44,25 @@ _RESERVED_FILES = 64     # descriptors kept for caches, logging, Redis and the l
 _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
 
 
-def describe_peer(sock: socket.socket | None) -> str:
-    """'client pid N uid N' of a UNIX-domain peer, for our own warnings."""
+def peer_credentials(sock: socket.socket | None) -> tuple[int, int] | None:
+    """(pid, uid) of a UNIX-domain peer; None for any other kind of socket."""
     try:
         pid, uid, _ = _PEERCRED.unpack(
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-        return "client pid %d uid %d" % (pid, uid)
     except (AttributeError, OSError):
-        return "client"
+        return None
+    return pid, uid
+
+
+def peer_uid(sock: socket.socket | None) -> int | None:
+    credentials = peer_credentials(sock)
+    return None if credentials is None else credentials[1]
+
+
+def describe_peer(sock: socket.socket | None) -> str:
+    """'client pid N uid N' of a UNIX-domain peer, for our own warnings."""
+    credentials = peer_credentials(sock)
+    return "client" if credentials is None else "client pid %d uid %d" % credentials
 
 
 try:                                    # glibc's; elsewhere memory stays with us
@@ -148,6 +160,10 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        # May it send control requests (control.py)?  Asked once: the
+        # peer's credentials are those it had when it connected.
+        self.privileged = peer_uid(transport.get_extra_info("socket")) in \
+            self.server.control_uids
         self.server.admit(self)
         transport.write(HANDSHAKE)
         self._arm_idle_timer(self.server.ipc_timeout)
@@ -192,10 +208,10 @@ class Connection(asyncio.Protocol):
                 message = pending.popleft()
                 if may_block is not None and may_block(message):
                     self.in_worker = server.loop.run_in_executor(
-                        server.workers, tlsmgr.handle, message)
+                        server.workers, tlsmgr.handle, message, self)
                     self.in_worker.add_done_callback(self._worker_done)
                 else:
-                    reply = tlsmgr.handle(message)
+                    reply = tlsmgr.handle(message, self)
                     replies.append(reply)
                     if reply.close:              # nothing after a hang-up
                         break
@@ -238,6 +254,7 @@ class Connection(asyncio.Protocol):
         server.prng.mix_time()
 
     def _refuse(self, err: MessageTooLarge):
+        self.server.tlsmgr.errors["oversized"] += 1
         if err.unit == "bytes":
             why = "exceeds tlsmgr_request_size_limit (%d bytes)" % err.limit
         else:
@@ -336,10 +353,12 @@ class Connection(asyncio.Protocol):
         if now - since < timeout:
             self._arm_idle_timer(since + timeout - now)
         elif self.request_started is None:
+            self.server.tlsmgr.errors["idle_timeout"] += 1
             log.warn("timeout while waiting for data from %s -- closing connection",
                      self.peer())
             self.transport.close()
         else:
+            self.server.tlsmgr.errors["request_timeout"] += 1
             log.warn("%s: request not complete after %d seconds (ipc_timeout)"
                      " -- closing connection", self.peer(), timeout)
             self.transport.close()
@@ -355,6 +374,12 @@ class Server:
         self.tlsmgr = tlsmgr
         self.prng = prng
         self.caches = caches
+        # Who may send control requests: root and mail_owner (the daemon
+        # adds mail_owner's uid), and whoever the daemon runs as (serve()).
+        self.control_uids = {0}
+        tlsmgr.control = Control(self)
+        self.started = time.monotonic()
+        self.accepted = 0                  # connections, in all
         self.ipc_timeout = ipc_timeout
         self.request_size_limit = request_size_limit
         self.connection_limit = connection_limit
@@ -382,6 +407,7 @@ class Server:
         would reconnect), so that no set of clients can lock others out."""
         if len(self.connections) >= self.connection_limit:
             oldest = min(self.connections, key=lambda c: c.last_active)
+            self.tlsmgr.errors["connection_limit"] += 1
             self._full_warning(
                 "connection limit %d reached (tlsmgr_connection_limit): closing the "
                 "connection of %s, idle for %.0f seconds", self.connection_limit,
@@ -389,6 +415,7 @@ class Server:
             oldest.transport.abort()
             self.connections.discard(oldest)
         self.connections.add(connection)
+        self.accepted += 1
 
     def hold(self, connection: Connection, held: int) -> None:
         """Account for the bytes held for a connection.  Past
@@ -415,6 +442,7 @@ class Server:
                 time.monotonic() - oldest.stuck_since)
             self.held_bytes -= oldest.held
             oldest.held = 0
+            self.tlsmgr.errors["buffer_limit"] += 1
             oldest.drop()
 
     def _give_memory_back(self) -> None:
@@ -432,6 +460,7 @@ class Server:
         The socket files named in remove_at_exit go when the server does."""
         self.loop = asyncio.get_running_loop()
         self.loop.set_exception_handler(_log_loop_error)
+        self.control_uids.add(os.geteuid())        # after any privilege drop
         self._stopped = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop, 0)

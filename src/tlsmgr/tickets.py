@@ -61,6 +61,7 @@ class TicketKeyRing:
         self._clock = clock
         self.keys: list[TicketKey] = []       # sorted: latest expiry first
         self.rotations = 0
+        self.rotated_at: float | None = None  # when the current key came
 
     def current(self, timeout: int) -> TicketKey:
         """The key to issue tickets with, made anew once the last expired.
@@ -70,10 +71,15 @@ class TicketKeyRing:
         now = int(self._clock())
         if self.keys and self.keys[0].expires > now:
             return self.keys[0]
+        return self.rotate(timeout)
+
+    def rotate(self, timeout: int) -> TicketKey:
+        """A new current key now; the one before still decrypts, as long
+        as it would have anyway."""
         key = TicketKey(self._random_bytes(NAME_LENGTH),
                         self._random_bytes(CIPHER_KEY_LENGTH),
                         self._random_bytes(HMAC_KEY_LENGTH),
-                        now + timeout // 2 - 1)
+                        int(self._clock()) + timeout // 2 - 1)
         self.add(key)
         return key
 
@@ -86,11 +92,12 @@ class TicketKeyRing:
         return None
 
     def add(self, key: TicketKey) -> None:
-        """Put a key in the ring; the one with the earlier expiry is
-        dropped first, so the ring keeps the two latest."""
-        self.keys = sorted(self.keys[:1] + [key], key=lambda k: k.expires,
-                           reverse=True)
+        """Put a key in the ring, as the current one; the ring keeps it and
+        the one with the later expiry of the others."""
+        # Sorted stably: a key made in the same second as the last comes first.
+        self.keys = sorted([key] + self.keys[:1], key=lambda k: k.expires, reverse=True)
         self.rotations += 1
+        self.rotated_at = self._clock()
 
 
 class FleetTicketKeys:

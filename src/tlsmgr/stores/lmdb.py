@@ -174,6 +174,25 @@ class LmdbStore(Store):
             self._forget(key, entry)
         return [entry for _, entry in removed], done
 
+    def clear(self) -> int:
+        def clear(txn):
+            txn.drop(self._sessions, delete=False)
+            txn.drop(self._ages, delete=False)
+        self._write(clear)
+        removed, self._count, self._size = self._count, 0, 0
+        return removed
+
+    def stamps(self, limit: int) -> list[tuple[bytes, int]]:
+        # Ids too awkward for an LMDB key show as their digest.
+        def stamps(txn):
+            found = []
+            for key in txn.cursor(db=self._ages).iternext(values=False):
+                if len(found) == limit:
+                    break
+                found.append((bytes(key[_STAMP.size:]), _STAMP.unpack(key[:_STAMP.size])[0]))
+            return found
+        return self._read(stamps)
+
     def __len__(self) -> int:
         return self._count
 

@@ -7,6 +7,7 @@ pop from the front without ever walking the whole cache.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections import OrderedDict
 
@@ -53,6 +54,16 @@ class MemoryStore(Store):
         cache_id, value = self._entries.popitem(last=False)
         self._size -= len(cache_id) + len(value) - _STAMP.size
         return _entry(value)
+
+    def clear(self) -> int:
+        removed = len(self._entries)
+        self._entries.clear()
+        self._size = 0
+        return removed
+
+    def stamps(self, limit: int) -> list[tuple[bytes, int]]:
+        return [(cache_id, _STAMP.unpack_from(value)[0])
+                for cache_id, value in itertools.islice(self._entries.items(), limit)]
 
     def __len__(self) -> int:
         return len(self._entries)

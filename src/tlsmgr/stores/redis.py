@@ -36,9 +36,10 @@ from urllib.parse import urlsplit
 
 import redis
 
-from . import Entry, Limits, Store, StoreError, Trimmed
+from . import FOREVER, Entry, Limits, Store, StoreError, Trimmed
 
 _STAMP = struct.Struct(">q")
+_CLEAR_STEP = 1024         # entries removed per script call by clear()
 
 FIRST_PAUSE = 1.0
 LAST_PAUSE = 30.0
@@ -239,6 +240,22 @@ class RedisStore(Store):
         # Redis expires the sessions; only their index entries are left.
         pruned = self.breaker.call(lambda: self._prune(keys=self._keys, args=[cutoff, budget]))
         return [], pruned < budget
+
+    def clear(self) -> int:
+        # In bounded steps, so that Redis serves the fleet in between.
+        removed, pruned = 0, _CLEAR_STEP
+        while pruned == _CLEAR_STEP:
+            pruned = self.breaker.call(
+                lambda: self._prune(keys=self._keys, args=[FOREVER, _CLEAR_STEP]))
+            removed += pruned
+        return removed
+
+    def stamps(self, limit: int) -> list[tuple[bytes, int]]:
+        if limit <= 0:
+            return []
+        found = self.breaker.call(
+            lambda: self.client.zrange(self._age, 0, limit - 1, withscores=True))
+        return [(cache_id, int(stamp)) for cache_id, stamp in found]
 
     def __len__(self) -> int:
         return self.breaker.call(lambda: self.client.zcard(self._age))

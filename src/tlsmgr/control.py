@@ -1,0 +1,129 @@
+"""Control requests: what an administrator may ask of a running daemon.
+
+An extension of the tlsmgr protocol, in its own attribute lists; Postfix's
+clients never send these requests, so nothing changes for them.
+
+    stats                    -> status, stats (a JSON text: see snapshot())
+    flush, cache_type        -> status, removed (entries)
+    rotate_keys              -> status (a new ticket key now; the last one
+                                still decrypts)
+    list, cache_type[, limit] -> status, list (a JSON array of {"id", "age"},
+                                the oldest first; never session bytes)
+
+Only a peer whose uid is root's, mail_owner's or the daemon's own may send
+them: the server learns the peer's uid (SO_PEERCRED) when it accepts the
+connection, and protocol.py refuses the others with status -2.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from . import log
+from .attr import Message, encode
+from .protocol import STAT_ERR, STAT_FAIL, STAT_OK, Kind
+
+REQUESTS = frozenset((b"stats", b"flush", b"rotate_keys", b"list"))
+LIST_DEFAULT = 1000          # ids listed when the request sets no limit
+LIST_MAX = 10000             # and at most, whatever it sets
+
+_CACHE_TYPE = ((b"cache_type", Kind.STR),)
+_LIMIT = ((b"limit", Kind.INT),)
+
+
+def snapshot(server) -> dict:
+    """Everything the stats request and the metrics report, from a Server.
+
+    The JSON shape (docs/OPERATIONS.md): uptime; caches by type (enabled
+    ones only); ticket_keys; prng; connections; requests by name; errors
+    by kind.
+    """
+    tlsmgr = server.tlsmgr
+    ring = getattr(tlsmgr.tickets, "local", tlsmgr.tickets)
+    now = time.time()
+    caches = {cache.label: cache.stats() for cache in server.caches}
+    errors = dict(tlsmgr.errors)
+    store_errors = sum(stats.pop("store_errors") for stats in caches.values())
+    if store_errors:
+        errors["store"] = store_errors
+    return {
+        "uptime": round(time.monotonic() - server.started, 3),
+        "caches": caches,
+        "ticket_keys": {
+            "count": len(ring.keys),
+            "current_age": None if ring.rotated_at is None else round(now - ring.rotated_at),
+            "rotations": ring.rotations,
+            "shared": ring is not tlsmgr.tickets,
+        },
+        "prng": {"reseeds": server.prng.reseeds,
+                 "exchange_updates": server.prng.exchange_updates},
+        "connections": {"now": len(server.connections), "total": server.accepted},
+        "requests": {name.decode(): count for name, count in sorted(tlsmgr.requests.items())},
+        "errors": dict(sorted(errors.items())),
+    }
+
+
+class Control:
+    """Answers the control requests of one daemon (a Server)."""
+
+    requests = REQUESTS
+
+    def __init__(self, server):
+        self.server = server
+        self.tlsmgr = server.tlsmgr
+
+    def handle(self, request: bytes, message: Message) -> bytes:
+        return getattr(self, "_" + request.decode())(message)
+
+    def _stats(self, message: Message) -> bytes:
+        self.tlsmgr.scan(message, 1, ())
+        text = json.dumps(snapshot(self.server), separators=(",", ":"))
+        return encode([("status", STAT_OK), ("stats", text)])
+
+    def _cache(self, cache_type: bytes | None, request: str):
+        """(status, cache) for a cache_type read from a request (None when
+        it could not be read)."""
+        if cache_type is None:
+            return STAT_FAIL, None
+        known, cache = self.tlsmgr.cache(cache_type, request)
+        if not known:
+            return STAT_FAIL, None
+        return (STAT_OK, cache) if cache is not None else (STAT_ERR, None)
+
+    def _flush(self, message: Message) -> bytes:
+        values, ok = self.tlsmgr.scan(message, 1, _CACHE_TYPE)
+        status, cache = self._cache(values[0] if ok else None, "flush")
+        removed = cache.flush() if cache is not None else 0
+        if removed < 0:                             # the store failed
+            status, removed = STAT_ERR, 0
+        return encode([("status", status), ("removed", removed)])
+
+    def _rotate_keys(self, message: Message) -> bytes:
+        self.tlsmgr.scan(message, 1, ())
+        tickets = self.tlsmgr.tickets
+        if hasattr(tickets, "local"):
+            # The fleet agrees on its keys through Redis, period by period;
+            # one host's new key would not decrypt on the others.
+            log.warn("rotate_keys: session ticket keys are shared by the fleet through "
+                     "Redis and change every half smtpd session cache timeout: not rotated")
+            return encode([("status", STAT_ERR)])
+        timeout = self.tlsmgr.timeouts.get(b"smtpd", 0)
+        if timeout <= 0:
+            return encode([("status", STAT_ERR)])     # no tickets without the smtpd cache
+        tickets.rotate(timeout)
+        log.info("session ticket key rotated on request")
+        return encode([("status", STAT_OK)])
+
+    def _list(self, message: Message) -> bytes:
+        values, ok = self.tlsmgr.scan(message, 1, _CACHE_TYPE, more=True)
+        limit = LIST_DEFAULT
+        if ok and len(message) > 2:                 # the optional limit
+            extra, ok = self.tlsmgr.scan(message, 2, _LIMIT)
+            if ok:
+                limit = max(0, extra[0])
+        status, cache = self._cache(values[0] if ok else None, "list")
+        entries = cache.ages(min(limit, LIST_MAX)) if cache is not None else []
+        text = json.dumps([{"id": cache_id.decode("utf-8", "backslashreplace"), "age": age}
+                           for cache_id, age in entries], separators=(",", ":"))
+        return encode([("status", status), ("list", text)])

@@ -1,0 +1,118 @@
+"""Prometheus metrics over HTTP, when tlsmgr_metrics_listen is set.
+
+Imported only then.  The numbers are those of the stats request
+(control.snapshot()), served at
+/metrics by prometheus-client's HTTP server in a thread of its own.  Each
+scrape asks the event loop for a snapshot, so that nothing is read while
+the loop changes it.  The server is bound at start-up, before the daemon
+gives up root and enters its jail; by default to loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from . import log
+from .control import snapshot
+
+_LISTEN = re.compile(r"(?:(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):)?(?P<port>\d+)")
+_SCRAPE_TIMEOUT = 5.0
+
+# Per cache: (metric, stats key, help); counters end in _total.
+_CACHE_GAUGES = (("tlsmgr_cache_entries", "entries", "Entries in the TLS session cache"),
+                 ("tlsmgr_cache_bytes", "bytes", "Bytes of ids and sessions in the cache"))
+_CACHE_COUNTERS = (
+    ("tlsmgr_cache_hits", "hits", "Lookups that found a session"),
+    ("tlsmgr_cache_misses", "misses", "Lookups that found none (or an expired one)"),
+    ("tlsmgr_cache_updates", "updates", "Sessions saved"),
+    ("tlsmgr_cache_deletes", "deletes", "Sessions removed by delete requests"),
+    ("tlsmgr_cache_expired", "expired", "Entries removed because they were too old"),
+    ("tlsmgr_cache_evicted", "evicted", "Live entries removed to stay within the limits"),
+)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """(host, port) of a tlsmgr_metrics_listen value: PORT, HOST:PORT or
+    [IPv6]:PORT; the host is 127.0.0.1 when not given."""
+    match = _LISTEN.fullmatch(value.strip())
+    if match is None or not 0 < int(match["port"]) < 65536:
+        log.fatal("parameter tlsmgr_metrics_listen: bad value: %s (expected PORT, "
+                  "HOST:PORT or [IPv6]:PORT)", value)
+    return match["v6"] or match["host"] or "127.0.0.1", int(match["port"])
+
+
+class Collector:
+    """What each scrape reports, asked of the server's event loop."""
+
+    def __init__(self, server):
+        self.server = server
+
+    async def _snapshot(self) -> dict:
+        tlsmgr = self.server.tlsmgr
+        if tlsmgr.any_blocking:         # a store on the network: not in the loop
+            return await self.server.loop.run_in_executor(
+                self.server.workers, snapshot, self.server)
+        return snapshot(self.server)
+
+    def collect(self):
+        loop = self.server.loop
+        if loop is None:
+            return
+        stats = asyncio.run_coroutine_threadsafe(self._snapshot(), loop).result(
+            _SCRAPE_TIMEOUT)
+        yield GaugeMetricFamily("tlsmgr_uptime_seconds", "Seconds since the daemon started",
+                                value=stats["uptime"])
+        for name, key, text in _CACHE_GAUGES:
+            family = GaugeMetricFamily(name, text, labels=["cache"])
+            for label, cache in stats["caches"].items():
+                family.add_metric([label], cache[key])
+            yield family
+        for name, key, text in _CACHE_COUNTERS:
+            family = CounterMetricFamily(name, text, labels=["cache"])
+            for label, cache in stats["caches"].items():
+                family.add_metric([label], cache[key])
+            yield family
+        keys = stats["ticket_keys"]
+        yield GaugeMetricFamily("tlsmgr_ticket_keys", "Session ticket keys held",
+                                value=keys["count"])
+        if keys["current_age"] is not None:
+            yield GaugeMetricFamily("tlsmgr_ticket_key_age_seconds",
+                                    "Age of the current session ticket key",
+                                    value=keys["current_age"])
+        yield CounterMetricFamily("tlsmgr_ticket_key_rotations",
+                                  "Session ticket keys made or taken on", value=keys["rotations"])
+        yield CounterMetricFamily("tlsmgr_prng_reseeds", "PRNG reseeds from the entropy source",
+                                  value=stats["prng"]["reseeds"])
+        yield CounterMetricFamily("tlsmgr_prng_exchange_updates",
+                                  "Rewrites of the PRNG exchange file",
+                                  value=stats["prng"]["exchange_updates"])
+        yield GaugeMetricFamily("tlsmgr_connections", "Client connections open",
+                                value=stats["connections"]["now"])
+        yield CounterMetricFamily("tlsmgr_connections_accepted", "Client connections accepted",
+                                  value=stats["connections"]["total"])
+        requests = CounterMetricFamily("tlsmgr_requests", "Requests answered, by name",
+                                       labels=["request"])
+        for request, count in stats["requests"].items():
+            requests.add_metric([request], count)
+        yield requests
+        errors = CounterMetricFamily("tlsmgr_errors", "Errors, by kind", labels=["kind"])
+        for kind, count in stats["errors"].items():
+            errors.add_metric([kind], count)
+        yield errors
+
+
+def start(listen: str, server) -> None:
+    """Serve the server's metrics at listen (a tlsmgr_metrics_listen value)."""
+    host, port = parse_listen(listen)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(server))
+    try:
+        start_http_server(port, host, registry=registry)
+    except OSError as err:
+        log.fatal("cannot serve metrics on %s port %d: %s", host, port, err.strerror or err)
+    log.info("serving metrics at http://%s:%d/metrics",
+             "[%s]" % host if ":" in host else host, port)

@@ -1,0 +1,233 @@
+"""Operating the daemon: stats, flush, rotate-keys, list, the refusal of
+unprivileged peers, and the Prometheus metrics, against a running daemon
+whose counters were driven by real requests."""
+
+import json
+import os
+import pwd
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from harness import free_tcp_port, postfix_dirs, start_ours, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from tlsmgr.attr import Decoder, encode
+from tlsmgr.client import TlsmgrClient
+from tlsmgr.metrics import parse_listen
+
+CTL = [sys.executable, "-m", "tlsmgr.ctl"]
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    started = start_ours(tmp_path, data_directory=tmp_path,
+                         smtpd_tls_session_cache_database="memory:",
+                         smtp_tls_session_cache_database="lmdb:%s/smtp_scache" % tmp_path,
+                         tlsmgr_metrics_listen=str(free_tcp_port()))
+    yield started
+    started.stop()
+
+
+def ctl(daemon, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([*CTL, "--socket", str(daemon.socket_path), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def drive(daemon):
+    """2 updates, 3 hits, 2 misses, 1 delete, 2 seeds, 1 ticket key, and
+    one malformed request, on the smtpd cache."""
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        assert client.update("smtpd", "one", b"first session") == 0
+        assert client.update("smtpd", "two", b"second session") == 0
+        for cache_id in ("one", "two", "one"):
+            assert client.lookup("smtpd", cache_id)[0] == 0
+        for cache_id in ("three", "four"):
+            assert client.lookup("smtpd", cache_id)[0] == -1
+        assert client.delete("smtpd", "two") == 0
+        assert client.seed(16)[0] == 0
+        assert client.seed(32)[0] == 0
+        assert client.tktkey()[0] == 0
+        assert client.request(("request", "seed"), ("size", "many")).status == -2
+
+
+def test_stats_counts_exactly_what_clients_did(daemon):
+    drive(daemon)
+    result = ctl(daemon, "stats", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["caches"]["smtpd"] == {
+        "entries": 1, "bytes": len("one") + len("first session"), "hits": 3, "misses": 2,
+        "updates": 2, "deletes": 1, "expired": 0, "evicted": 0, "hit_ratio": 0.6}
+    assert stats["caches"]["smtp"]["entries"] == 0
+    assert "lmtp" not in stats["caches"]                      # disabled
+    assert stats["requests"] == {"delete": 1, "lookup": 5, "seed": 3, "stats": 1,
+                                 "tktkey": 1, "update": 2}
+    assert stats["errors"] == {"protocol": 1}
+    assert stats["ticket_keys"]["count"] == 1
+    assert stats["ticket_keys"]["rotations"] == 1
+    assert 0 <= stats["ticket_keys"]["current_age"] < 30
+    assert stats["prng"]["reseeds"] >= 1 and stats["prng"]["exchange_updates"] >= 1
+    # This ctl connection is open; the harness's check that the daemon
+    # answers and drive()'s came before.
+    assert stats["connections"]["now"] == 1
+    assert stats["connections"]["total"] == 3
+    assert 0 < stats["uptime"] < 120
+
+
+def test_stats_reads_well(daemon):
+    drive(daemon)
+    out = ctl(daemon, "stats").stdout
+    assert "smtpd cache: 1 entries, 16 bytes; 3 hits, 2 misses (hit ratio 0.60); " \
+           "2 updates, 1 deletes; 0 expired, 0 evicted" in out
+    assert "requests: delete 1, lookup 5, seed 3, stats 1, tktkey 1, update 2" in out
+    assert "errors: protocol 1" in out
+
+
+def test_list_shows_ids_and_ages_never_sessions_and_flush_empties(daemon):
+    drive(daemon)
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        assert client.update("smtp", "smtp&example.org&host", b"secret bytes") == 0
+    listed = ctl(daemon, "list", "smtp")
+    assert listed.returncode == 0
+    [line] = listed.stdout.splitlines()
+    age, cache_id = line.split(" ", 1)
+    assert cache_id == "smtp&example.org&host" and 0 <= int(age) < 30
+    assert "secret" not in listed.stdout
+    entries = json.loads(ctl(daemon, "list", "smtpd", "--json").stdout)
+    assert [entry["id"] for entry in entries] == ["one"]
+    assert ctl(daemon, "list", "smtpd", "--limit", "0").stdout == ""
+
+    flushed = ctl(daemon, "flush", "smtp")
+    assert (flushed.returncode, flushed.stdout) == (0, "status=0 removed=1\n")
+    assert ctl(daemon, "list", "smtp").stdout == ""
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        assert client.lookup("smtp", "smtp&example.org&host")[0] == -1
+        assert client.flush("smtpd") == (0, 1)
+        assert client.lookup("smtpd", "one")[0] == -1
+        assert client.flush("lmtp") == (-1, 0)                # disabled
+        assert client.flush("nosuch")[0] == -2
+    assert "smtp TLS session cache flushed: removed 1 entries" in daemon.log
+
+
+def test_rotate_keys_makes_a_new_key_and_the_old_one_still_decrypts(daemon):
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        status, old = client.tktkey()
+        assert status == 0
+        assert ctl(daemon, "rotate-keys").stdout == "status=0\n"
+        status, new = client.tktkey()
+        assert status == 0 and new.name != old.name
+        assert client.tktkey(old.name) == (0, old)              # still decrypts
+        stats = client.stats()[1]
+    assert stats["ticket_keys"]["rotations"] == 2
+    assert stats["ticket_keys"]["count"] == 2
+
+
+def test_control_requests_are_refused_to_other_users(daemon):
+    if os.geteuid() != 0:
+        pytest.skip("only root can be another user for this test (run as root, or CI=true)")
+    nobody = pwd.getpwnam("nobody")
+    postfix_dirs(daemon.socket_path.parent)         # let nobody reach the socket
+    os.chmod(daemon.socket_path, 0o666)            # and connect at all
+    replies = {}
+    for request in ("stats", "rotate_keys", "seed"):
+        message = [("request", request)] + ([("size", 8)] if request == "seed" else [])
+        replies[request] = as_user(nobody.pw_uid, nobody.pw_gid, daemon.socket_path,
+                                   encode(message))
+    assert replies["stats"] == ((b"status", b"4294967294"),)
+    assert replies["rotate_keys"] == ((b"status", b"4294967294"),)
+    assert replies["seed"][0] == (b"status", b"0")          # Postfix's requests are served
+    wait_for(lambda: 'refusing control request "stats" from client pid' in daemon.log,
+             what="the refusal warning")
+    assert "uid %d: only root, mail_owner and the daemon's own user" % nobody.pw_uid \
+        in daemon.log
+    with TlsmgrClient(str(daemon.socket_path)) as client:  # root is served
+        stats = client.stats()[1]
+    assert stats["errors"]["refused"] == 2
+    assert stats["ticket_keys"]["rotations"] == 0
+
+
+def as_user(uid: int, gid: int, path, request: bytes):
+    """Send one request from a child process running as uid; its reply."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # the child: no pytest here
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(10)
+            sock.connect(str(path))
+            received = b""
+            sock.sendall(request)
+            while len(Decoder().feed(received)) < 2:    # the handshake, then the reply
+                data = sock.recv(4096)
+                if not data:
+                    break
+                received += data
+            os.write(write_end, received)
+        except BaseException as err:
+            os.write(write_end, repr(err).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reply:
+        data = reply.read()
+    os.waitpid(pid, 0)
+    messages = Decoder().feed(data)
+    assert len(messages) == 2, "the child running as uid %d failed: %s" % (uid, data.decode())
+    return messages[1]
+
+
+def test_metrics_say_what_stats_says(daemon):
+    drive(daemon)
+    port = int(parse_listen(daemon_param(daemon, "tlsmgr_metrics_listen"))[1])
+    wait_for(lambda: "serving metrics at http://127.0.0.1:%d/metrics" % port in daemon.log,
+             what="the metrics server")
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as response:
+        text = response.read().decode()
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(text)
+               for sample in family.samples}
+    smtpd = (("cache", "smtpd"),)
+    assert samples["tlsmgr_cache_hits_total", smtpd] == 3
+    assert samples["tlsmgr_cache_misses_total", smtpd] == 2
+    assert samples["tlsmgr_cache_updates_total", smtpd] == 2
+    assert samples["tlsmgr_cache_deletes_total", smtpd] == 1
+    assert samples["tlsmgr_cache_entries", smtpd] == 1
+    assert samples["tlsmgr_requests_total", (("request", "lookup"),)] == 5
+    assert samples["tlsmgr_errors_total", (("kind", "protocol"),)] == 1
+    assert samples["tlsmgr_ticket_keys", ()] == 1
+    assert samples["tlsmgr_connections", ()] == 0
+    assert samples["tlsmgr_connections_accepted_total", ()] == 2   # start-up check, drive()
+
+
+def daemon_param(daemon, name: str) -> str:
+    conf = (daemon.socket_path.parent / "conf" / "main.cf").read_text()
+    return next(line.split("=", 1)[1].strip() for line in conf.splitlines()
+                if line.startswith(name + " "))
+
+
+@pytest.mark.parametrize("value,where", [
+    ("9187", ("127.0.0.1", 9187)), ("0.0.0.0:80", ("0.0.0.0", 80)),
+    ("localhost:9187", ("localhost", 9187)), ("[::1]:9187", ("::1", 9187))])
+def test_metrics_listen_forms_and_loopback_by_default(value, where):
+    assert parse_listen(value) == where
+
+
+def test_metrics_off_by_default_and_a_bad_value_is_one_fatal_line(tmp_path):
+    started = start_ours(tmp_path, data_directory=tmp_path)
+    try:
+        assert "metrics" not in started.log
+    finally:
+        started.stop()
+    bad = start_ours(tmp_path / "bad", wait=False, data_directory=tmp_path,
+                     tlsmgr_metrics_listen="host:port")
+    assert bad.process.wait(20) == 1
+    assert "fatal: parameter tlsmgr_metrics_listen: bad value: host:port (expected PORT, " \
+           "HOST:PORT or [IPv6]:PORT)" in bad.log
+    assert "Traceback" not in bad.log
