@@ -1,6 +1,7 @@
 """A cache of a million entries expiring under load: does cleanup stall anyone?
 
     .venv/bin/python benchmarks/expiry.py [--table memory:] [--entries 1000000]
+                                          [--fill-seconds 60]
 
 Our daemon starts (as master(8) starts it) with a 120 s smtpd cache timeout
 and no size limits, and is filled with at least --entries sessions of 300
@@ -46,7 +47,7 @@ def loadgen(binary: Path, daemon, workload: str, seconds: float) -> dict:
     return json.loads(out)
 
 
-def run(table: str, entries: int) -> dict:
+def run(table: str, entries: int, fill_seconds: float) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="tlsmgr-expiry-"))
     settings = compare.Settings(
         seconds=0, warmup=0, keys=0, cycle_updates=False, ours_table=table,
@@ -61,9 +62,9 @@ def run(table: str, entries: int) -> dict:
         compare.pin_process(daemon.process.pid, {0})
         started = time.monotonic()
         # One run: each run of the generator numbers its fresh ids from 0.
-        filled = loadgen(binary, daemon, "update", FILL_SECONDS)["requests"]
+        filled = loadgen(binary, daemon, "update", fill_seconds)["requests"]
         if filled < entries:
-            raise SystemExit("filled only %d entries in %d s" % (filled, FILL_SECONDS))
+            raise SystemExit("filled only %d entries in %d s" % (filled, fill_seconds))
         # Lookups across the first pass that finds everything expired: the
         # passes run every T from the start, and the last entry was saved
         # at fill_end, so that is the first pass later than fill_end + T.
@@ -86,12 +87,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", action="append",
                         help="our smtpd cache table (repeatable; default memory: and lmdb:)")
-    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--entries", type=int, default=1_000_000,
+                        help="the least number of entries the fill must reach")
+    parser.add_argument("--fill-seconds", type=float, default=FILL_SECONDS,
+                        help="how long the fill runs (default %(default)s)")
     args = parser.parse_args()
     tables = args.table or ["memory:", "lmdb:${data_directory}/smtpd_scache"]
     print("command: %s" % " ".join(sys.argv))
     for table in tables:
-        result = run(table, args.entries)
+        result = run(table, args.entries, args.fill_seconds)
         removed = ", ".join("%s in %s s" % pass_ for pass_ in result["passes"]) or "none"
         print("%-40s filled %d; cleanup removed %s; %d lookups meanwhile, "
               "%d slower than %d ms; latency p50/p99/p99.9/max %s/%s/%s/%s us"
