@@ -281,3 +281,29 @@ def test_sentinel_url_finds_the_master(tmp_path):
         for process in (sentinel, master):
             process.terminate()
             process.wait(10)
+
+
+def test_control_requests_on_a_fleet_cache(tmp_path, redis_server):
+    a, b = host(tmp_path, "a", redis_server), host(tmp_path, "b", redis_server)
+    try:
+        with TlsmgrClient(str(a.socket_path)) as client:
+            for i in range(3):
+                assert client.update("smtpd", "id%d" % i, b"session %d" % i) == 0
+        with TlsmgrClient(str(b.socket_path)) as client:
+            # Host b sees the fleet's cache: its entries, listed oldest first.
+            status, stats = client.stats()
+            assert stats["caches"]["smtpd"]["entries"] == 3
+            assert stats["ticket_keys"]["shared"] is True
+            status, entries = client.list("smtpd")
+            assert status == 0 and [e["id"] for e in entries] == ["id0", "id1", "id2"]
+            # Flushing on b empties the cache for a too.
+            assert client.flush("smtpd") == (0, 3)
+            # Fleet keys are not one host's to rotate.
+            assert client.rotate_keys() == -1
+        with TlsmgrClient(str(a.socket_path)) as client:
+            assert client.lookup("smtpd", "id1")[0] == -1
+            assert client.stats()[1]["caches"]["smtpd"]["entries"] == 0
+        assert "shared by the fleet through Redis" in b.log
+    finally:
+        a.stop()
+        b.stop()
