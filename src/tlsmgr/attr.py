@@ -32,6 +32,7 @@ DEFAULT_MAX_SIZE = 65536
 # Postfix's requests have at most five attributes.  The cap keeps a message
 # of tiny attributes from costing far more memory than its size in bytes.
 MAX_ATTRIBUTES = 256
+_MAX_TOKENS = 2 * MAX_ATTRIBUTES
 
 _NUL = b"\0"
 _ULONG_MAX = 0xFFFFFFFFFFFFFFFF
@@ -202,27 +203,61 @@ class Decoder:
             data = b"".join((tail, data))
         parts = data.split(_NUL)
         self._tail = parts.pop()
+        if self._size + len(data) > self.max_size:
+            return self._feed_counting(parts)
+        # The usual case: all this data, with what came before, is within
+        # the size limit, so no message in it can be over it.
+        messages = []
+        tokens = self._tokens
+        for part in parts:
+            if part or len(tokens) & 1:
+                tokens.append(part)
+            else:                         # an empty name ends the message
+                if len(tokens) > _MAX_TOKENS:
+                    self._refuse()
+                it = iter(tokens)
+                messages.append(tuple(zip(it, it)))
+                tokens = self._tokens = []
+        if len(tokens) > _MAX_TOKENS:
+            self._refuse()
+        self._size = sum(map(len, tokens)) + len(tokens) if tokens else 0
+        return messages
+
+    def _feed_counting(self, parts: list[bytes]) -> list[Message]:
+        """feed() for data that may take a message over the size limit:
+        counted name by name and value by value."""
         messages = []
         tokens = self._tokens
         size = self._size
         limit = self.max_size
         for part in parts:
-            size += len(part) + 1
-            if size > limit:
-                self._overflow(limit)
             if part or len(tokens) & 1:
-                if len(tokens) == 2 * MAX_ATTRIBUTES:
-                    self._overflow(MAX_ATTRIBUTES, "attributes")
                 tokens.append(part)
-            else:                         # an empty name ends the message
+                size += len(part) + 1
+            else:
+                if size >= limit or len(tokens) > _MAX_TOKENS:
+                    self._refuse()
                 it = iter(tokens)
                 messages.append(tuple(zip(it, it)))
                 tokens = self._tokens = []
                 size = 0
         self._size = size
-        if size + len(self._tail) > limit:
-            self._overflow(limit)
+        if size + len(self._tail) > limit or len(tokens) > _MAX_TOKENS:
+            self._refuse()
         return messages
+
+    def _refuse(self):
+        """Say which limit the message crossed first, in the order of its
+        bytes, however they came in pieces: the size (counted first at each
+        name or value), or the number of attributes."""
+        size = 0
+        for index, token in enumerate(self._tokens):
+            size += len(token) + 1
+            if size > self.max_size:
+                break
+            if index == _MAX_TOKENS:
+                self._overflow(MAX_ATTRIBUTES, "attributes")
+        self._overflow(self.max_size)
 
     def _overflow(self, limit: int, unit: str = "bytes"):
         # Free the buffer at once: an endless message must not grow us.

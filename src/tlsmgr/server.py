@@ -232,25 +232,27 @@ class Connection(asyncio.Protocol):
                 else:
                     view = memoryview(data)
                     data, self.unread = bytes(view[:_SLICE]), view[_SLICE:]
+                decoder = self.decoder
                 try:
-                    pending.extend(self.decoder.feed(data))
+                    pending.extend(decoder.feed(data))
                 except MessageTooLarge as err:
                     self._refuse(err)
                     return
-                if self.decoder.idle:
+                idle = decoder.idle
+                if idle:
                     self.request_started = None
                 elif self.request_started is None:
                     self.request_started = self.last_active
-                if self.held or self.unread or not self.decoder.idle:
-                    self._account()
-                    if transport.is_closing():      # made room for others
-                        return
+                if (self.held or self.unread or not idle) and self._account():
+                    return                          # closed, to make room for others
             else:
                 break
         if replies:
             self._send(replies)
             server.served()
-        self._update_reading()
+        if self.read_paused or self.write_paused or self.in_worker is not None \
+                or self.unread:
+            self._update_reading()
         server.prng.mix_time()
 
     def _refuse(self, err: MessageTooLarge):
@@ -324,15 +326,16 @@ class Connection(asyncio.Protocol):
         self.decoder = Decoder(self.server.request_size_limit)
         self.transport.abort()
 
-    def _account(self):
+    def _account(self) -> bool:
         """Tell the server what this client holds: what it sent that is not
         yet decoded, its unfinished request, and the replies it has not read
-        (once it stops reading them)."""
+        (once it stops reading them).  True if that got it closed."""
         held = self.decoder.held + len(self.unread)
         if self.write_paused:
             held += self.transport.get_write_buffer_size()
         if held != self.held:
             self.server.hold(self, held)
+        return self.transport.is_closing()
 
     @property
     def stuck_since(self) -> float:
