@@ -297,3 +297,21 @@ def closed_by_server(sock, timeout: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def send_oversized_request(sock, total: int) -> int:
+    """Send one update request with a session of about total bytes (a
+    whole MiB at a time) and its end; return how much of it the daemon
+    took before it closed the connection."""
+    mib = 1 << 20
+    sent = 0
+    chunk = b"request\0update\0session\0" + b"A" * (mib - 24)
+    try:
+        while sent < total:
+            sock.sendall(chunk)
+            sent += len(chunk)
+            chunk = b"A" * mib
+        sock.sendall(b"\0\0")
+    except OSError:
+        pass                                 # refused: the daemon closed
+    return sent
