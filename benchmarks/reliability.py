@@ -33,11 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import selectors
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -51,7 +49,6 @@ import compare
 from compare import harness
 
 from tlsmgr.attr import Decoder, encode
-from tlsmgr.client import ClientError, TlsmgrClient
 
 SEED = encode([("request", "seed"), ("size", 32)])
 MiB = 1 << 20
@@ -234,29 +231,7 @@ def check_kill(daemon, restart) -> str:
     exchange = Path(daemon.data_directory) / "prng_exch"
     sizes, served = [], []
     for round_ in range(3):
-        stop, done = threading.Event(), [0]
-
-        def storm(n, daemon=daemon, stop=stop, done=done, round_=round_):
-            try:
-                with TlsmgrClient(str(daemon.socket_path)) as client:
-                    while not stop.is_set():
-                        client.update("smtpd", "id-%d-%d-%d" % (round_, n, done[0]),
-                                      os.urandom(300))
-                        done[0] += 1
-            except (OSError, ClientError):
-                pass
-
-        writers = [threading.Thread(target=storm, args=(n,)) for n in range(4)]
-        for writer in writers:
-            writer.start()
-        harness.wait_for(lambda done=done: done[0] > 300, timeout=30,
-                         what="the write storm")
-        time.sleep(random.uniform(0, 0.5))
-        daemon.process.send_signal(signal.SIGKILL)
-        daemon.process.wait(10)
-        stop.set()
-        for writer in writers:
-            writer.join(10)
+        harness.kill_during_write_storm(daemon, "id-%d" % round_)
         sizes.append(exchange.stat().st_size if exchange.exists() else 0)
         daemon = restart(daemon)
         served.append(answers(daemon) and exchange.stat().st_size == 1024)

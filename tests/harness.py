@@ -1,4 +1,5 @@
-"""Starting daemons for tests: ours stand-alone, and Postfix's stock tlsmgr.
+"""Starting daemons for tests: ours stand-alone, and Postfix's stock tlsmgr;
+and the raw, misbehaving clients that tests and benchmarks share.
 
 Every process started here is stopped by its pid when the test ends,
 whatever happened in between; every wait is bounded.
@@ -8,15 +9,18 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from tlsmgr.attr import Decoder
+from tlsmgr.client import ClientError, TlsmgrClient
 
 STOCK_TLSMGR = "/usr/lib/postfix/sbin/tlsmgr"
 PYTHON = sys.executable
@@ -315,3 +319,39 @@ def send_oversized_request(sock, total: int) -> int:
     except OSError:
         pass                                 # refused: the daemon closed
     return sent
+
+
+def write_storm(socket_path, prefix: str, stop, updates: list[int]) -> None:
+    """Updates of 300-byte sessions to both caches, as fast as they are
+    answered, until stopped or the daemon is gone."""
+    try:
+        with TlsmgrClient(str(socket_path)) as client:
+            i = 0
+            while not stop.is_set():
+                cache = "smtpd" if i % 2 else "smtp"
+                client.update(cache, "%s-%d" % (prefix, i), os.urandom(300))
+                updates[0] += 1
+                i += 1
+    except (OSError, ClientError):
+        pass                                     # the daemon was killed under us
+
+
+def kill_during_write_storm(daemon: Daemon, prefix: str, writers: int = 4,
+                            after_updates: int = 300) -> None:
+    """SIGKILL the daemon at a random moment while writers clients update
+    as fast as they can (after at least after_updates updates)."""
+    stop, updates = threading.Event(), [0]
+    threads = [threading.Thread(target=write_storm,
+                                args=(daemon.socket_path, "%s-%d" % (prefix, n), stop, updates))
+               for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: updates[0] > after_updates, timeout=30, what="the write storm to run")
+        time.sleep(random.uniform(0, 0.5))
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait(10)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)

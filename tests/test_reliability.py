@@ -5,10 +5,8 @@ administrator would see."""
 
 import os
 import pwd
-import random
 import resource
 import selectors
-import signal
 import threading
 import time
 
@@ -17,6 +15,7 @@ from harness import (
     closed_by_server,
     connect,
     handshake,
+    kill_during_write_storm,
     postfix_dirs,
     process_memory,
     request,
@@ -26,7 +25,7 @@ from harness import (
 )
 
 from tlsmgr.attr import Decoder, encode
-from tlsmgr.client import ClientError, TlsmgrClient
+from tlsmgr.client import TlsmgrClient
 
 SEED = encode([("request", "seed"), ("size", 32)])
 MiB = 1 << 20
@@ -211,21 +210,6 @@ def test_a_client_that_never_reads_its_replies_costs_bounded_memory(daemon):
     assert healthy(daemon)
 
 
-def write_storm(socket_path, prefix: str, stop: threading.Event, updates: list[int]):
-    """Updates to both caches, as fast as they are answered, until stopped
-    or the daemon is gone."""
-    try:
-        with TlsmgrClient(str(socket_path)) as client:
-            i = 0
-            while not stop.is_set():
-                cache = "smtpd" if i % 2 else "smtp"
-                client.update(cache, "%s-%d" % (prefix, i), os.urandom(300))
-                updates[0] += 1
-                i += 1
-    except (OSError, ClientError):
-        pass                                     # the daemon was killed under us
-
-
 def test_sigkill_under_a_write_storm_then_a_clean_restart(tmp_path):
     params = dict(data_directory=tmp_path,
                   smtpd_tls_session_cache_database="lmdb:%s/smtpd_scache" % tmp_path,
@@ -235,21 +219,7 @@ def test_sigkill_under_a_write_storm_then_a_clean_restart(tmp_path):
                       "smtp_scache.lmdb", "smtp_scache.lmdb-lock"}
     for round_ in range(3):
         daemon = start_ours(tmp_path, **params)
-        stop = threading.Event()
-        updates = [0]
-        writers = [threading.Thread(target=write_storm,
-                                    args=(daemon.socket_path, "id-%d-%d" % (round_, n),
-                                          stop, updates))
-                   for n in range(4)]
-        for writer in writers:
-            writer.start()
-        wait_for(lambda done=updates: done[0] > 500, what="the write storm to run")
-        time.sleep(random.uniform(0, 0.5))
-        daemon.process.send_signal(signal.SIGKILL)
-        daemon.process.wait(10)
-        stop.set()
-        for writer in writers:
-            writer.join(10)
+        kill_during_write_storm(daemon, "id-%d" % round_)
         assert exchange.stat().st_size == 1024
         assert {p.name for p in tmp_path.iterdir() if p.is_file()} <= \
             expected_files | {"tlsmgr.log", "tlsmgr.sock"}
