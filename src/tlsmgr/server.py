@@ -394,6 +394,7 @@ class Server:
         self._full_warning = log.RateLimitedWarning()
         self._memory_warning = log.RateLimitedWarning()
         self.master = master
+        self._status_due = False           # a status message to master is on its way
         self.watchdog = watchdog
         # For requests that may wait on the network; threads start on demand.
         self.workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tlsmgr-worker")
@@ -490,7 +491,14 @@ class Server:
 
     def served(self) -> None:
         """Tell master(8) that requests were served, as Postfix's servers
-        do around each request."""
+        do around each request: once per turn of the event loop, however
+        many connections it served."""
+        if self.master is not None and not self._status_due:
+            self._status_due = True
+            self.loop.call_soon(self._tell_master)
+
+    def _tell_master(self) -> None:
+        self._status_due = False
         if self.master is not None and not self.master.served():
             self._master_gone()
 
