@@ -216,7 +216,7 @@ def test_bad_known_parameter_is_fatal(tmp_path):
 def test_parameters_for_other_daemons_do_not_stop_us(tmp_path):
     cfg = load(tmp_path, "smtpd_relay_restrictions = ${{$x} == {1} ? {a}}\n"
                          "loop = $loop\n"
-                         "smtpd_banner = $myhostname ESMTP\n")
+                         "smtpd_banner = $no_such_parameter ESMTP\n")
     assert "smtpd_relay_restrictions" not in cfg.params
     assert "loop" not in cfg.params
     assert cfg.params["smtpd_banner"] == " ESMTP"

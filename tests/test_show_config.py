@@ -26,7 +26,7 @@ MAIN_CF = {
     "tlsmgr_connection_limit": "4096",            # ours, the default
     "tlsmgr_request_size_limit": "131072",        # ours, set
     "syslog_name": "",                            # empty, unlike the default
-    "myhostname": "mail.example",                 # not a parameter of ours
+    "relayhost": "[mail.example]",                # not a parameter of ours
 }
 OVERRIDES = ["ipc_timeout=100", "tls_random_bytes = 32", "mail_owner = mailer"]
 
@@ -88,7 +88,7 @@ def test_same_lines_as_postconf_n(tmp_path):
 
 
 def test_nothing_set_shows_only_the_directory(tmp_path):
-    conf = write_main_cf(tmp_path / "conf", ipc_timeout="3600s", myhostname="x")
+    conf = write_main_cf(tmp_path / "conf", ipc_timeout="3600s", relayhost="x")
     assert shown(show_config(conf)) == [f"config_directory = {conf}"]
 
 
@@ -201,7 +201,7 @@ def test_d_still_means_foreground_without_show_config():
 
 def test_show_lists_parameters_only(tmp_path):
     # The function behind the command, on a Config from load().
-    (tmp_path / "main.cf").write_text("myhostname = x\ndata_directory = /d\n")
+    (tmp_path / "main.cf").write_text("relayhost = x\ndata_directory = /d\n")
     cfg = config.load(str(tmp_path), ["tls_random_bytes=33"], environ={})
     assert config.show(cfg) == [f"config_directory = {tmp_path}",
                                 "data_directory = /d", "tls_random_bytes = 33"]

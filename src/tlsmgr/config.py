@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -57,6 +58,13 @@ def _cache_parameters(label: str) -> tuple[Parameter, ...]:
     )
 
 
+def _default_hostname() -> str:
+    """Postfix's default myhostname: the host name, made fully qualified
+    with .localdomain when it has no dot."""
+    name = socket.gethostname()
+    return name if "." in name else name + ".localdomain"
+
+
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("config_directory", DEFAULT_CONFIG_DIRECTORY),
     Parameter("data_directory", "/var/lib/postfix"),
@@ -67,6 +75,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("syslog_facility", "mail"),
     Parameter("syslog_name", "${multi_instance_name?{$multi_instance_name}:{postfix}}"),
     Parameter("maillog_file", ""),
+    Parameter("maillog_file_prefixes", "/var, /dev/stdout"),
+    Parameter("postlog_service_name", "postlog"),
+    Parameter("myhostname", _default_hostname()),
     Parameter("daemon_timeout", "18000s", "time", 1),
     Parameter("ipc_timeout", "3600s", "time", 1),
     Parameter("tls_random_source", "dev:/dev/urandom"),
@@ -133,6 +144,9 @@ class Config:
     syslog_facility: str
     syslog_name: str
     maillog_file: str
+    maillog_file_prefixes: str
+    postlog_service_name: str
+    myhostname: str
     tlsmgr_request_size_limit: int
     tlsmgr_connection_limit: int
     tlsmgr_client_buffer_limit: int

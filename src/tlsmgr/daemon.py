@@ -220,14 +220,14 @@ def setup_master_logging(cfg: config.Config, args) -> None:
     """syslog, or postlogd when maillog_file is set; stderr too with -V."""
     tag = mail_task(cfg)
     if cfg.maillog_file:
-        prefixes = cfg.params.get("maillog_file_prefixes", "/var, /dev/stdout")
+        prefixes = cfg.maillog_file_prefixes
         if not any(cfg.maillog_file.startswith(p)
                    for p in prefixes.replace(",", " ").split()):
             log.fatal("maillog_file value '%s' does not match any prefix in "
                       "maillog_file_prefixes", cfg.maillog_file)
         path = os.path.join(cfg.queue_directory, "public",
-                            cfg.params.get("postlog_service_name", "postlog"))
-        hostname = cfg.params.get("myhostname") or socket.gethostname()
+                            cfg.postlog_service_name)
+        hostname = cfg.myhostname
         handlers = [log.PostlogHandler(tag, hostname, path)]
     else:
         facility = log.facility_code(cfg.syslog_facility)
