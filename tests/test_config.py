@@ -2,6 +2,7 @@
 
 import logging
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import require_command
@@ -351,3 +352,9 @@ def test_same_values_as_postconf(tmp_path):
                                capture_output=True, text=True, check=True).stdout
         # postconf prints each run of whitespace as one space.
         assert " ".join(cfg.params[name].split()) == stock.strip(), name
+
+
+def test_every_parameter_is_in_configuration_md():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "CONFIGURATION.md").read_text()
+    missing = [p.name for p in config.PARAMETERS if "`%s`" % p.name not in text]
+    assert not missing, "not in docs/CONFIGURATION.md: %s" % ", ".join(missing)
