@@ -6,14 +6,16 @@ what a user would: openssl's "Reused", smtp's "Reusing old session", the
 daemon's process, its exchange file and its log lines in maillog_file.
 """
 
+import json
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import require
-from harness import wait_for
+from harness import free_tcp_port, wait_for
 from postfix_instance import PostfixInstance, available
 
 pytestmark = pytest.mark.postfix
@@ -23,7 +25,8 @@ pytestmark = pytest.mark.postfix
 def instance(request):
     require(available(), "Debian's postfix package and root (apt-get install postfix; "
                          "run the tests as root)")
-    made = PostfixInstance(ours=True, chroot=request.param)
+    made = PostfixInstance(ours=True, chroot=request.param,
+                           tlsmgr_metrics_listen=str(free_tcp_port()))
     try:
         made.start()
         yield made
@@ -64,6 +67,26 @@ def test_our_daemon_is_the_tlsmgr(instance):
     assert uid == pwd.getpwnam("postfix").pw_uid               # -u: mail_owner
     root = Path("/proc/%d/root" % pid).resolve()
     assert root == (instance.queue if instance.chroot else Path("/"))
+
+
+def test_stats_and_metrics_under_master(instance, tmp_path):
+    # Under master(8), as mail_owner (and in the jail with chroot=y): root's
+    # tlsmgr-ctl is served, and the metrics were bound before the jail.
+    resumed_across_processes(instance, tmp_path / "stats.sess", "-tls1_2", "-no_ticket")
+    ctl = subprocess.run([sys.executable, "-m", "tlsmgr.ctl", "--socket",
+                          str(instance.queue / "private" / "tlsmgr"), "stats", "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert ctl.returncode == 0, ctl.stderr
+    stats = json.loads(ctl.stdout)
+    smtpd = stats["caches"]["smtpd"]
+    assert smtpd["updates"] >= 1 and smtpd["hits"] >= 1       # the resumption above
+    assert stats["requests"]["update"] >= 1
+    port = re.search(r"tlsmgr_metrics_listen = (\d+)",
+                     (instance.conf / "main.cf").read_text())[1]
+    with urllib.request.urlopen("http://127.0.0.1:%s/metrics" % port, timeout=10) as page:
+        text = page.read().decode()
+    hits = re.search(r'^tlsmgr_cache_hits_total\{cache="smtpd"\} (\S+)$', text, re.M)
+    assert hits and float(hits[1]) >= smtpd["hits"]
 
 
 def test_tls12_session_id_resumption(instance):

@@ -131,23 +131,29 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
         server.control_uids.add(pwd.getpwnam(cfg.mail_owner).pw_uid)
     except KeyError:
         pass                # stand-alone, for a mail_owner this host does not have
-    if cfg.tlsmgr_metrics_listen:
-        from . import metrics  # and prometheus-client, only when wanted
-        metrics.start(cfg.tlsmgr_metrics_listen, server)
     return server
 
 
 def build_server_as_mail_owner(cfg: config.Config) -> Server:
     """build_server(), making the files as mail_owner when we are root, so
     that they belong to Postfix (and the modules it needs later imported
-    while the Python installation is still within reach)."""
+    while the Python installation is still within reach); then the
+    metrics server, if wanted."""
     connection_limit = raise_open_files_limit(cfg.tlsmgr_connection_limit)
+    metrics = None
+    if cfg.tlsmgr_metrics_listen:
+        from . import metrics  # and prometheus-client: only when wanted
     if os.geteuid() != 0:
-        return build_server(cfg, os.geteuid(), connection_limit)
-    master.preload_modules()
-    uid, gid = master.mail_owner_ids(cfg.mail_owner)
-    with master.effective_ids(uid, gid):
-        return build_server(cfg, uid, connection_limit)
+        server = build_server(cfg, os.geteuid(), connection_limit)
+    else:
+        master.preload_modules()
+        uid, gid = master.mail_owner_ids(cfg.mail_owner)
+        with master.effective_ids(uid, gid):
+            server = build_server(cfg, uid, connection_limit)
+    if metrics is not None:
+        # Before any privilege drop or jail: any port, the imports done.
+        metrics.start(cfg.tlsmgr_metrics_listen, server)
+    return server
 
 
 class ArgumentParser(argparse.ArgumentParser):
