@@ -8,6 +8,13 @@ and per cache a cleanup pass once per cache timeout, run in small steps
 between requests.  The time of day is mixed into the PRNG pool after every
 event, as the stock daemon does.
 
+No client can hold up another or grow the daemon without bound: a request
+not whole within ipc_timeout is abandoned; at tlsmgr_connection_limit the
+connection idle longest makes room; and tlsmgr_client_buffer_limit bounds
+what all clients hold together (input not yet decoded, unfinished
+requests, replies not read), closing the connection that has held its
+bytes longest (docs/RELIABILITY.md).
+
 SIGTERM (what master(8) sends on "postfix stop" and "postfix reload") and
 SIGINT save the PRNG state and end the process with status 0.
 """
@@ -40,7 +47,7 @@ _SLICE = 4096           # bytes of input decoded before their requests are answe
 _REPLY_BATCH = 64       # replies made before they are written...
 _REPLY_BYTES = 16384    # ...or this many bytes of them
 _TRIM_AFTER = 4 << 20   # bytes of client buffers freed before memory goes back
-_RESERVED_FILES = 64     # descriptors kept for caches, logging, Redis and the like
+_RESERVED_FILES = 64    # descriptors kept for caches, logging, Redis and the like
 _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
 
 
