@@ -13,6 +13,11 @@ read from its start.  Two deliberate differences follow from that:
   sends nothing and the client waits until its timeout);
 * after a protocol error the connection stays usable (the stock daemon
   reads the rest of the bad message as the next request).
+
+It also counts requests by name and errors by kind, for the stats request,
+and hands the administrator's requests (control.py) to the server's
+Control, for privileged clients only.  Warnings about what clients send
+are rate-limited after a burst, so that no client can flood the log.
 """
 
 from __future__ import annotations
