@@ -231,3 +231,20 @@ def test_metrics_off_by_default_and_a_bad_value_is_one_fatal_line(tmp_path):
     assert "fatal: parameter tlsmgr_metrics_listen: bad value: host:port (expected PORT, " \
            "HOST:PORT or [IPv6]:PORT)" in bad.log
     assert "Traceback" not in bad.log
+
+
+def test_a_scrape_while_the_daemon_stops_is_empty_and_one_warning(caplog):
+    import asyncio
+    import logging
+
+    from tlsmgr import log
+    from tlsmgr.metrics import Collector
+
+    class StoppedServer:
+        loop = asyncio.new_event_loop()
+
+    StoppedServer.loop.close()
+    with caplog.at_level(logging.WARNING, logger=log.logger.name):
+        assert list(Collector(StoppedServer()).collect()) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "metrics: no snapshot from the event loop: Event loop is closed"]

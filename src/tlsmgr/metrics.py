@@ -50,6 +50,7 @@ class Collector:
 
     def __init__(self, server):
         self.server = server
+        self._warn = log.RateLimitedWarning()
 
     async def _snapshot(self) -> dict:
         tlsmgr = self.server.tlsmgr
@@ -62,8 +63,22 @@ class Collector:
         loop = self.server.loop
         if loop is None:
             return
-        stats = asyncio.run_coroutine_threadsafe(self._snapshot(), loop).result(
-            _SCRAPE_TIMEOUT)
+        # The loop busy or gone (the daemon stopping): an empty scrape and a
+        # warning, never a traceback from the HTTP thread.
+        snapshot_coroutine = self._snapshot()
+        try:
+            future = asyncio.run_coroutine_threadsafe(snapshot_coroutine, loop)
+        except RuntimeError as err:
+            snapshot_coroutine.close()
+            self._warn("metrics: no snapshot from the event loop: %s", err)
+            return
+        try:
+            stats = future.result(_SCRAPE_TIMEOUT)
+        except Exception as err:
+            future.cancel()
+            self._warn("metrics: no snapshot from the event loop: %s",
+                       err or type(err).__name__)
+            return
         yield GaugeMetricFamily("tlsmgr_uptime_seconds", "Seconds since the daemon started",
                                 value=stats["uptime"])
         for name, key, text in _CACHE_GAUGES:
