@@ -2,7 +2,9 @@
 unprivileged peers, and the Prometheus metrics, against a running daemon
 whose counters were driven by real requests."""
 
+import asyncio
 import json
+import logging
 import os
 import pwd
 import socket
@@ -14,9 +16,10 @@ import pytest
 from harness import free_tcp_port, postfix_dirs, start_ours, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from tlsmgr import log
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
-from tlsmgr.metrics import parse_listen
+from tlsmgr.metrics import Collector, parse_listen
 
 CTL = [sys.executable, "-m", "tlsmgr.ctl"]
 
@@ -234,12 +237,6 @@ def test_metrics_off_by_default_and_a_bad_value_is_one_fatal_line(tmp_path):
 
 
 def test_a_scrape_while_the_daemon_stops_is_empty_and_one_warning(caplog):
-    import asyncio
-    import logging
-
-    from tlsmgr import log
-    from tlsmgr.metrics import Collector
-
     class StoppedServer:
         loop = asyncio.new_event_loop()
 
