@@ -6,6 +6,10 @@ is 0 when the server answered status 0, 1 for status -1 (not found),
 2 for status -2 (refused as a protocol error) and for any failure to talk
 to the server.
 
+``stats``, ``flush``, ``rotate-keys`` and ``list`` are the administrator's
+control requests (control.py, docs/OPERATIONS.md): the daemon answers
+them for root, mail_owner and its own user only.
+
 ``install`` and ``uninstall`` do not talk to a server: they switch
 Postfix's tlsmgr service to this daemon and back (see install.py).
 """
