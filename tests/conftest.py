@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import harness
 import pytest
 
 IN_CI = os.environ.get("CI") == "true"
@@ -22,3 +23,14 @@ def require_command(name: str, package: str) -> str:
     path = shutil.which(name)
     require(path is not None, "the %s command (apt-get install %s)" % (name, package))
     return path
+
+
+@pytest.fixture(autouse=True)
+def stop_the_daemons_a_test_started():
+    """Whatever happened in a test, the daemons it started are stopped
+    (those of module-wide fixtures were started before, and are theirs)."""
+    before = len(harness.started)
+    yield
+    for daemon in harness.started[before:]:
+        daemon.stop()
+    del harness.started[before:]

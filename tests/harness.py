@@ -42,6 +42,11 @@ def write_main_cf(directory: Path, **params) -> Path:
     return directory
 
 
+# Every daemon started, so that conftest.py can stop those a test left
+# running when an assertion cut it short.
+started: list[Daemon] = []
+
+
 class Daemon:
     """A running daemon process with its socket and captured stderr."""
 
@@ -49,6 +54,7 @@ class Daemon:
         self.process = process
         self.socket_path = socket_path
         self.log_path = log_path
+        started.append(self)
 
     @property
     def log(self) -> str:

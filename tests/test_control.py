@@ -230,10 +230,13 @@ def test_metrics_off_by_default_and_a_bad_value_is_one_fatal_line(tmp_path):
         started.stop()
     bad = start_ours(tmp_path / "bad", wait=False, data_directory=tmp_path,
                      tlsmgr_metrics_listen="host:port")
-    assert bad.process.wait(20) == 1
-    assert "fatal: parameter tlsmgr_metrics_listen: bad value: host:port (expected PORT, " \
-           "HOST:PORT or [IPv6]:PORT)" in bad.log
-    assert "Traceback" not in bad.log
+    try:
+        assert bad.process.wait(20) == 1
+        assert "fatal: parameter tlsmgr_metrics_listen: bad value: host:port (expected " \
+               "PORT, HOST:PORT or [IPv6]:PORT)" in bad.log
+        assert "Traceback" not in bad.log
+    finally:
+        bad.stop()
 
 
 def test_a_scrape_while_the_daemon_stops_is_empty_and_one_warning(caplog):

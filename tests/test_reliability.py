@@ -294,11 +294,14 @@ def test_a_damaged_file_is_repaired_or_named_in_one_fatal_line(tmp_path, make_ba
     b"\x00\x9f\xff garbage \x80\n", b"=\n", b"\xff\xfe\x00\n", b"ipc_timeout = \xff\n"])
 def test_a_damaged_main_cf_is_one_fatal_line(tmp_path, text):
     started = start_ours(tmp_path, wait=False, main_cf=text)
-    assert started.process.wait(20) == 1
-    lines = [line for line in started.log.splitlines() if "fatal:" in line]
-    assert len(lines) == 1, started.log
-    assert "main.cf, line 1" in lines[0] or "ipc_timeout" in lines[0]
-    assert "Traceback" not in started.log
+    try:
+        assert started.process.wait(20) == 1
+        lines = [line for line in started.log.splitlines() if "fatal:" in line]
+        assert len(lines) == 1, started.log
+        assert "main.cf, line 1" in lines[0] or "ipc_timeout" in lines[0]
+        assert "Traceback" not in started.log
+    finally:
+        started.stop()                  # should it have started after all
 
 
 def test_unfinished_requests_are_bounded_in_total(tmp_path):
