@@ -164,6 +164,11 @@ def decode_data_prefix(text: bytes) -> tuple[bytes, bool]:
     return bytes(out), True
 
 
+def _size_of(tokens: list[bytes]) -> int:
+    """Bytes on the wire of names and values, each with its NUL."""
+    return sum(map(len, tokens)) + len(tokens)
+
+
 class Decoder:
     """Incremental attr0 decoder: feed bytes, get complete messages.
 
@@ -203,46 +208,24 @@ class Decoder:
             data = b"".join((tail, data))
         parts = data.split(_NUL)
         self._tail = parts.pop()
-        if self._size + len(data) > self.max_size:
-            return self._feed_counting(parts)
-        # The usual case: all this data, with what came before, is within
-        # the size limit, so no message in it can be over it.
+        limit = self.max_size
+        # A message's size is worked out only when this data, with what came
+        # before, could take it over the limit: seldom.
+        may_overflow = self._size + len(data) > limit
         messages = []
         tokens = self._tokens
         for part in parts:
             if part or len(tokens) & 1:
                 tokens.append(part)
             else:                         # an empty name ends the message
-                if len(tokens) > _MAX_TOKENS:
+                if len(tokens) > _MAX_TOKENS or (may_overflow
+                                                 and _size_of(tokens) >= limit):
                     self._refuse()
                 it = iter(tokens)
                 messages.append(tuple(zip(it, it)))
                 tokens = self._tokens = []
-        if len(tokens) > _MAX_TOKENS:
-            self._refuse()
-        self._size = sum(map(len, tokens)) + len(tokens) if tokens else 0
-        return messages
-
-    def _feed_counting(self, parts: list[bytes]) -> list[Message]:
-        """feed() for data that may take a message over the size limit:
-        counted name by name and value by value."""
-        messages = []
-        tokens = self._tokens
-        size = self._size
-        limit = self.max_size
-        for part in parts:
-            if part or len(tokens) & 1:
-                tokens.append(part)
-                size += len(part) + 1
-            else:
-                if size >= limit or len(tokens) > _MAX_TOKENS:
-                    self._refuse()
-                it = iter(tokens)
-                messages.append(tuple(zip(it, it)))
-                tokens = self._tokens = []
-                size = 0
-        self._size = size
-        if size + len(self._tail) > limit or len(tokens) > _MAX_TOKENS:
+        self._size = _size_of(tokens) if tokens else 0
+        if self._size + len(self._tail) > limit or len(tokens) > _MAX_TOKENS:
             self._refuse()
         return messages
 
