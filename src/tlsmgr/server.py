@@ -180,9 +180,7 @@ class Connection(asyncio.Protocol):
         self.server.hold(self, 0)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
-        # Whatever the client left unanswered goes with it.
-        self.unread = b""
-        self.pending.clear()
+        self._forget_input()               # whatever it left unanswered goes with it
 
     def data_received(self, data: bytes):
         self.last_active = time.monotonic()
@@ -269,8 +267,7 @@ class Connection(asyncio.Protocol):
         else:
             why = "has more than %d attributes" % err.limit
         log.warn("%s: request %s -- closing connection", self.peer(), why)
-        self.unread = b""
-        self.pending.clear()
+        self._forget_input()
         self._account()
         self.transport.write(PROTOCOL_ERROR)
         self.transport.close()
@@ -328,10 +325,13 @@ class Connection(asyncio.Protocol):
     def drop(self):
         """Close the connection now, and free what it holds now rather than
         when the event loop gets round to connection_lost()."""
+        self._forget_input()
+        self.transport.abort()
+
+    def _forget_input(self):
         self.unread = b""
         self.pending.clear()
         self.decoder = Decoder(self.server.request_size_limit)
-        self.transport.abort()
 
     def _account(self) -> bool:
         """Tell the server what this client holds: what it sent that is not
@@ -423,7 +423,7 @@ class Server:
                 "connection limit %d reached (tlsmgr_connection_limit): closing the "
                 "connection of %s, idle for %.0f seconds", self.connection_limit,
                 oldest.peer(), time.monotonic() - oldest.last_active)
-            oldest.transport.abort()
+            oldest.drop()
             self.connections.discard(oldest)
         self.connections.add(connection)
         self.accepted += 1
