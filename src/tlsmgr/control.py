@@ -44,7 +44,7 @@ def snapshot(server) -> dict:
     now = time.time()
     caches = {cache.label: cache.stats() for cache in server.caches}
     errors = dict(tlsmgr.errors)
-    store_errors = sum(stats.pop("store_errors") for stats in caches.values())
+    store_errors = sum(cache.store_errors for cache in server.caches)
     if store_errors:
         errors["store"] = store_errors
     return {

@@ -189,8 +189,7 @@ class SessionCache:
         lookups = self.hits + self.misses
         return {"entries": entries, "bytes": size, "hits": self.hits, "misses": self.misses,
                 "updates": self.updates, "deletes": self.deletes, "expired": self.expired,
-                "evicted": self.evicted, "hit_ratio": self.hits / lookups if lookups else 0.0,
-                "store_errors": self.store_errors}
+                "evicted": self.evicted, "hit_ratio": self.hits / lookups if lookups else 0.0}
 
     def start_cleanup(self) -> None:
         """Begin a cleanup pass, unless one is still running."""
