@@ -13,6 +13,7 @@ import sys
 import urllib.request
 
 import pytest
+from conftest import require
 from harness import free_tcp_port, postfix_dirs, start_ours, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -129,8 +130,7 @@ def test_rotate_keys_makes_a_new_key_and_the_old_one_still_decrypts(daemon):
 
 
 def test_control_requests_are_refused_to_other_users(daemon):
-    if os.geteuid() != 0:
-        pytest.skip("only root can be another user for this test (run as root, or CI=true)")
+    require(os.geteuid() == 0, "root, to be another user (run the tests as root)")
     nobody = pwd.getpwnam("nobody")
     postfix_dirs(daemon.socket_path.parent)         # let nobody reach the socket
     os.chmod(daemon.socket_path, 0o666)            # and connect at all

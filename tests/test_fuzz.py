@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
@@ -452,11 +453,10 @@ def test_connection_answers_pipelined_requests_as_tlsmgr_does(requests, rounds, 
 
 # (d) The atheris harnesses themselves, briefly.
 
-@pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
-                    reason="needs atheris: pip install atheris")
 @pytest.mark.parametrize("harness,kind", [("fuzz_attr.py", "attr"),
                                           ("fuzz_requests.py", "requests")])
 def test_atheris_harness_runs_clean(harness, kind, tmp_path):
+    require(importlib.util.find_spec("atheris") is not None, "atheris (pip install atheris)")
     found = tmp_path / "found"
     found.mkdir()
     # New inputs go to the first directory, never into the corpus; a

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import require
 from harness import (
     PYTHON,
     assert_exchange_file_rewritten,
@@ -56,8 +57,7 @@ def test_sigterm_saves_prng_state(daemon, tmp_path):
 
 
 def test_files_belong_to_mail_owner(daemon, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("only root creates files as mail_owner")
+    require(os.geteuid() == 0, "root, which creates files as mail_owner (run the tests as root)")
     import pwd
     postfix = pwd.getpwnam("postfix").pw_uid
     exchange = tmp_path / "data" / "prng_exch"

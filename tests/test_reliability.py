@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from conftest import require
 from harness import (
     closed_by_server,
     connect,
@@ -47,8 +48,8 @@ def daemon(tmp_path):
 
 
 def test_standalone_as_root_makes_private_files_as_mail_owner_and_runs_as_it(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("only root hands its files to mail_owner (run as root, or CI=true)")
+    require(os.geteuid() == 0, "root, which hands its files to mail_owner "
+                               "(run the tests as root)")
     dirs = postfix_dirs(tmp_path)
     data = dirs["data_directory"]
     started = start_ours(tmp_path, mail_owner="postfix", **dirs,
@@ -73,8 +74,8 @@ def test_standalone_as_root_makes_private_files_as_mail_owner_and_runs_as_it(tmp
 def test_over_a_thousand_concurrent_connections_are_all_answered(daemon):
     count = 1500
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if min(hard, 4096) < count + 100:
-        pytest.skip("the open files limit (%d) is too low for this test" % hard)
+    require(min(hard, 4096) >= count + 100,
+            "an open files hard limit of %d or more (it is %d)" % (count + 100, hard))
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
     socks = []
     try:
