@@ -21,8 +21,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import NamedTuple
 
-FOREVER = 1 << 62          # a cutoff later than any timestamp
-
 
 class Entry(NamedTuple):
     """One cache entry: when it was saved (seconds since the epoch) and what."""
@@ -114,13 +112,9 @@ class Store(ABC):
             removed.append(self.pop_oldest())
         return removed, False
 
+    @abstractmethod
     def clear(self) -> int:
         """Remove every entry; return how many there were."""
-        removed, done = 0, False
-        while not done:
-            batch, done = self.expire(FOREVER, 1024)
-            removed += len(batch)
-        return removed
 
     @abstractmethod
     def stamps(self, limit: int) -> list[tuple[bytes, int]]:

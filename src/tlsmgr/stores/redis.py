@@ -36,10 +36,11 @@ from urllib.parse import urlsplit
 
 import redis
 
-from . import FOREVER, Entry, Limits, Store, StoreError, Trimmed
+from . import Entry, Limits, Store, StoreError, Trimmed
 
 _STAMP = struct.Struct(">q")
 _CLEAR_STEP = 1024         # entries removed per script call by clear()
+_FOREVER = 1 << 62         # a cutoff later than any timestamp
 
 FIRST_PAUSE = 1.0
 LAST_PAUSE = 30.0
@@ -246,7 +247,7 @@ class RedisStore(Store):
         removed, pruned = 0, _CLEAR_STEP
         while pruned == _CLEAR_STEP:
             pruned = self.breaker.call(
-                lambda: self._prune(keys=self._keys, args=[FOREVER, _CLEAR_STEP]))
+                lambda: self._prune(keys=self._keys, args=[_FOREVER, _CLEAR_STEP]))
             removed += pruned
         return removed
 
