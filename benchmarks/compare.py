@@ -34,7 +34,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,32 +179,6 @@ def build_loadgen(directory: Path) -> Path:
 
 # The daemons.
 
-class StatusDrain(threading.Thread):
-    """Reads the daemon's status pipe as master(8) would.
-
-    Unread, the pipe fills (both daemons write 12 bytes before and after
-    each request they serve) and the daemon blocks on it.  Reading in
-    batches after a short sleep keeps this thread's own CPU use, on a
-    machine the daemon and the generator already share, next to nothing.
-    """
-
-    def __init__(self, fd: int):
-        super().__init__(daemon=True)
-        self.fd = fd
-        self.bytes = 0
-
-    def run(self):
-        while True:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except OSError:
-                return
-            if not data:
-                return
-            self.bytes += len(data)
-            time.sleep(0.005)
-
-
 def start(kind: str, workdir: Path, settings: Settings) -> harness.Daemon:
     """Start a daemon as master(8) does; the caller waits for it to listen.
 
@@ -223,17 +196,13 @@ def start(kind: str, workdir: Path, settings: Settings) -> harness.Daemon:
             env={"PYTHONPATH": str(settings.ours_source), **settings.ours_env},
             **{"smtpd_tls_session_cache_database": settings.ours_table,
                **settings.ours_params})
-    daemon.drain = StatusDrain(daemon.status_read)
-    daemon.drain.start()
     return daemon
 
 
 def stop(daemon: harness.Daemon) -> int:
-    """Stop by pid (SIGTERM, then SIGKILL), then release the status pipe."""
-    status = daemon.stop()
-    daemon.drain.join(5)
-    os.close(daemon.status_read)
-    return status
+    """Stop by pid (SIGTERM, then SIGKILL); master's end of the status
+    channel goes with it."""
+    return daemon.stop()
 
 
 # Where the processes run.
@@ -314,7 +283,7 @@ def measure(kind: str, loadgen: Path, cell: Cell, settings: Settings,
         result = run_loadgen(loadgen, daemon, cell, settings)
         if daemon.process.poll() is not None:
             result["daemon_exited"] = daemon.process.returncode
-        result["status_messages"] = daemon.drain.bytes // 12
+        result["status_messages"] = daemon.master.count
         if result.get("failed") or "daemon_exited" in result:
             result["daemon_log_tail"] = daemon.log[-2000:]
         return result

@@ -140,9 +140,8 @@ class Host:
                     wait_for(settled, timeout=seconds, interval=0.1, what="the daemon")
                 state = ("exited with status %s" % daemon.process.returncode
                          if daemon.process.poll() is not None else "running")
-                daemon.stop()
             finally:
-                os.close(daemon.status_read)
+                daemon.stop()
             return "%s; it printed:\n%s" % (state, daemon.log[-4000:])
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -13,6 +13,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -54,6 +55,7 @@ class Daemon:
         self.process = process
         self.socket_path = socket_path
         self.log_path = log_path
+        self.master: MasterStatus | None = None      # when started as master(8) does
         started.append(self)
 
     @property
@@ -85,6 +87,8 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout)
+        if self.master is not None:
+            self.master.close()
         return self.process.returncode
 
 
@@ -115,41 +119,110 @@ def stock_available() -> bool:
     return os.path.exists(STOCK_TLSMGR) and os.geteuid() == 0
 
 
+STATUS = struct.Struct("=iIi")          # master(8)'s status message: pid, generation, avail
+
+
+class MasterStatus:
+    """master(8)'s end of the status channel: a UNIX-domain socketpair, as
+    master makes it, read by a thread as master reads it.
+
+    Like the real master it can be slow: :meth:`pause` stops reading (the
+    channel then fills after some 280 pairs of messages), :meth:`resume`
+    reads again, and :meth:`hang_up` closes master's end, which tells the
+    daemon that master is gone.  ``count`` is the messages read so far;
+    ``first`` holds the first 64 of them, unpacked.
+    """
+
+    KEPT = 64
+
+    def __init__(self):
+        self.sock, self.daemon_end = socket.socketpair()
+        self.count = 0
+        self.first: list[tuple[int, int, int]] = []
+        self._partial = b""
+        self._reading = threading.Event()
+        self._reading.set()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        self.sock.settimeout(0.05)
+        while not self._done.is_set():
+            if not self._reading.wait(0.05):
+                continue
+            try:
+                data = self.sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            data = self._partial + data
+            whole = len(data) - len(data) % STATUS.size
+            for offset in range(0, whole, STATUS.size):
+                if len(self.first) < self.KEPT:
+                    self.first.append(STATUS.unpack_from(data, offset))
+            self.count += whole // STATUS.size
+            self._partial = data[whole:]
+            time.sleep(0.001)
+
+    def pause(self):
+        self._reading.clear()
+        time.sleep(0.1)                 # a recv under way finishes
+
+    def resume(self):
+        self._reading.set()
+
+    def hang_up(self):
+        self._done.set()
+        self._thread.join(5)
+        self.sock.close()
+
+    def close(self):
+        if not self._done.is_set():
+            self.hang_up()
+        self.daemon_end.close()
+
+
 def start_as_master_does(command, workdir: Path, name: str, env=None, args=(),
                          **params) -> Daemon:
     """Start a daemon as master(8) starts one: the listening socket on fd 6,
-    the status pipe on fd 5, config from MAIL_CONFIG, stdin not a terminal.
-
-    The daemon writes its 12-byte status messages to the pipe; the reading
-    end stays with the test as ``daemon.status_read``: closing it tells the
-    daemon that master is gone.
+    the status channel on fd 5, config from MAIL_CONFIG, stdin not a
+    terminal.  master's end of the status channel is ``daemon.master`` (a
+    :class:`MasterStatus`), closed when the daemon is stopped.
     """
     conf = write_main_cf(workdir / "conf", **params)
     socket_path = workdir / (name + ".sock")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(socket_path))
-    listener.listen(128)
-    status_read, status_write = os.pipe()
-    listen_fd = listener.fileno()
+    listener.listen(100)                # master's backlog: about default_process_limit
+    status = MasterStatus()
+    status_fd, listen_fd = status.daemon_end.fileno(), listener.fileno()
 
     def as_master_does():
         # dup first: the targets 5 and 6 may be the very fds we copy from.
-        status, listen = os.dup(status_write), os.dup(listen_fd)
-        os.dup2(status, 5)
+        status_copy, listen = os.dup(status_fd), os.dup(listen_fd)
+        os.dup2(status_copy, 5)
         os.dup2(listen, 6)
 
     log_path = workdir / (name + ".log")
     environment = {"MAIL_CONFIG": str(conf), "GENERATION": "1", "PATH": "/usr/bin:/bin"}
     environment.update(env or {})
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([*command, "-l", "-n", "tlsmgr", "-t", "unix", *args],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   preexec_fn=as_master_does, close_fds=False,
-                                   env=environment)
-    listener.close()
-    os.close(status_write)
+        try:
+            process = subprocess.Popen([*command, "-l", "-n", "tlsmgr", "-t", "unix", *args],
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       preexec_fn=as_master_does, close_fds=False,
+                                       env=environment)
+        except BaseException:
+            status.close()
+            raise
+        finally:
+            listener.close()
     daemon = Daemon(process, socket_path, log_path)
-    daemon.status_read = status_read
+    daemon.master = status
     return daemon
 
 

@@ -1,24 +1,31 @@
 """The daemon as master(8) runs it: fds 5 and 6, generic options, -S."""
 
 import os
+import re
+import resource
 import signal
-import struct
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import require
 from harness import (
     PYTHON,
     assert_exchange_file_rewritten,
+    handshake,
+    request,
     start_ours_as_master_does,
     wait_for,
     write_main_cf,
 )
 
 from tlsmgr.client import TlsmgrClient
-
-STATUS = struct.Struct("=iIi")
+from tlsmgr.server import raise_open_files_limit
 
 
 @pytest.fixture
@@ -26,17 +33,113 @@ def daemon(tmp_path):
     started = start_ours_as_master_does(tmp_path, env={"GENERATION": "17"})
     yield started
     started.stop()
-    os.close(started.status_read)
 
 
 def test_status_messages_around_each_request(daemon):
     with TlsmgrClient(str(daemon.socket_path)) as client:
         assert client.seed(8)[0] == 0
-    messages = os.read(daemon.status_read, 2 * STATUS.size)
+    wait_for(lambda: daemon.master.count >= 2, what="two status messages")
     pid = daemon.process.pid
     # GENERATION is octal: "17" is 15.  Busy (0), then idle (1).
-    assert [STATUS.unpack_from(messages, offset) for offset in (0, STATUS.size)] == \
-        [(pid, 0o17, 0), (pid, 0o17, 1)]
+    assert daemon.master.first[:2] == [(pid, 0o17, 0), (pid, 0o17, 1)]
+
+
+def test_status_channel_is_close_on_exec(daemon):
+    flags = Path("/proc/%d/fdinfo/5" % daemon.process.pid).read_text()
+    octal = int(re.search(r"^flags:\s+(\d+)", flags, re.M)[1], 8)
+    assert octal & os.O_CLOEXEC
+
+
+def clients_without_pause(socket_path, seconds: float, connections: int = 8):
+    """connections clients asking for the current ticket key, seed and
+    policy, one request after another, for seconds; returns their answers
+    counted by status and the errors they met."""
+    answers: Counter = Counter()
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def client():
+        try:
+            with TlsmgrClient(str(socket_path), timeout=10) as tlsmgr:
+                while not stop.is_set():
+                    answers[tlsmgr.tktkey()[0]] += 1
+                    answers[tlsmgr.seed(32)[0]] += 1
+                    answers[tlsmgr.policy("smtpd")[0]] += 1
+        except Exception as err:                    # a reset, a timeout
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(15)
+    return answers, errors
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_master_slow_to_read_its_status_channel(tmp_path, event_loop):
+    # master(8) on a busy host: its status channel unread for 10 seconds
+    # while 8 clients ask without pause.  Not one request is lost, the
+    # daemon stays, and its messages reach master again afterwards.
+    daemon = start_ours_as_master_does(tmp_path, tlsmgr_event_loop=event_loop)
+    daemon.master.pause()
+    answers, errors = clients_without_pause(daemon.socket_path, seconds=10)
+    assert errors == []
+    assert set(answers) == {0} and answers[0] > 2000     # far more than the channel holds
+    assert daemon.process.poll() is None, daemon.log
+    before = daemon.master.count
+    daemon.master.resume()
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        assert client.seed(8)[0] == 0
+    wait_for(lambda: daemon.master.count > before + 2, what="status messages again")
+    assert "warning" not in daemon.log and "master disconnect" not in daemon.log
+
+
+def test_master_end_of_file_is_the_end_even_while_the_channel_is_full(tmp_path):
+    daemon = start_ours_as_master_does(tmp_path, args=("-v",))
+    daemon.master.pause()
+    answers, errors = clients_without_pause(daemon.socket_path, seconds=1, connections=2)
+    assert errors == [] and answers[0] > 300
+    daemon.master.hang_up()
+    assert daemon.process.wait(10) == 0
+    assert "master disconnect -- exiting" in daemon.log
+
+
+def test_a_burst_of_connections_is_accepted_without_retry(tmp_path):
+    # 2000 non-blocking connects at once, none retried: each one is taken
+    # into the listen queue (master's backlog of 100 is raised), accepted,
+    # and answered.
+    require(os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NOFILE)[1] > 4200,
+            "root or an open-files hard limit over 4200, for 2000 connections on "
+            "both ends")
+    raise_open_files_limit(4200)
+    daemon = start_ours_as_master_does(tmp_path)
+    os.kill(daemon.process.pid, signal.SIGSTOP)         # nothing is accepted meanwhile
+    sockets = []
+    try:
+        refused = 0
+        for _ in range(2000):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.setblocking(False)
+            sockets.append(sock)
+            if sock.connect_ex(str(daemon.socket_path)) != 0:
+                refused += 1
+        os.kill(daemon.process.pid, signal.SIGCONT)
+        assert refused == 0
+        for sock in sockets:
+            sock.setblocking(True)
+            sock.settimeout(30)
+            handshake(sock)
+        for sock in sockets:
+            sock.sendall(b"request\0seed\0size\0008\0\0")
+        for sock in sockets:
+            assert dict(request(sock, b""))[b"status"] == b"0"
+    finally:
+        os.kill(daemon.process.pid, signal.SIGCONT)
+        for sock in sockets:
+            sock.close()
 
 
 def test_working_directory_is_queue_directory(daemon, tmp_path):
@@ -45,8 +148,7 @@ def test_working_directory_is_queue_directory(daemon, tmp_path):
 
 def test_exits_when_master_goes_away_and_saves_prng_state(daemon, tmp_path):
     def master_goes_away():
-        os.close(daemon.status_read)
-        daemon.status_read = os.open("/dev/null", os.O_RDONLY)     # for the fixture
+        daemon.master.hang_up()
         return daemon.process.wait(10)
     assert_exchange_file_rewritten(tmp_path / "data" / "prng_exch", master_goes_away)
 
@@ -71,7 +173,7 @@ def fatal_start(tmp_path, *args, env=None):
         assert started.process.wait(10) == 1
         return started.log
     finally:
-        os.close(started.status_read)
+        started.stop()
 
 
 def test_solitary_check(tmp_path):

@@ -6,7 +6,6 @@ and the replies must be equal.  Where a reply carries random bytes (seed,
 a new ticket key) the status and the length must be equal instead.
 """
 
-import os
 import socket
 
 import pytest
@@ -33,7 +32,6 @@ def pair(tmp_path_factory):
     yield stock, ours
     for daemon in (stock, ours):
         daemon.stop()
-    os.close(stock.status_read)
 
 
 def exchange(path, *requests, timeout=3.0):

@@ -10,12 +10,14 @@ chroot jail and privilege drop that follow start-up.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import pwd
 import signal
 import struct
 import time
+from collections.abc import Callable
 
 from . import log
 
@@ -39,24 +41,93 @@ def parse_generation(text: str | None) -> int:
 
 
 class StatusChannel:
-    """The status pipe to master(8): busy/idle messages, and master's end."""
+    """The status channel to master(8): busy/idle messages, and master's end.
+
+    master(8) passes a UNIX-domain socketpair on fd 5, and on a busy host it
+    may leave it unread for seconds: some 280 unread pairs of messages fill
+    it.  A full channel is no reason to exit (master is still there, and a
+    new process would start with empty caches and new ticket keys), nor to
+    stall the clients, as the stock daemon's blocking write does.  So the
+    channel is non-blocking, and while it is full, messages are coalesced:
+    each pair says "busy, then idle again", and any number of them in a row
+    tell master no more than one does (tlsmgr's process limit is 1, so
+    master has no other process to start when this one is busy).
+
+    Only master's end going away means master is gone: end-of-file or a
+    hang-up on fd 5, or EPIPE or ECONNRESET on a write.  fd 5 is one open
+    file description with master's own copy, so its non-blocking mode is
+    master's too; master makes a new socketpair on reload, and only this
+    daemon's next process, which sets the same mode, gets this one.  (uvloop
+    makes any descriptor it watches non-blocking anyway.)
+    """
 
     def __init__(self, generation: int, fd: int = STATUS_FD):
         self.fd = fd
-        # Busy, then idle again: what Postfix's servers say around a request.
-        self._served = (_STATUS.pack(os.getpid(), generation, STAT_TAKEN)
-                        + _STATUS.pack(os.getpid(), generation, STAT_AVAIL))
-
-    def served(self) -> bool:
-        """Tell master that requests were served; False when master is gone.
-
-        This daemon never stops accepting while it serves, so the busy and
-        idle messages go together, in one write after the work.
-        """
         try:
-            return os.write(self.fd, self._served) == len(self._served)
-        except OSError:
-            return False
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)       # close-on-exec, as the stock daemon's
+        except OSError as err:
+            log.fatal("master status channel (fd %d): %s -- is master(8) running this "
+                      "daemon?", fd, err.strerror)
+        # Busy, then idle again: what Postfix's servers say around a request.
+        self._pair = (_STATUS.pack(os.getpid(), generation, STAT_TAKEN)
+                      + _STATUS.pack(os.getpid(), generation, STAT_AVAIL))
+        self._owed = b""            # not yet written: a pair, or the end of one
+        self._waiting = False       # for the channel to have room
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gone: Callable[[], None] = _nothing
+        self._write_warning = log.RateLimitedWarning()
+
+    def attach(self, loop: asyncio.AbstractEventLoop, gone: Callable[[], None]) -> None:
+        """Watch for master's end; gone() is called, once, when it goes."""
+        self._loop, self._gone = loop, gone
+        # master(8) never writes: readable means end-of-file or hang-up.
+        loop.add_reader(self.fd, self._master_gone)
+
+    def served(self) -> None:
+        """Tell master that requests were served.  This daemon never stops
+        accepting while it serves, so busy and idle go together, after the
+        work."""
+        # A pair that is owed and not begun says all that this one would.
+        if len(self._owed) < len(self._pair):
+            self._owed += self._pair
+        if not self._waiting:
+            self._write()
+
+    def _write(self) -> None:
+        failed = False
+        try:
+            written = os.write(self.fd, self._owed)
+        except BlockingIOError:               # full: master is slow to read
+            written = 0
+        except (BrokenPipeError, ConnectionResetError):
+            self._master_gone()
+            return
+        except OSError as err:                # kept, for the next served()
+            self._write_warning("master status channel: write: %s", err.strerror)
+            written, failed = 0, True
+        # A stream socket may take part of a message: the rest is owed first,
+        # or master would read every message after it misaligned.
+        self._owed = self._owed[written:]
+        waiting = bool(self._owed) and not failed
+        if waiting != self._waiting:
+            self._waiting = waiting
+            if waiting:
+                self._loop.add_writer(self.fd, self._write)
+            else:
+                self._loop.remove_writer(self.fd)
+
+    def _master_gone(self) -> None:
+        self._loop.remove_reader(self.fd)
+        if self._waiting:
+            self._loop.remove_writer(self.fd)
+            self._waiting = False
+        gone, self._gone = self._gone, _nothing
+        gone()
+
+
+def _nothing() -> None:
+    pass
 
 
 class Watchdog:

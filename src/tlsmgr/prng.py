@@ -319,7 +319,7 @@ class Prng:
         return data
 
     def _exit(self, text: str, *args) -> NoReturn:
-        log.info(text, *args)
+        log.warn(text, *args)
         self.save()
         raise MustExit
 

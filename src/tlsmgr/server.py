@@ -49,6 +49,11 @@ _REPLY_BYTES = 16384    # ...or this many bytes of them
 _TRIM_AFTER = 4 << 20   # bytes of client buffers freed before memory goes back
 _RESERVED_FILES = 64    # descriptors kept for caches, logging, Redis and the like
 _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
+# Connections the kernel may queue before we accept them: as many as it
+# allows (net.core.somaxconn, 4096 by default, caps this).  master(8)
+# listens with about default_process_limit, and asyncio would listen again
+# with 100: a burst of smtpd processes starting at once is larger.
+LISTEN_BACKLOG = 65535
 
 
 def peer_credentials(sock: socket.socket | None) -> tuple[int, int] | None:
@@ -123,7 +128,7 @@ def listen_unix(path: str, owner: tuple[int, int] | None = None) -> socket.socke
         sock.bind(path)
         if owner is not None:
             os.chown(path, *owner)
-        sock.listen(socket.SOMAXCONN)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as err:
         sock.close()
         log.fatal("bind %s: %s", path, err.strerror)
@@ -479,10 +484,11 @@ class Server:
         for sock in sockets:
             create = (self.loop.create_unix_server if sock.family == socket.AF_UNIX
                       else self.loop.create_server)
-            self._listeners.append(await create(lambda: Connection(self), sock=sock))
+            self._listeners.append(await create(lambda: Connection(self), sock=sock,
+                                                backlog=LISTEN_BACKLOG))
         if self.master is not None:
             # master(8) closes its end on "postfix stop/reload" or when it dies.
-            self.loop.add_reader(self.master.fd, self._master_gone)
+            self.master.attach(self.loop, self._master_gone)
         if self.watchdog is not None:
             self._pet_watchdog()
         self._start_housekeeping()
@@ -506,13 +512,13 @@ class Server:
 
     def _tell_master(self) -> None:
         self._status_due = False
-        if self.master is not None and not self.master.served():
-            self._master_gone()
+        if self.master is not None:
+            self.master.served()
 
     def _master_gone(self) -> None:
+        # As the stock daemon: master(8) knows why, and says so if need be.
         if log.verbose:
             log.info("master disconnect -- exiting")
-        self.loop.remove_reader(self.master.fd)
         self.master = None
         self.stop(0)
 
