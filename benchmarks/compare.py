@@ -170,13 +170,6 @@ def postfix_version() -> str:
         return "unknown"
 
 
-def build_loadgen(directory: Path) -> Path:
-    binary = directory / "loadgen"
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(BENCHMARKS / "loadgen.c")],
-                   check=True, timeout=120)
-    return binary
-
-
 # The daemons.
 
 def start(kind: str, workdir: Path, settings: Settings) -> harness.Daemon:
@@ -471,7 +464,7 @@ def main(argv=None) -> int:
         settings.ours_source = snapshot_source(scratch)
         info["ours_source"] = source_digest(settings.ours_source)
         print_machine(info, settings)
-        loadgen = build_loadgen(scratch)
+        loadgen = harness.build_loadgen(scratch)
         print(header(), flush=True)
         for cell in cells:
             result = measure_cell(loadgen, cell, settings, scratch, args.retries)

@@ -55,7 +55,7 @@ def run(table: str, entries: int, fill_seconds: float) -> dict:
                                   "tlsmgr_smtpd_cache_entry_limit": "0",
                                   "tlsmgr_smtpd_cache_size_limit": "0"},
         pin="split", ours_source=compare.snapshot_source(scratch))
-    binary = compare.build_loadgen(scratch)
+    binary = compare.harness.build_loadgen(scratch)
     daemon = compare.start("ours", scratch / "ours", settings)
     try:
         compare.harness.wait_for(daemon.connectable, what="tlsmgr to listen")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from tlsmgr.attr import Decoder
@@ -413,6 +414,59 @@ def write_storm(socket_path, prefix: str, stop, updates: list[int]) -> None:
                 i += 1
     except (OSError, ClientError):
         pass                                     # the daemon was killed under us
+
+
+LOADGEN_SOURCE = Path(__file__).resolve().parent.parent / "benchmarks" / "loadgen.c"
+
+
+def build_loadgen(directory: Path) -> Path:
+    """benchmarks/loadgen.c, the C load generator, compiled into directory."""
+    binary = directory / "loadgen"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(LOADGEN_SOURCE)],
+                   check=True, timeout=120)
+    return binary
+
+
+def loadgen_burst(loadgen: Path, socket_path, seconds: float, conns: int = 8,
+                  workload: str = "tktkey") -> dict:
+    """A burst from the C load generator: conns connections, each asking
+    again as soon as it is answered, for seconds (what a busy host's
+    smtpd processes can do, and faster than Python clients could).
+    Returns its JSON results: requests, statuses, errors, closed..."""
+    import json
+    result = subprocess.run(
+        [str(loadgen), "--socket", str(socket_path), "--workload", workload,
+         "--conns", str(conns), "--seconds", str(seconds), "--warmup", "0"],
+        capture_output=True, text=True, timeout=seconds + 60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def tktkey_burst(socket_path, seconds: float, connections: int = 8):
+    """connections clients asking for the current ticket key, one request
+    after another without pause, for seconds (what a busy host's smtpd
+    processes can do); returns their answers counted by status, and the
+    errors they met."""
+    answers: Counter = Counter()
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def client():
+        try:
+            with TlsmgrClient(str(socket_path), timeout=10) as tlsmgr:
+                while not stop.is_set():
+                    answers[tlsmgr.tktkey()[0]] += 1
+        except (OSError, ClientError) as err:          # a reset, a timeout
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(15)
+    return answers, errors
 
 
 def kill_during_write_storm(daemon: Daemon, prefix: str, writers: int = 4,

@@ -11,7 +11,9 @@ With ``netns=NAME`` the instance lives in that network namespace (made by
 the caller with ``ip netns add``): ``postfix`` commands and ``s_client``
 run through ``ip netns exec NAME``, so its listeners are on that
 namespace's loopback; ``port`` and ``relay_port`` may then be fixed
-numbers, the same in several namespaces.
+numbers, the same in several namespaces.  ``master_cf`` adds master.cf
+lines (``{chroot}`` in them stands for the chroot column), and keyword
+parameters are main.cf settings over the ones made here.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 class PostfixInstance:
 
     def __init__(self, *, ours: bool = True, chroot: bool = False, port: int | None = None,
-                 relay_port: int | None = None, netns: str | None = None, **params):
+                 relay_port: int | None = None, netns: str | None = None,
+                 master_cf: str = "", **params):
         self.root = Path(tempfile.mkdtemp(prefix="tlsmgr-postfix-"))
         self.root.chmod(0o755)
         self.conf = self.root / "conf"
@@ -109,7 +112,8 @@ class PostfixInstance:
         (self.conf / "main.cf").write_text("".join("%s = %s\n" % kv for kv in main.items()))
         (self.conf / "master.cf").write_text(MASTER_CF.format(
             port="127.0.0.1:%d" % self.port, relay_port="127.0.0.1:%d" % self.relay_port,
-            chroot="y" if chroot else "n", tlsmgr=OUR_COMMAND if ours else "tlsmgr"))
+            chroot="y" if chroot else "n", tlsmgr=OUR_COMMAND if ours else "tlsmgr")
+            + master_cf.format(chroot="y" if chroot else "n"))
 
     def _link_daemons(self):
         for daemon in DEBIAN_DAEMONS.iterdir():

@@ -7,9 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from harness import (
     handshake,
     request,
     start_ours_as_master_does,
+    tktkey_burst,
     wait_for,
     write_main_cf,
 )
@@ -50,34 +48,6 @@ def test_status_channel_is_close_on_exec(daemon):
     assert octal & os.O_CLOEXEC
 
 
-def clients_without_pause(socket_path, seconds: float, connections: int = 8):
-    """connections clients asking for the current ticket key, seed and
-    policy, one request after another, for seconds; returns their answers
-    counted by status and the errors they met."""
-    answers: Counter = Counter()
-    errors: list[str] = []
-    stop = threading.Event()
-
-    def client():
-        try:
-            with TlsmgrClient(str(socket_path), timeout=10) as tlsmgr:
-                while not stop.is_set():
-                    answers[tlsmgr.tktkey()[0]] += 1
-                    answers[tlsmgr.seed(32)[0]] += 1
-                    answers[tlsmgr.policy("smtpd")[0]] += 1
-        except Exception as err:                    # a reset, a timeout
-            errors.append(repr(err))
-
-    threads = [threading.Thread(target=client) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    time.sleep(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join(15)
-    return answers, errors
-
-
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 def test_master_slow_to_read_its_status_channel(tmp_path, event_loop):
     # master(8) on a busy host: its status channel unread for 10 seconds
@@ -85,7 +55,7 @@ def test_master_slow_to_read_its_status_channel(tmp_path, event_loop):
     # daemon stays, and its messages reach master again afterwards.
     daemon = start_ours_as_master_does(tmp_path, tlsmgr_event_loop=event_loop)
     daemon.master.pause()
-    answers, errors = clients_without_pause(daemon.socket_path, seconds=10)
+    answers, errors = tktkey_burst(daemon.socket_path, seconds=10)
     assert errors == []
     assert set(answers) == {0} and answers[0] > 2000     # far more than the channel holds
     assert daemon.process.poll() is None, daemon.log
@@ -100,7 +70,7 @@ def test_master_slow_to_read_its_status_channel(tmp_path, event_loop):
 def test_master_end_of_file_is_the_end_even_while_the_channel_is_full(tmp_path):
     daemon = start_ours_as_master_does(tmp_path, args=("-v",))
     daemon.master.pause()
-    answers, errors = clients_without_pause(daemon.socket_path, seconds=1, connections=2)
+    answers, errors = tktkey_burst(daemon.socket_path, seconds=1, connections=2)
     assert errors == [] and answers[0] > 300
     daemon.master.hang_up()
     assert daemon.process.wait(10) == 0

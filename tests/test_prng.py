@@ -256,7 +256,8 @@ def test_egd_hanging_up_means_exit(make, tmp_path, caplog):
     p = make("egd:" + path)
     with pytest.raises(MustExit):
         p.reseed()
-    assert lines(caplog, logging.INFO) == ["cannot read 16 bytes from EGD server %s: end of file" % path]
+    assert lines(caplog, logging.INFO) == [
+        "cannot read 16 bytes from EGD server %s: end of file" % path]
     assert lines(caplog, logging.WARNING) == [
         "lost connection to EGD server %s -- exiting to reconnect" % path]
 
