@@ -1,5 +1,6 @@
 """The daemon as master(8) runs it: fds 5 and 6, generic options, -S."""
 
+import asyncio
 import os
 import re
 import resource
@@ -13,6 +14,7 @@ import pytest
 from conftest import require
 from harness import (
     PYTHON,
+    STATUS,
     assert_exchange_file_rewritten,
     handshake,
     request,
@@ -22,7 +24,9 @@ from harness import (
     write_main_cf,
 )
 
+from tlsmgr import master
 from tlsmgr.client import TlsmgrClient
+from tlsmgr.master import StatusChannel
 from tlsmgr.server import raise_open_files_limit
 
 
@@ -42,10 +46,11 @@ def test_status_messages_around_each_request(daemon):
     assert daemon.master.first[:2] == [(pid, 0o17, 0), (pid, 0o17, 1)]
 
 
-def test_status_channel_is_close_on_exec(daemon):
-    flags = Path("/proc/%d/fdinfo/5" % daemon.process.pid).read_text()
-    octal = int(re.search(r"^flags:\s+(\d+)", flags, re.M)[1], 8)
-    assert octal & os.O_CLOEXEC
+def test_status_channel_and_listener_are_close_on_exec(daemon):
+    # As the stock daemon's: fd 5 and fd 6 are not left to a program it runs.
+    for fd in (5, 6):
+        flags = Path("/proc/%d/fdinfo/%d" % (daemon.process.pid, fd)).read_text()
+        assert int(re.search(r"^flags:\s+(\d+)", flags, re.M)[1], 8) & os.O_CLOEXEC, fd
 
 
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
@@ -192,3 +197,94 @@ def test_watchdog_ends_a_stalled_process(tmp_path):
                             timeout=30)
     assert result.returncode == 1
     assert "tlsmgr: fatal: watchdog timeout" in result.stderr
+
+
+# The status channel in process: coalescing while full, whole messages.
+
+def status_messages(data: bytes) -> list[tuple[int, int, int]]:
+    assert len(data) % STATUS.size == 0, "a message cut short"
+    return [STATUS.unpack_from(data, offset) for offset in range(0, len(data), STATUS.size)]
+
+
+def drain(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    data = b""
+    while True:
+        try:
+            more = sock.recv(1 << 16)
+        except BlockingIOError:
+            return data
+        if not more:
+            return data
+        data += more
+
+
+def run_channel(actions, write=None, monkeypatch=None):
+    """A StatusChannel on one end of a socketpair, in an event loop:
+    actions(channel, master_end, loop) is awaited; returns what master
+    read, as messages."""
+    master_end, ours = socket.socketpair()
+    read: list[bytes] = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        channel = StatusChannel(generation=7, fd=ours.fileno())
+        gone = []
+        channel.attach(loop, lambda: gone.append(True))
+        await actions(channel, master_end, loop, read)
+        return gone
+
+    try:
+        if write is not None:
+            monkeypatch.setattr(master.os, "write", write)
+        gone = asyncio.run(main())
+        read.append(drain(master_end))
+        return status_messages(b"".join(read)), gone
+    finally:
+        master_end.close()
+        ours.close()
+
+
+def test_a_full_channel_coalesces_and_catches_up():
+    async def actions(channel, master_end, loop, read):
+        for _ in range(5000):                 # far more than the channel holds
+            channel.served()
+        await asyncio.sleep(0.05)
+        read.append(drain(master_end))        # master reads at last
+        for _ in range(20):
+            await asyncio.sleep(0.01)         # the daemon writes what it owed
+
+    messages, gone = run_channel(actions)
+    pid = os.getpid()
+    assert gone == []
+    assert 100 < len(messages) < 2 * 5000     # some went, the rest were folded
+    assert messages == [(pid, 7, 0), (pid, 7, 1)] * (len(messages) // 2)
+
+
+def test_a_message_begun_is_finished_first(monkeypatch):
+    real_write = os.write
+
+    def a_few_bytes_at_a_time(fd, data):
+        return real_write(fd, data[:5])
+
+    async def actions(channel, master_end, loop, read):
+        for _ in range(3):
+            channel.served()
+        for _ in range(30):
+            await asyncio.sleep(0.005)
+
+    messages, gone = run_channel(actions, a_few_bytes_at_a_time, monkeypatch)
+    pid = os.getpid()
+    # The first pair, then the two after it folded into one: never a torn message.
+    assert messages == [(pid, 7, 0), (pid, 7, 1)] * 2 and gone == []
+
+
+def test_master_hanging_up_is_noticed_once():
+    async def actions(channel, master_end, loop, read):
+        master_end.shutdown(socket.SHUT_RDWR)
+        await asyncio.sleep(0.05)
+        channel.served()                      # EPIPE now: no second call
+        await asyncio.sleep(0.05)
+
+    _, gone = run_channel(actions)
+    assert gone == [True]

@@ -305,6 +305,8 @@ def run_under_master(args) -> int:
         return serve_one_request(server)
     sockets = [socket.socket(fileno=fd)
                for fd in range(master.LISTEN_FD, master.LISTEN_FD + args.socket_count)]
+    for sock in sockets:
+        sock.set_inheritable(False)          # close-on-exec, as the stock daemon's
     server.master = master.StatusChannel(generation)
     server.watchdog = master.Watchdog(cfg.daemon_timeout)
     run = event_loop_runner(cfg)
