@@ -11,9 +11,12 @@ as a client of a real pool reaches whichever host DNS gave it.
 
 With our daemon (``ours=True``) both hosts keep their session caches and
 ticket keys in one redis-server that the fleet starts (not the system
-service), on a UNIX socket in the root namespace: a socket is reached by
-its path, whatever the network namespace.  With the stock daemon each
-host has its own btree cache and its own ticket keys.
+service), as a fleet has it: on another host, reached over TCP.  That host
+is a third namespace, joined to the two by a bridge (10.250.0.1, the
+hosts 10.250.0.2 and .3: addresses that exist only inside these
+namespaces); its UNIX socket lets the tests look inside.  The hosts run
+with chroot=y, Debian's default.  With the stock daemon each host has its
+own btree cache and its own ticket keys.
 
 Every wait is bounded (harness.wait_for), and ``close()`` always stops
 both instances, the redis-server (by its pid) and deletes the
@@ -75,6 +78,26 @@ class Namespace:
         if self.created and self.exists():
             run(ip_command(), "netns", "del", self.name)
         self.created = False
+
+    def ip(self, *args):
+        run(ip_command(), "-n", self.name, *args)
+
+
+REDIS_ADDRESS = "10.250.0.1"
+BRIDGE = "br0"
+
+
+def join(hub: Namespace, host: Namespace, address: str, link: str):
+    """A veth pair from host (at address/24) to the bridge in hub; deleting
+    either namespace deletes it."""
+    peer = link + "p"
+    run(ip_command(), "link", "add", link, "type", "veth", "peer", "name", peer)
+    run(ip_command(), "link", "set", link, "netns", host.name)
+    run(ip_command(), "link", "set", peer, "netns", hub.name)
+    hub.ip("link", "set", peer, "master", BRIDGE)
+    hub.ip("link", "set", peer, "up")
+    host.ip("addr", "add", address + "/24", "dev", link)
+    host.ip("link", "set", link, "up")
 
 
 # Redis.
@@ -212,27 +235,33 @@ class Fleet:
     def main_cf(self) -> dict:
         if not self.ours:
             return dict(smtpd_tls_session_cache_database="btree:${data_directory}/smtpd_scache")
-        table = "redis:unix://%s?db=0" % self.redis.socket_path
+        table = "redis:" + self.redis.tcp_url
         return dict(smtpd_tls_session_cache_database=table,
                     smtp_tls_session_cache_database=table,
                     tlsmgr_redis_key_prefix=KEY_PREFIX)
 
     def start(self):
+        hub = None
         if self.ours:
+            hub = Namespace(self.namespace_name("redis"))
+            self._cleanup.callback(hub.delete)
+            hub.create()
+            hub.ip("link", "add", BRIDGE, "type", "bridge")
+            hub.ip("addr", "add", REDIS_ADDRESS + "/24", "dev", BRIDGE)
+            hub.ip("link", "set", BRIDGE, "up")
             directory = Path(tempfile.mkdtemp(prefix="tlsmgr-redis-"))
-            # 0755: the daemons run as mail_owner, and reach the socket by path.
-            directory.chmod(0o755)
             self._cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
-            self.redis = Redis(directory)
+            self.redis = Redis(directory, netns=hub.name, address=REDIS_ADDRESS)
             self._cleanup.callback(self.redis.stop)
         first = None
-        for name in HOST_NAMES:
+        for number, name in enumerate(HOST_NAMES, 2):
             namespace = Namespace(self.namespace_name(name))
             self._cleanup.callback(namespace.delete)
             namespace.create()
-            # chroot=n: the Redis socket is outside the queue directory, and
-            # a UNIX socket outside it cannot be reached from a chroot jail.
-            instance = PostfixInstance(ours=self.ours, chroot=False, netns=namespace.name,
+            if hub is not None:
+                join(hub, namespace, "10.250.0.%d" % number,
+                     "tf%d%s" % (os.getpid() % 100000, name))
+            instance = PostfixInstance(ours=self.ours, chroot=True, netns=namespace.name,
                                        port=PORT, relay_port=RELAY_PORT, **self.main_cf())
             host = Host(name, namespace, instance)
             # Callbacks run last-in first-out: instances stop before their

@@ -268,21 +268,32 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 class Redis:
-    """A private redis-server on a UNIX socket, stopped by its pid."""
+    """A private redis-server on a UNIX socket, stopped by its pid.
 
-    def __init__(self, directory: Path):
+    With ``netns`` and ``address`` it also listens on TCP port 6379 at that
+    address, inside that network namespace (``tcp_url``); the UNIX socket
+    (``url``) stays reachable from here, whatever the namespace."""
+
+    def __init__(self, directory: Path, netns: str | None = None, address: str | None = None):
         self.directory = directory
         self.socket_path = directory / "redis.sock"
         self.url = "unix://%s?db=0" % self.socket_path
+        self.netns, self.address = netns, address
+        self.tcp_url = "redis://%s:6379/0" % address if address else None
         self.process = None
         self.start()
 
     def start(self):
+        command = [REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket_path),
+                   "--unixsocketperm", "777", "--save", "", "--appendonly", "no",
+                   "--dir", str(self.directory), "--daemonize", "no"]
+        if self.netns:
+            command = [shutil.which("ip") or "/usr/sbin/ip", "netns", "exec", self.netns,
+                       *command, "--port", "6379", "--bind", self.address,
+                       "--protected-mode", "no"]
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket_path),
-             "--unixsocketperm", "777", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--daemonize", "no"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
         wait_for(self.ping, what="redis-server to answer")
 
     def ping(self) -> bool:

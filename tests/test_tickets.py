@@ -2,7 +2,8 @@
 
 import itertools
 
-from tlsmgr.tickets import KEY_SIZE, TicketKey, TicketKeyRing
+from tlsmgr.stores import StoreError
+from tlsmgr.tickets import KEY_SIZE, FleetTicketKeys, TicketKey, TicketKeyRing
 
 T = 3600                       # smtpd_tls_session_cache_timeout
 
@@ -70,3 +71,78 @@ def test_unknown_name_is_not_found():
     ring, _ = ring_with_clock()
     ring.current(T)
     assert ring.find(b"\xff" * 16, T) is None
+
+
+# Fleet keys: a shared store (Redis, here a model of it) that may fail.
+
+class SharedKeys:
+    """RedisTicketKeys' interface over a dict, with an outage switch; each
+    host of a fleet gets its own FleetTicketKeys over one SharedKeys."""
+
+    def __init__(self):
+        self.periods: dict[int, bytes] = {}
+        self.names: dict[bytes, bytes] = {}
+        self.down = False
+        self.asked = 0
+
+    def current(self, period, now, make_key):
+        self.asked += 1
+        if self.down:
+            raise StoreError("Redis test: unreachable")
+        index = (now + 1) // period
+        if index not in self.periods:
+            key = make_key((index + 1) * period - 1)
+            self.periods[index] = self.names[key[:16]] = key
+        return self.periods[index]
+
+    def find(self, name):
+        self.asked += 1
+        if self.down:
+            raise StoreError("Redis test: unreachable")
+        return self.names.get(name)
+
+
+def fleet_host(shared, clock, seed):
+    counter = itertools.count(seed * 1000)
+    random_bytes = lambda n: next(counter).to_bytes(8, "big") * (n // 8)  # noqa: E731
+    return FleetTicketKeys(shared, TicketKeyRing(random_bytes, clock=clock), random_bytes,
+                           clock=clock)
+
+
+def test_fleet_keys_keep_agreeing_across_an_outage_at_a_period_end():
+    shared, clock = SharedKeys(), Clock()
+    hosts = [fleet_host(shared, clock, seed) for seed in (1, 2, 3)]
+    key = hosts[0].current(T)
+    assert all(host.current(T) == key for host in hosts)
+    shared.down = True
+    clock.now = key.expires + 1                   # the period ended during the outage
+    # Every host goes on issuing the last fleet key, which every host decrypts.
+    assert all(host.current(T) == key for host in hosts)
+    assert all(host.find(key.name, T) == key for host in hosts)
+    # Until it would no longer decrypt: then each host has a key of its own.
+    clock.now = key.expires + T // 2
+    own = [host.current(T) for host in hosts]
+    assert key not in own and len({k.name for k in own}) == 3
+    shared.down = False                           # Redis back: one key again at once
+    agreed = {host.current(T) for host in hosts}
+    assert len(agreed) == 1 and agreed.pop().name in shared.names
+
+
+def test_current_and_known_fleet_keys_are_answered_from_memory():
+    shared, clock = SharedKeys(), Clock()
+    host = fleet_host(shared, clock, 1)
+    assert host.waits(b"", T)                     # nothing yet: ask Redis
+    key = host.current(T)
+    asked = shared.asked
+    assert not host.waits(b"", T) and not host.waits(key.name, T)
+    assert host.current(T) == key and host.find(key.name, T) == key
+    assert shared.asked == asked                  # not once more
+    assert host.waits(b"x" * 16, T)               # another host's key, maybe
+    assert host.find(b"x" * 16, T) is None and shared.asked == asked + 1
+    clock.now = key.expires
+    assert host.waits(b"", T)                     # a new period: ask Redis
+
+
+def test_the_local_ring_never_waits():
+    ring, _ = ring_with_clock()
+    assert not ring.waits(b"", T) and not ring.waits(b"n" * 16, T)

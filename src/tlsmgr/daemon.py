@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import pwd
 import signal
 import socket
 import sys
 import traceback
+from typing import NoReturn
 
 from . import __version__, config, log, master
 from .attr import Decoder
 from .prng import Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache, logs_cache_activity
-from .server import Server, listen_unix, raise_open_files_limit
+from .server import WORKER_MARGIN, Server, listen_unix, raise_open_files_limit
 from .stores import (
     FILE_TYPES,
     MEMORY_TYPE,
@@ -109,7 +111,7 @@ def ticket_keys(cfg: config.Config, smtpd_cache: SessionCache | None, random_byt
     if smtpd_cache is None or not smtpd_cache.store.blocking:
         return ring
     from .stores.redis import RedisTicketKeys
-    shared = RedisTicketKeys(smtpd_cache.store, cfg.tlsmgr_redis_key_prefix)
+    shared = RedisTicketKeys(smtpd_cache.store)
     return FleetTicketKeys(shared, ring, random_bytes)
 
 
@@ -126,7 +128,8 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
                     peer="%s socket" % cfg.params["service_name"])
     server = Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
                     cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
-                    cfg.tlsmgr_client_buffer_limit)
+                    cfg.tlsmgr_client_buffer_limit,
+                    worker_deadline=cfg.tlsmgr_redis_timeout_ms / 1000 + WORKER_MARGIN)
     try:
         server.control_uids.add(pwd.getpwnam(cfg.mail_owner).pw_uid)
     except KeyError:
@@ -331,6 +334,18 @@ def run_standalone(args) -> int:
     return run(server.serve([listener], remove_at_exit=[args.listen]))
 
 
+def end_now(status: int) -> NoReturn:
+    """Exit once the server is done, without waiting for worker threads.
+
+    One may still wait on a Redis that does not answer (for as long as its
+    timeouts allow); what must be saved was saved by the server, and waiting
+    for it would keep "postfix stop" or "postfix reload" waiting too."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def main(argv=None) -> int:
     # Postfix daemons ignore SIGPIPE: a client that goes away is no reason to die.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -345,8 +360,10 @@ def main(argv=None) -> int:
             sys.stdout.writelines(line + "\n" for line in config.show(cfg, args.foreground))
             return 0
         if args.listen:
-            return run_standalone(args)
-        return run_under_master(args)
+            end_now(run_standalone(args))
+        if args.single:
+            return run_under_master(args)
+        end_now(run_under_master(args))
     except log.Fatal:
         return 1
     except Exception as err:

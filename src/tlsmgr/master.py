@@ -204,9 +204,12 @@ _LAZY_MODULES = (
     "concurrent.futures.thread", "encodings.ascii", "encodings.latin_1",
     "encodings.utf_8", "urllib.parse",
     # redis-py: secrets for its connection pool; importlib.metadata, which
-    # reads with email.parser, when it names its version on connecting.
+    # reads with email.parser, when it names its version on connecting; the
+    # Cluster and Sentinel clients, made on first use.  encodings.idna (and
+    # what it imports) for the host name of a Redis reached over TCP.
     "redis.connection", "secrets", "importlib.metadata", "email.parser",
-    "email.feedparser",
+    "email.feedparser", "redis.cluster", "redis.sentinel", "encodings.idna",
+    "stringprep", "unicodedata",
     "tlsmgr.stores.memory", "tlsmgr.stores.lmdb", "tlsmgr.stores.redis",
 )
 

@@ -136,8 +136,9 @@ class Tlsmgr:
         self.errors: Counter[str] = Counter()        # by kind
         # The administrator's requests (control.py), when the server offers them.
         self.control = None
-        # Whether any request may wait on the network (see blocking()).
-        self.any_blocking = getattr(tickets, "blocking", False) or any(
+        # Whether any request may wait on the network (see blocking()):
+        # fleet ticket keys come with a Redis smtpd cache.
+        self.any_blocking = any(
             cache is not None and cache.store.blocking for cache in caches.values())
         self._handlers = {
             b"lookup": self._lookup,
@@ -189,6 +190,15 @@ class Tlsmgr:
         self._client_error('unknown request "%s" from %s', printable(request), self.peer)
         return Reply(PROTOCOL_ERROR)
 
+    def unanswered(self, message: Message) -> Reply:
+        """The reply to a request that could not be answered in time (the
+        network store did not answer): it failed, status -1; a ticket key
+        is answered from memory."""
+        request = message[0][1] if message and message[0][0] == b"request" else b""
+        if request == b"tktkey":                # what memory holds will do
+            return Reply(self._tktkey(message, from_memory=True))
+        return Reply(encode([("status", STAT_ERR), *_FAILED_EXTRAS.get(request, ())]))
+
     def _client_error(self, text: str, *args) -> None:
         self.errors["protocol"] += 1
         self._warn(text, *args)
@@ -200,7 +210,8 @@ class Tlsmgr:
             return False
         request = message[0][1]
         if request == b"tktkey":
-            return getattr(self.tickets, "blocking", False)
+            name = decode_data(message[1][1]) if len(message) > 1 else b""
+            return name is not None and self.tickets.waits(name, self.timeouts[b"smtpd"])
         if request in (b"lookup", b"update", b"delete") and len(message) > 1:
             cache = self.caches.get(message[1][1])
             return cache is not None and cache.store.blocking
@@ -289,7 +300,7 @@ class Tlsmgr:
                 status = STAT_OK if cache.delete(values[1]) else STAT_ERR
         return _STATUS[status]
 
-    def _tktkey(self, message: Message) -> bytes:
+    def _tktkey(self, message: Message, from_memory: bool = False) -> bytes:
         # Like the stock daemon (Postfix 3.7), a name not found is echoed
         # in place of a key, and so is what could be decoded of a name that
         # is not base64.
@@ -306,7 +317,11 @@ class Tlsmgr:
             elif timeout <= 0:
                 status = STAT_ERR
             else:
-                key = self.tickets.find(name, timeout) if name else self.tickets.current(timeout)
+                if from_memory:
+                    key = self.tickets.at_hand(name, timeout)
+                else:
+                    key = self.tickets.find(name, timeout) if name else \
+                        self.tickets.current(timeout)
                 if key is None:
                     status, keybuf = STAT_ERR, name
                 else:

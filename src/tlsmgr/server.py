@@ -48,6 +48,9 @@ _REPLY_BATCH = 64       # replies made before they are written...
 _REPLY_BYTES = 16384    # ...or this many bytes of them
 _TRIM_AFTER = 4 << 20   # bytes of client buffers freed before memory goes back
 _RESERVED_FILES = 64    # descriptors kept for caches, logging, Redis and the like
+# What a request in a worker thread may take beyond the store's own timeout
+# (tlsmgr_redis_timeout_ms): the thread's start, Python's own work.
+WORKER_MARGIN = 0.05
 _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
 # Connections the kernel may queue before we accept them: as many as it
 # allows (net.core.somaxconn, 4096 by default, caps this).  master(8)
@@ -217,9 +220,7 @@ class Connection(asyncio.Protocol):
             if pending:
                 message = pending.popleft()
                 if may_block is not None and may_block(message):
-                    self.in_worker = server.loop.run_in_executor(
-                        server.workers, tlsmgr.handle, message, self)
-                    self.in_worker.add_done_callback(self._worker_done)
+                    self._to_worker(message)
                 else:
                     reply = tlsmgr.handle(message, self)
                     replies.append(reply)
@@ -277,11 +278,34 @@ class Connection(asyncio.Protocol):
         self.transport.write(PROTOCOL_ERROR)
         self.transport.close()
 
-    def _worker_done(self, future: asyncio.Future):
+    # A request that may wait on the network goes to a worker thread, and is
+    # answered when the worker is done or at the worker deadline, whichever
+    # comes first: whatever the network and the client library do, no
+    # client waits longer.  A worker that answers after that is ignored.
+    def _to_worker(self, message: Message):
+        server = self.server
+        future = server.loop.run_in_executor(server.workers, server.tlsmgr.handle,
+                                             message, self)
+        self.in_worker = future
+        late = server.loop.call_later(server.worker_deadline, self._worker_late,
+                                      future, message)
+        future.add_done_callback(lambda done: self._worker_done(done, late))
+
+    def _worker_done(self, future: asyncio.Future, late: asyncio.TimerHandle):
+        late.cancel()
+        if future.cancelled() or future is not self.in_worker:
+            return                   # shutting down, or answered at the deadline
+        self._worker_answered(future.result())
+
+    def _worker_late(self, future: asyncio.Future, message: Message):
+        if future is self.in_worker:
+            self._worker_answered(self.server.late_reply(message, self))
+
+    def _worker_answered(self, reply: Reply):
         self.in_worker = None
         if self.transport.is_closing():
             return
-        self._send([future.result()])
+        self._send([reply])
         self.server.served()
         self._serve()
 
@@ -384,7 +408,7 @@ class Server:
 
     def __init__(self, tlsmgr: Tlsmgr, prng: Prng, caches: list[SessionCache],
                  ipc_timeout: int, request_size_limit: int, connection_limit: int,
-                 client_buffer_limit: int,
+                 client_buffer_limit: int, worker_deadline: float = 1.0,
                  master: StatusChannel | None = None, watchdog: Watchdog | None = None):
         self.tlsmgr = tlsmgr
         self.prng = prng
@@ -399,6 +423,9 @@ class Server:
         self.request_size_limit = request_size_limit
         self.connection_limit = connection_limit
         self.client_buffer_limit = client_buffer_limit
+        # How long a request in a worker thread may take (see Connection).
+        self.worker_deadline = worker_deadline
+        self._late_warning = log.RateLimitedWarning()
         self.held_bytes = 0                # for all connections (Connection.held)
         self._holders: OrderedDict[Connection, None] = OrderedDict()   # held > 0
         self._held_peak = 0                # since memory last went back
@@ -460,6 +487,16 @@ class Server:
             oldest.held = 0
             self.tlsmgr.errors["buffer_limit"] += 1
             oldest.drop()
+
+    def late_reply(self, message: Message, connection: Connection) -> Reply:
+        """The reply to a request whose worker did not answer by the deadline."""
+        self.tlsmgr.errors["store_timeout"] += 1
+        request = message[0][1].decode(errors="replace")
+        self._late_warning(
+            "%s request of %s not answered by the session store within %.0f ms "
+            "(tlsmgr_redis_timeout_ms + %d ms): answered as failed", request,
+            connection.peer(), self.worker_deadline * 1000, WORKER_MARGIN * 1000)
+        return self.tlsmgr.unanswered(message)
 
     def _give_memory_back(self) -> None:
         # Client buffers are large, short-lived and interleaved with small

@@ -91,6 +91,14 @@ class TicketKeyRing:
                 return key if key.expires + timeout // 2 > now else None
         return None
 
+    def waits(self, name: bytes, timeout: int) -> bool:
+        """Whether answering for this key name may wait on the network: never."""
+        return False
+
+    def at_hand(self, name: bytes, timeout: int) -> TicketKey | None:
+        """The answer for this key name (empty: the current key) from memory."""
+        return self.find(name, timeout) if name else self.current(timeout)
+
     def add(self, key: TicketKey) -> None:
         """Put a key in the ring, as the current one; the ring keeps it and
         the one with the later expiry of the others."""
@@ -105,12 +113,12 @@ class FleetTicketKeys:
 
     All hosts agree on the current key (see stores/redis.py), so a ticket
     issued by one host decrypts on any other, and keys outlive a restart of
-    any host's daemon.  When Redis fails, this host falls back to its own
-    ring, so that it still resumes its own tickets; sharing comes back with
-    Redis.
+    any host's daemon.  When Redis fails, the last fleet key goes on
+    issuing tickets while it may decrypt them; after that this host falls
+    back to its own ring, so that it still resumes its own tickets; sharing
+    comes back with Redis.  The current key, and any key in this host's
+    ring, is answered from memory.
     """
-
-    blocking = True
 
     def __init__(self, shared, local: TicketKeyRing, random_bytes: Callable[[int], bytes],
                  clock: Callable[[], float] = time.time):
@@ -131,26 +139,54 @@ class FleetTicketKeys:
 
     def current(self, timeout: int) -> TicketKey:
         now = int(self._clock())
-        if self._current is not None and self._current.expires > now:
-            return self._current
+        last = self._current
+        if last is not None and last.expires > now:
+            return last
         try:
             key = TicketKey.unpack(self.shared.current(timeout // 2, now, self._make))
         except StoreError as err:
             self._warn("cannot share TLS session ticket keys: %s", err)
-            return self.local.current(timeout)
+            return self._current_at_hand(timeout)
         # Kept in this host's ring too, so that its tickets still decrypt
         # here while Redis is away.
         self.local.add(key)
         self._current = key
         return key
 
+    def _current_at_hand(self, timeout: int) -> TicketKey:
+        # Redis is away (as a period ends, perhaps).  Every host goes on
+        # issuing the last fleet key while it still decrypts, so that the
+        # hosts keep agreeing; a key of this host's own would decrypt nowhere
+        # else, and comes only after that.
+        last = self._current
+        if last is not None and last.expires + timeout // 2 > int(self._clock()):
+            return last
+        return self.local.current(timeout)
+
+    def at_hand(self, name: bytes, timeout: int) -> TicketKey | None:
+        """The answer for this key name (empty: the current key) from memory,
+        when Redis did not answer in time."""
+        return self.local.find(name, timeout) if name else self._current_at_hand(timeout)
+
     def find(self, name: bytes, timeout: int) -> TicketKey | None:
+        # The current and previous keys are in memory: no need to ask Redis.
+        key = self.local.find(name, timeout)
+        if key is not None:
+            return key
         try:
             packed = self.shared.find(name)
         except StoreError as err:
             self._warn("cannot share TLS session ticket keys: %s", err)
-            packed = None
+            return None
         if packed is None:
-            return self.local.find(name, timeout)
+            return None
         key = TicketKey.unpack(packed)
         return key if key.expires + timeout // 2 > int(self._clock()) else None
+
+    def waits(self, name: bytes, timeout: int) -> bool:
+        """Whether answering for this key name may wait on Redis: not for
+        the current key while it is current, nor for a key in memory."""
+        if not name:
+            current = self._current
+            return current is None or current.expires <= int(self._clock())
+        return self.local.find(name, timeout) is None

@@ -1,10 +1,18 @@
 """The Redis store: one session cache shared by a fleet of mail hosts.
 
-``smtpd_tls_session_cache_database = redis:URL`` puts a cache on Redis,
-where URL is what redis-py takes: ``redis://[:password@]host:port/db``,
-``rediss://...`` (TLS), ``unix:///path/redis.sock?db=0``.  Every host of a
-fleet that names the same Redis and the same ``tlsmgr_redis_key_prefix``
-sees the same sessions; other fleets pick other prefixes.
+``smtpd_tls_session_cache_database = redis:URL``  puts a cache on Redis,
+where URL is one of
+
+* ``redis://[:password@]host:port/db``, ``rediss://...`` (TLS),
+  ``unix:///path/redis.sock?db=0``: one Redis server;
+* ``redis+sentinel://host:port[,host:port...]/service[/db]``: the master
+  of a Sentinel service, found through any of these sentinels;
+* ``redis+cluster://host:port[,host:port...]``: a Redis Cluster, found
+  through any of these nodes.
+
+Every host of a fleet that names the same Redis and the same
+``tlsmgr_redis_key_prefix`` sees the same sessions; other fleets pick other
+prefixes.
 
 Keys of one cache share a hash tag, ``{PREFIX<label>}``, so that they live
 in one slot of a Redis Cluster and the Lua scripts below may touch them
@@ -19,22 +27,36 @@ together.  Per cache:
 Saving an entry and keeping the cache within its limits is one script, so
 that hosts writing at once never overshoot together.
 
-Redis may be down or slow.  Each command waits at most the socket timeout
-(``tlsmgr_redis_timeout_ms``); after a failure the store stops asking for
-a while (1 s, doubling up to 30 s) and fails at once, so that lookups
-miss and updates fail without waiting; when the pause is over it tries
-again, and sharing comes back by itself when Redis does.
+Redis may be down, slow, failing over or full.  Hazards, and what is done
+about them:
+
+* redis-py's defaults retry with backoff and wait seconds to connect
+  (sentinels and cluster nodes too): here every socket, the sentinels'
+  included, waits at most ``tlsmgr_redis_timeout_ms`` to connect and as
+  long for an answer, and nothing is retried by the library.  (The server
+  bounds the whole request on top of that: server.py.)
+* The client is made on first use, not at start: a Cluster client connects
+  to learn the slots, and must not stop the daemon when no node answers.
+* Only a failure to reach Redis (refused, reset, timed out, no master,
+  cluster down) opens the breaker, which then fails every call at once
+  while a probe asks Redis every second whether it is back.  A command
+  that Redis refuses (a full Redis's OOM, READONLY, NOAUTH, WRONGPASS) is
+  an error of its own, reported as what it is; reads go on.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import Entry, Limits, Store, StoreError, Trimmed
 
@@ -42,8 +64,8 @@ _STAMP = struct.Struct(">q")
 _CLEAR_STEP = 1024         # entries removed per script call by clear()
 _FOREVER = 1 << 62         # a cutoff later than any timestamp
 
-FIRST_PAUSE = 1.0
-LAST_PAUSE = 30.0
+PROBE_INTERVAL = 1.0       # seconds between probes of a Redis that failed
+_ERROR_TEXT = 160          # characters of a Redis error kept for a log line
 
 
 class RedisSettings(NamedTuple):
@@ -54,68 +76,224 @@ class RedisSettings(NamedTuple):
     timeout_ms: int = 250
 
 
-def connect(url: str, settings: RedisSettings) -> redis.Redis:
-    """A client for the URL; no connection is made until first use, so a
-    Redis that is down at start does not stop the daemon."""
-    timeout = settings.timeout_ms / 1000
-    options = dict(socket_timeout=timeout, socket_connect_timeout=timeout,
-                   retry_on_timeout=False, retry=None, health_check_interval=0)
-    if settings.password:
-        options["password"] = settings.password
+class Unreachable(StoreError):
+    """Redis could not be reached: refused, reset, timed out, no master."""
+
+
+class Refused(StoreError):
+    """Redis answered, and refused the command (full, read-only, auth)."""
+
+
+def _is_unreachable(err: Exception) -> bool:
+    """Whether an error means that Redis could not be reached, as opposed
+    to Redis refusing what it was asked.  redis-py counts failed
+    authentication as a connection error; here it is a refusal."""
+    if isinstance(err, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return False
+    return isinstance(err, (redis.ConnectionError, redis.TimeoutError, OSError,
+                            redis.exceptions.ClusterDownError,
+                            redis.exceptions.RedisClusterException,
+                            redis.exceptions.TryAgainError))
+
+
+def describe_error(err: Exception) -> str:
+    """One short line, naming the error: redis-py's messages may hold dumps
+    of its objects, and it drops Redis's own error code (OOM, READONLY)
+    for an exception class."""
+    lines = str(err).strip().splitlines()
+    # "No master found for 'x' : {(host, port): {...}, ...}", and where in
+    # a script a refused command was.
+    text = (lines[0] if lines else "").split(" : {", 1)[0].split(". script: ", 1)[0]
+    text = "%s: %s" % (type(err).__name__, text) if text else type(err).__name__
+    if len(text) > _ERROR_TEXT:
+        text = text[:_ERROR_TEXT - 3] + "..."
+    if isinstance(err, redis.AuthenticationError):
+        text += " (the password is tlsmgr_redis_password, or the one in the URL)"
+    return text
+
+
+class Endpoint(NamedTuple):
+    """Where a redis: table's URL points."""
+
+    kind: str                              # "server", "sentinel" or "cluster"
+    url: str                               # the URL as given
+    nodes: tuple[tuple[str, int], ...]     # sentinels or cluster seed nodes
+    service: str                           # Sentinel's service name
+    db: int
+    password: str                          # from the URL, if any
+
+    @property
+    def name(self) -> str:
+        """The URL without its password, for log lines."""
+        parts = urlsplit(self.url)
+        if parts.password:
+            netloc = parts.netloc.replace(":" + parts.password + "@", ":*@")
+            return parts._replace(netloc=netloc).geturl()
+        return self.url
+
+    def hosts(self) -> list[str]:
+        """The host names to resolve before the chroot jail."""
+        if self.kind == "server":
+            host = urlsplit(self.url).hostname
+            return [host] if host and not self.url.startswith("unix:") else []
+        return [host for host, _ in self.nodes]
+
+
+def parse_url(url: str) -> Endpoint:
+    """The Endpoint of a redis: table; StoreError naming what is wrong."""
     scheme = urlsplit(url).scheme
     try:
-        if scheme == "redis+cluster":
-            from redis.cluster import RedisCluster
-            return RedisCluster.from_url("redis" + url[len(scheme):], **options)
-        if scheme == "redis+sentinel":
-            return _sentinel_master(url, options)
-        return redis.Redis.from_url(url, **options)
-    except (ValueError, redis.RedisError) as err:
+        if scheme in ("redis+sentinel", "redis+cluster"):
+            parts = urlsplit(url)
+            netloc = parts.netloc.rpartition("@")[2]
+            default_port = 26379 if scheme == "redis+sentinel" else 6379
+            nodes = []
+            for node in netloc.split(","):
+                host, _, port = node.rpartition(":") if ":" in node else (node, "", "")
+                if not host:
+                    raise ValueError("no host in %r" % node)
+                nodes.append((host.strip("[]"), int(port or default_port)))
+            path = [p for p in parts.path.split("/") if p]
+            if scheme == "redis+cluster":
+                return Endpoint("cluster", url, tuple(nodes), "", 0, parts.password or "")
+            if not path:
+                raise ValueError("no service name after the sentinel addresses")
+            db = int(path[1]) if len(path) > 1 else 0
+            return Endpoint("sentinel", url, tuple(nodes), path[0], db, parts.password or "")
+        redis.connection.parse_url(url)          # refuses what redis-py would
+        return Endpoint("server", url, (), "", 0, "")
+    except ValueError as err:
         raise StoreError("bad Redis URL %s: %s" % (url, err)) from None
 
 
-def _sentinel_master(url: str, options: dict) -> redis.Redis:
-    # redis+sentinel://host:port[,host:port...]/service[/db]
-    from redis.sentinel import Sentinel
-    parts = urlsplit(url)
-    path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise ValueError("no service name after the sentinel addresses")
-    nodes = []
-    for node in parts.netloc.split(","):
-        host, _, port = node.rpartition(":")
-        nodes.append((host, int(port or 26379)))
-    db = int(path[1]) if len(path) > 1 else 0
-    sentinel = Sentinel(nodes, socket_timeout=options["socket_timeout"])
-    return sentinel.master_for(path[0], db=db, **options)
+class RedisLink:
+    """The redis-py client of one endpoint, made on first use.
+
+    Every socket it opens, to sentinels and cluster nodes too, waits at
+    most the timeout, and nothing is retried: what to do after a failure
+    is the breaker's business."""
+
+    def __init__(self, endpoint: Endpoint, settings: RedisSettings):
+        self.endpoint = endpoint
+        timeout = settings.timeout_ms / 1000
+        self._options: dict[str, Any] = dict(
+            socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        password = settings.password or endpoint.password
+        if password:
+            self._options["password"] = password
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    def _connect(self) -> Any:
+        endpoint, options = self.endpoint, self._options
+        if endpoint.kind == "cluster":
+            from redis.cluster import ClusterNode, RedisCluster
+            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in endpoint.nodes],
+                                cluster_error_retry_attempts=0, **options)
+        if endpoint.kind == "sentinel":
+            from redis.sentinel import Sentinel
+            sentinel_options = {k: v for k, v in options.items() if k != "password"}
+            sentinel = Sentinel(list(endpoint.nodes), sentinel_kwargs=sentinel_options,
+                                **options)
+            return sentinel.master_for(endpoint.service, db=endpoint.db, **options)
+        return redis.Redis.from_url(endpoint.url, **options)
+
+    def reset(self) -> None:
+        """Forget the client after a failure to reach Redis: the next one
+        learns the topology anew (a Cluster's slots after a fail-over; a
+        Cluster client that lost a master does not look again by itself
+        when nothing is retried)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass                     # it is being dropped for failing
+
+    def resolve_hosts(self) -> None:
+        """Look the host names up now: inside a chroot jail the resolver
+        may lack its files, and loads its modules on first use."""
+        for host in self.endpoint.hosts():
+            try:
+                socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError:
+                pass                     # said when it is used, like any failure
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
 
 
 class Breaker:
-    """Stops asking a failed Redis for a while, so that no request waits
-    on a Redis that is known to be down."""
+    """Stops asking a Redis that cannot be reached, so that no request
+    waits on it, and notices when it is back.
 
-    def __init__(self, name: str, clock=time.monotonic):
-        self.name = name
+    A failure to reach Redis opens it: calls then fail at once, and a
+    probe (a cheap read of the caller's own keys, so that in a Cluster it
+    asks the node that matters) runs in a thread of its own every second
+    until Redis answers, which closes it.  A command Redis refuses does
+    not open it."""
+
+    def __init__(self, link: RedisLink, probe: Callable[[Any], Any],
+                 clock: Callable[[], float] = time.monotonic):
+        self.link = link
+        self.probe = probe
         self.clock = clock
-        self.pause = FIRST_PAUSE
-        self.closed_until = 0.0
+        self.opened_at: float | None = None        # None: closed, calls go through
+        self.last_error = ""
         self.lock = threading.Lock()
 
-    def call(self, operation):
-        if self.clock() < self.closed_until:
-            raise StoreError("%s is unreachable; trying again in %.0f s"
-                             % (self.name, self.closed_until - self.clock()))
+    def call(self, operation: Callable[[Any], Any]) -> Any:
+        if self.opened_at is not None:
+            raise Unreachable("Redis %s is unreachable (%s); it is probed every second"
+                              % (self.link.name, self.last_error))
         try:
-            result = operation()
+            return operation(self.link.client())
         except Exception as err:
-            # Whatever broke (the network, Redis, the client library), the
+            text = "Redis %s: %s" % (self.link.name, describe_error(err))
+            if _is_unreachable(err):
+                self._open(describe_error(err))
+                raise Unreachable(text) from None
+            # Whatever else broke (Redis refusing, the client library), the
             # request is a miss or a failed update, never a crash.
+            raise Refused(text) from None
+
+    def _open(self, error: str) -> None:
+        self.link.reset()
+        with self.lock:
+            self.last_error = error
+            if self.opened_at is not None:
+                return
+            self.opened_at = self.clock()
+        threading.Thread(target=self._probe, daemon=True,
+                         name="tlsmgr-redis-probe").start()
+
+    def _probe(self) -> None:
+        while True:
+            time.sleep(PROBE_INTERVAL)
+            try:
+                self.probe(self.link.client())
+            except Exception as err:
+                if _is_unreachable(err):
+                    self.last_error = describe_error(err)
+                    self.link.reset()
+                    continue
             with self.lock:
-                self.closed_until = self.clock() + self.pause
-                self.pause = min(self.pause * 2, LAST_PAUSE)
-            raise StoreError("%s: %s" % (self.name, err or type(err).__name__)) from None
-        self.pause = FIRST_PAUSE
-        return result
+                self.opened_at = None
+            return
 
 
 # Every script gets the cache's keys and this function, which removes one
@@ -181,6 +359,19 @@ return #gone
 """
 
 
+class _Script:
+    """A Lua script, registered with the client when first run."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self._registered: Any = None
+
+    def __call__(self, client: Any, keys: list, args: list) -> Any:
+        if self._registered is None:             # computes its digest; no I/O
+            self._registered = client.register_script(self.source)
+        return self._registered(keys=keys, args=args, client=client)
+
+
 class RedisStore(Store):
     """One cache's sessions on Redis, shared with every host of the fleet."""
 
@@ -188,20 +379,22 @@ class RedisStore(Store):
     blocking = True
 
     def __init__(self, url: str, label: str, settings: RedisSettings, timeout: int):
-        self.client = connect(url, settings)
+        self.link = RedisLink(parse_url(url), settings)
+        self.link.resolve_hosts()            # stores are opened before the jail
+        self.settings = settings
         self.timeout = timeout
         tag = "{%s%s}" % (settings.key_prefix, label)
         self._sessions = (tag + ":s:").encode()
         self._keys = [self._sessions] + [(tag + suffix).encode()
                                          for suffix in (":age", ":sizes", ":bytes")]
         self._age, self._sizes, self._total = self._keys[1:]
-        self.breaker = Breaker("Redis %s" % _safe(url))
-        self._save = self.client.register_script(_SAVE)
-        self._remove = self.client.register_script(_REMOVE)
-        self._prune = self.client.register_script(_PRUNE)
+        self.breaker = Breaker(self.link, lambda client: client.exists(self._total))
+        self._save = _Script(_SAVE)
+        self._remove = _Script(_REMOVE)
+        self._prune = _Script(_PRUNE)
 
     def get(self, cache_id: bytes) -> Entry | None:
-        value = self.breaker.call(lambda: self.client.get(self._sessions + cache_id))
+        value = self.breaker.call(lambda client: client.get(self._sessions + cache_id))
         return None if value is None else _entry(value)
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
@@ -214,24 +407,25 @@ class RedisStore(Store):
         # still valid at exactly timestamp + timeout.
         args = [cache_id, value, self.timeout + 1, entry.timestamp, size, cutoff,
                 limits.entries, limits.bytes]
-        expired, evicted = self.breaker.call(lambda: self._save(keys=self._keys, args=args))
+        expired, evicted = self.breaker.call(
+            lambda client: self._save(client, self._keys, args))
         return Trimmed(expired, evicted)
 
     def delete(self, cache_id: bytes) -> bool:
         if not cache_id:
             return False            # the empty id asks _REMOVE for the oldest
-        found = self.breaker.call(lambda: self._remove(keys=self._keys, args=[cache_id]))
+        found = self.breaker.call(lambda client: self._remove(client, self._keys, [cache_id]))
         return found is not None
 
     def oldest(self) -> Entry | None:
-        def oldest():
-            ids = self.client.zrange(self._age, 0, 0)
-            return self.client.get(self._sessions + ids[0]) if ids else None
+        def oldest(client):
+            ids = client.zrange(self._age, 0, 0)
+            return client.get(self._sessions + ids[0]) if ids else None
         value = self.breaker.call(oldest)
         return None if value is None else _entry(value)
 
     def pop_oldest(self) -> Entry | None:
-        value = self.breaker.call(lambda: self._remove(keys=self._keys, args=[b""]))
+        value = self.breaker.call(lambda client: self._remove(client, self._keys, [b""]))
         if value is None:
             return None
         # An index entry whose session Redis already expired: say so.
@@ -239,7 +433,8 @@ class RedisStore(Store):
 
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
         # Redis expires the sessions; only their index entries are left.
-        pruned = self.breaker.call(lambda: self._prune(keys=self._keys, args=[cutoff, budget]))
+        pruned = self.breaker.call(
+            lambda client: self._prune(client, self._keys, [cutoff, budget]))
         return [], pruned < budget
 
     def clear(self) -> int:
@@ -247,7 +442,7 @@ class RedisStore(Store):
         removed, pruned = 0, _CLEAR_STEP
         while pruned == _CLEAR_STEP:
             pruned = self.breaker.call(
-                lambda: self._prune(keys=self._keys, args=[_FOREVER, _CLEAR_STEP]))
+                lambda client: self._prune(client, self._keys, [_FOREVER, _CLEAR_STEP]))
             removed += pruned
         return removed
 
@@ -255,18 +450,18 @@ class RedisStore(Store):
         if limit <= 0:
             return []
         found = self.breaker.call(
-            lambda: self.client.zrange(self._age, 0, limit - 1, withscores=True))
+            lambda client: client.zrange(self._age, 0, limit - 1, withscores=True))
         return [(cache_id, int(stamp)) for cache_id, stamp in found]
 
     def __len__(self) -> int:
-        return self.breaker.call(lambda: self.client.zcard(self._age))
+        return self.breaker.call(lambda client: client.zcard(self._age))
 
     @property
     def size(self) -> int:
-        return int(self.breaker.call(lambda: self.client.get(self._total)) or 0)
+        return int(self.breaker.call(lambda client: client.get(self._total)) or 0)
 
     def close(self) -> None:
-        self.client.close()
+        self.link.close()
 
 
 _CREATE_KEY = """
@@ -286,15 +481,17 @@ class RedisTicketKeys:
     host to ask in a period makes that period's key (an atomic
     create-if-absent), every host then gets the same one.  Keys are also
     stored by name, for decryption, and live as long as a ticket may.
+
+    The keys have a hash tag of their own, so in a Cluster they may be on
+    another node than the sessions: they have a breaker of their own.
     """
 
-    blocking = True
-
-    def __init__(self, store: RedisStore, key_prefix: str):
-        self.client = store.client
-        self.breaker = store.breaker
-        self._tag = "{%stickets}" % key_prefix
-        self._create = self.client.register_script(_CREATE_KEY)
+    def __init__(self, store: RedisStore):
+        self.link = store.link
+        self._tag = "{%stickets}" % store.settings.key_prefix
+        self._create = _Script(_CREATE_KEY)
+        probe_key = (self._tag + ":probe").encode()
+        self.breaker = Breaker(self.link, lambda client: client.exists(probe_key))
 
     def _by_name(self, name: bytes) -> bytes:
         return (self._tag + ":name:").encode() + name
@@ -306,24 +503,23 @@ class RedisTicketKeys:
         # second, the next period's key is the current one.
         index = (now + 1) // period
         candidate = make_key((index + 1) * period - 1)
-        keys = [("%s:period:%d" % (self._tag, index)).encode(),
-                self._by_name(candidate[:16])]
-        # A key decrypts for one period after its own: keep it for three.
-        return self.breaker.call(
-            lambda: self._create(keys=keys, args=[candidate, 3 * period]))
+        period_key = ("%s:period:%d" % (self._tag, index)).encode()
+        keys = [period_key, self._by_name(candidate[:16])]
+        try:
+            # A key decrypts for one period after its own: keep it for three.
+            return self.breaker.call(
+                lambda client: self._create(client, keys, [candidate, 3 * period]))
+        except Refused:
+            # A full Redis refuses the script (it may write), but still
+            # serves the key another host made: this host takes that one.
+            found = self.breaker.call(lambda client: client.get(period_key))
+            if found is None:
+                raise
+            return found
 
     def find(self, name: bytes) -> bytes | None:
-        return self.breaker.call(lambda: self.client.get(self._by_name(name)))
+        return self.breaker.call(lambda client: client.get(self._by_name(name)))
 
 
 def _entry(value: bytes) -> Entry:
     return Entry(_STAMP.unpack_from(value)[0], value[_STAMP.size:])
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for log lines."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":*@")
-        return parts._replace(netloc=netloc).geturl()
-    return url

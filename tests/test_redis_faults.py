@@ -1,0 +1,313 @@
+"""The fleet cache on real Redis topologies, through their faults.
+
+A Redis Cluster (3 masters, 3 replicas) and a Sentinel set (a master, a
+replica, 3 sentinels), started by the tests from Debian's redis-server;
+a Redis behind a proxy that answers 150 ms late; a full Redis; a silent
+one.  The promise checked throughout: the daemon starts whatever state
+Redis is in, no request waits longer than tlsmgr_redis_timeout_ms plus
+the server's margin (measured here, with slack for this machine, by a
+client that times every request), and sharing comes back when Redis does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from conftest import require
+from harness import Redis, redis_available, start_ours, wait_for
+from redis_servers import Cluster, SentinelSet, Servers, SlowProxy
+
+from tlsmgr.client import ClientError, TlsmgrClient
+from tlsmgr.server import WORKER_MARGIN
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
+
+TIMEOUT_MS = 250
+# The bound a client sees, plus what a busy 2-core machine adds to a reply.
+BOUND = TIMEOUT_MS / 1000 + WORKER_MARGIN + 0.25
+
+
+@pytest.fixture(autouse=True)
+def needs_redis():
+    require(redis_available(), "redis-server (apt-get install redis-server)")
+
+
+def fleet_host(tmp_path, name: str, url: str, **extra):
+    directory = tmp_path / name
+    (directory / "data").mkdir(parents=True)
+    table = "redis:" + url
+    params = dict(data_directory=directory / "data",
+                  smtpd_tls_session_cache_database=table, smtp_tls_session_cache_database=table,
+                  tlsmgr_redis_key_prefix="faults%d:" % os.getpid(),
+                  tlsmgr_redis_timeout_ms=TIMEOUT_MS)
+    return start_ours(directory, **{**params, **extra})
+
+
+def timed(call, *args):
+    began = time.monotonic()
+    result = call(*args)
+    return result, time.monotonic() - began
+
+
+class Load(threading.Thread):
+    """A client that saves a session and looks it up again, one request
+    after another, timing each; ``found`` counts lookups of sessions saved
+    that were answered with the session."""
+
+    def __init__(self, socket_path, name: str):
+        super().__init__(daemon=True)
+        self.socket_path, self.name = socket_path, name
+        self.slowest = 0.0
+        self.saved = self.found = self.requests = 0
+        self.done = threading.Event()
+        self.error: Exception | None = None
+
+    def run(self):
+        try:
+            with TlsmgrClient(str(self.socket_path), timeout=30) as client:
+                n = 0
+                while not self.done.is_set():
+                    n += 1
+                    cache_id = "%s-%d" % (self.name, n)
+                    status, took = timed(client.update, "smtpd", cache_id, b"s")
+                    self.slowest = max(self.slowest, took)
+                    if status == 0:
+                        self.saved += 1
+                        (status, _), took = timed(client.lookup, "smtpd", cache_id)
+                        self.slowest = max(self.slowest, took)
+                        self.found += status == 0
+                    self.requests += 2
+        except Exception as err:                       # reported by stop()
+            self.error = err
+
+    def stop(self):
+        self.done.set()
+        self.join(30)
+        assert self.error is None, self.error
+
+    def saving_again(self) -> bool:
+        assert self.is_alive(), "the load client stopped: %r" % self.error
+        before = self.found
+        time.sleep(0.3)
+        return self.found > before
+
+
+def assert_serves_at_once(socket_path):
+    """seed, policy and tktkey are answered, within the bound."""
+    with TlsmgrClient(str(socket_path)) as client:
+        for call in (lambda: client.seed(8), lambda: client.policy("smtpd"),
+                     lambda: client.tktkey()):
+            (status, *_), took = timed(call)
+            assert status == 0 and took < BOUND
+
+
+# Cluster.
+
+@pytest.fixture
+def cluster(tmp_path_factory):
+    made = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield made
+    made.close()
+
+
+def test_cluster_down_at_start_then_up(tmp_path, cluster):
+    url = cluster.url()
+    for node in cluster.nodes:
+        node.stop()
+    daemon = fleet_host(tmp_path, "a", url)
+    assert_serves_at_once(daemon.socket_path)
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        (status, _), took = timed(lambda: client.lookup("smtpd", "x"))
+        assert status == -1 and took < BOUND
+        for node in cluster.nodes:
+            node.start()
+        wait_for(cluster.healthy, timeout=30, what="the cluster to be ok again")
+        wait_for(lambda: client.update("smtpd", "x", b"s") == 0, timeout=15,
+                 what="sharing to start")
+        assert client.lookup("smtpd", "x") == (0, b"s")
+    assert "Traceback" not in daemon.log
+
+
+def test_cluster_first_seed_node_down(tmp_path, cluster):
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))                  # a port nobody listens on
+    url = "redis+cluster://127.0.0.1:%d,%s" % (dead.getsockname()[1],
+                                                cluster.url()[len("redis+cluster://"):])
+    dead.close()
+    daemon = fleet_host(tmp_path, "a", url)
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        wait_for(lambda: client.update("smtpd", "x", b"s") == 0, timeout=5,
+                 what="the other seed nodes to be used")
+        assert client.lookup("smtpd", "x") == (0, b"s")
+
+
+def test_cluster_master_killed_then_hung_under_load(tmp_path, cluster):
+    daemon = fleet_host(tmp_path, "a", cluster.url())
+    load = Load(daemon.socket_path, "c")
+    load.start()
+    try:
+        wait_for(load.saving_again, timeout=10, what="the load to run")
+        tag = ("{faults%d:smtpd}" % os.getpid()).encode()
+        cluster.master_of(tag).kill()
+        wait_for(cluster.healthy, timeout=30, what="the cluster to fail over")
+        wait_for(load.saving_again, timeout=15, what="sessions to be saved again")
+        hung = cluster.master_of(tag)
+        hung.signal(signal.SIGSTOP)
+        time.sleep(3)                            # requests now meet a silent master
+        hung.signal(signal.SIGCONT)
+        wait_for(load.saving_again, timeout=15, what="sessions to be saved again")
+    finally:
+        load.stop()
+    assert load.slowest < BOUND, "a request took %.2f s" % load.slowest
+    assert "Traceback" not in daemon.log
+
+
+# Sentinel.
+
+@pytest.fixture
+def sentinels(tmp_path_factory):
+    made = SentinelSet(tmp_path_factory.mktemp("sentinel"))
+    yield made
+    made.close()
+
+
+def test_sentinel_master_killed_then_hung_under_load(tmp_path, sentinels):
+    daemon = fleet_host(tmp_path, "a", sentinels.url())
+    load = Load(daemon.socket_path, "s")
+    load.start()
+    try:
+        wait_for(load.saving_again, timeout=10, what="the load to run")
+        first = sentinels.master
+        first.kill()
+        wait_for(lambda: sentinels.known_master() == sentinels.replica.port, timeout=30,
+                 what="the sentinels to fail over")
+        wait_for(load.saving_again, timeout=10, what="sessions to be saved again")
+        sentinels.replica.signal(signal.SIGSTOP)       # the new master hangs
+        time.sleep(3)
+        sentinels.replica.signal(signal.SIGCONT)
+        wait_for(load.saving_again, timeout=15, what="sessions to be saved again")
+    finally:
+        load.stop()
+    assert load.slowest < BOUND, "a request took %.2f s" % load.slowest
+    warnings = [line for line in daemon.log.splitlines() if "warning:" in line]
+    assert warnings and all(len(line) < 300 for line in warnings), warnings
+
+
+def test_sentinel_first_listed_down_or_all_silent(tmp_path, sentinels):
+    down = sentinels.sentinels[0]
+    down.stop()
+    daemon = fleet_host(tmp_path, "a", sentinels.url())
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        wait_for(lambda: client.update("smtpd", "x", b"s") == 0, timeout=5,
+                 what="the other sentinels to be asked")
+        for sentinel in sentinels.sentinels[1:]:
+            sentinel.signal(signal.SIGSTOP)
+        try:
+            for n in range(20):                 # the master it knows still serves
+                status, took = timed(client.update, "smtpd", "y%d" % n, b"s")
+                assert status == 0 and took < BOUND
+        finally:
+            for sentinel in sentinels.sentinels[1:]:
+                sentinel.signal(signal.SIGCONT)
+    # A new host, while the sentinels are silent: it starts and serves.
+    for sentinel in sentinels.sentinels[1:]:
+        sentinel.signal(signal.SIGSTOP)
+    try:
+        other = fleet_host(tmp_path, "b", sentinels.url())
+        assert_serves_at_once(other.socket_path)
+        with TlsmgrClient(str(other.socket_path)) as client:
+            (status, _), took = timed(lambda: client.lookup("smtpd", "x"))
+            assert status == -1 and took < BOUND
+    finally:
+        for sentinel in sentinels.sentinels[1:]:
+            sentinel.signal(signal.SIGCONT)
+
+
+# One Redis: slow, full, silent.
+
+@pytest.fixture
+def tcp_redis(tmp_path_factory):
+    with Servers(tmp_path_factory.mktemp("redis")) as servers:
+        yield servers.node()
+
+
+def test_a_slow_redis_holds_up_no_ticket_key(tmp_path, tcp_redis):
+    # Every answer 150 ms late, 24 clients: the current ticket key comes
+    # from memory, not from a worker waiting in line behind Redis.
+    proxy = SlowProxy(tcp_redis.port, 0.15)
+    try:
+        # Time enough for the first request's round trips (connecting,
+        # loading the script), so that the fleet's key is the one in memory.
+        daemon = fleet_host(tmp_path, "a", "redis://127.0.0.1:%d/0" % proxy.port,
+                            tlsmgr_redis_timeout_ms=3000)
+        with TlsmgrClient(str(daemon.socket_path), timeout=30) as client:
+            status, key = client.tktkey()
+            assert status == 0
+        slowest = [0.0] * 24
+        answers = [0] * 24
+
+        def client_run(n):
+            with TlsmgrClient(str(daemon.socket_path), timeout=30) as client:
+                for _ in range(50):
+                    (status, got), took = timed(client.tktkey)
+                    assert status == 0 and got == key
+                    slowest[n] = max(slowest[n], took)
+                    answers[n] += 1
+
+        threads = [threading.Thread(target=client_run, args=(n,)) for n in range(24)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert answers == [50] * 24
+        assert max(slowest) < 0.15, "a tktkey waited %.3f s: on Redis" % max(slowest)
+    finally:
+        proxy.close()
+
+
+def test_a_host_starting_while_redis_is_full_gets_the_fleet_key(tmp_path):
+    (tmp_path / "redis").mkdir()
+    server = Redis(tmp_path / "redis")
+    try:
+        first = fleet_host(tmp_path, "a", server.url)
+        with TlsmgrClient(str(first.socket_path)) as client:
+            status, fleet_key = client.tktkey()
+            assert status == 0
+        server.client().config_set("maxmemory-policy", "noeviction")
+        server.client().config_set("maxmemory", 1)
+        second = fleet_host(tmp_path, "b", server.url)
+        with TlsmgrClient(str(second.socket_path)) as client:
+            assert client.tktkey() == (0, fleet_key)
+            assert client.update("smtpd", "x", b"s") == -1           # refused, said so
+            assert client.lookup("smtpd", "x") == (-1, b"")
+        wait_for(lambda: "OutOfMemoryError" in second.log, what="the warning")
+        assert "unreachable" not in second.log
+    finally:
+        server.stop()
+
+
+def test_sigterm_ends_the_daemon_while_a_worker_waits_on_a_silent_redis(tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)                            # connects, never answers
+    try:
+        daemon = fleet_host(tmp_path, "a", "redis://127.0.0.1:%d/0"
+                            % silent.getsockname()[1], tlsmgr_redis_timeout_ms=5000)
+        with TlsmgrClient(str(daemon.socket_path), timeout=30) as client:
+            def lookup():
+                with contextlib.suppress(OSError, ClientError):   # the daemon ends
+                    client.lookup("smtpd", "x")
+
+            waiting = threading.Thread(target=lookup, daemon=True)
+            waiting.start()
+            time.sleep(0.5)                      # a worker now waits on the silent Redis
+            status, took = timed(lambda: daemon.stop(signal.SIGTERM, timeout=30))
+        assert status == 0 and took < 2, "exit %s after %.1f s" % (status, took)
+    finally:
+        silent.close()
