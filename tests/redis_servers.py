@@ -1,4 +1,5 @@
-"""Real Redis topologies for tests: a Cluster, a Sentinel set, a slow Redis.
+"""Real Redis topologies for tests and benchmarks: a Cluster, a Sentinel
+set, a slow Redis; and a daemon on them with a client that times it.
 
 Every server is Debian's redis-server on 127.0.0.1 (a sentinel is
 ``redis-server --sentinel``), started with its own directory and port and
@@ -8,6 +9,7 @@ done to real processes: SIGKILL, SIGSTOP (a hung server), stopping one.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import socket
@@ -17,7 +19,9 @@ import time
 from pathlib import Path
 
 import redis
-from harness import REDIS_SERVER, free_tcp_port, wait_for
+from harness import REDIS_SERVER, free_tcp_port, start_ours, wait_for
+
+from tlsmgr.client import TlsmgrClient
 
 REDIS_CLI = str(Path(REDIS_SERVER).with_name("redis-cli"))
 
@@ -38,6 +42,72 @@ def _free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+def fleet_host(tmp_path: Path, name: str, url: str, timeout_ms: int = 250, **extra):
+    """Our daemon, stand-alone, with both caches on the Redis at url."""
+    directory = tmp_path / name
+    (directory / "data").mkdir(parents=True)
+    table = "redis:" + url
+    params = dict(data_directory=directory / "data",
+                  smtpd_tls_session_cache_database=table, smtp_tls_session_cache_database=table,
+                  tlsmgr_redis_key_prefix="faults%d:" % os.getpid(),
+                  tlsmgr_redis_timeout_ms=timeout_ms)
+    return start_ours(directory, **{**params, **extra})
+
+
+def timed(call, *args):
+    began = time.monotonic()
+    result = call(*args)
+    return result, time.monotonic() - began
+
+
+class Load(threading.Thread):
+    """A client that saves a session and looks it up again, one request
+    after another, timing each; ``found`` counts lookups of sessions saved
+    that were answered with the session, and ``found_at`` says when the
+    last one was."""
+
+    def __init__(self, socket_path, name: str):
+        super().__init__(daemon=True)
+        self.socket_path, self.name = socket_path, name
+        self.slowest = 0.0
+        self.saved = self.found = self.requests = 0
+        self.found_at = 0.0
+        self.done = threading.Event()
+        self.error: Exception | None = None
+
+    def run(self):
+        try:
+            with TlsmgrClient(str(self.socket_path), timeout=30) as client:
+                n = 0
+                while not self.done.is_set():
+                    n += 1
+                    cache_id = "%s-%d" % (self.name, n)
+                    status, took = timed(client.update, "smtpd", cache_id, b"s")
+                    self.slowest = max(self.slowest, took)
+                    if status == 0:
+                        self.saved += 1
+                        (status, _), took = timed(client.lookup, "smtpd", cache_id)
+                        self.slowest = max(self.slowest, took)
+                        if status == 0:
+                            self.found += 1
+                            self.found_at = time.monotonic()
+                    self.requests += 2
+        except Exception as err:                       # reported by stop()
+            self.error = err
+
+    def stop(self):
+        self.done.set()
+        self.join(30)
+        assert self.error is None, self.error
+
+    def saving_again(self) -> bool:
+        assert self.is_alive(), "the load client stopped: %r" % self.error
+        before = self.found
+        time.sleep(0.3)
+        return self.found > before
+
 
 
 class Node:
@@ -70,8 +140,9 @@ class Node:
                                             stdout=log, stderr=log)
         wait_for(self.answers, what="redis-server on port %d" % self.port)
 
-    def client(self, **options) -> redis.Redis:
-        return redis.Redis("127.0.0.1", self.port, socket_timeout=5, **options)
+    def client(self, timeout: float = 5, **options) -> redis.Redis:
+        return redis.Redis("127.0.0.1", self.port, socket_timeout=timeout,
+                           socket_connect_timeout=timeout, **options)
 
     def answers(self) -> bool:
         try:
@@ -168,7 +239,7 @@ class Cluster(Servers):
             if node.process is None:
                 continue
             try:
-                client = node.client()
+                client = node.client(timeout=0.5)      # one may be hung
                 slot = client.execute_command("CLUSTER", "KEYSLOT", key)
                 for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
                     if start <= slot <= end:

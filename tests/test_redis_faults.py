@@ -20,8 +20,8 @@ import time
 
 import pytest
 from conftest import require
-from harness import Redis, redis_available, start_ours, wait_for
-from redis_servers import Cluster, SentinelSet, Servers, SlowProxy
+from harness import Redis, redis_available, wait_for
+from redis_servers import Cluster, Load, SentinelSet, Servers, SlowProxy, fleet_host, timed
 
 from tlsmgr.client import ClientError, TlsmgrClient
 from tlsmgr.server import WORKER_MARGIN
@@ -36,66 +36,6 @@ BOUND = TIMEOUT_MS / 1000 + WORKER_MARGIN + 0.25
 @pytest.fixture(autouse=True)
 def needs_redis():
     require(redis_available(), "redis-server (apt-get install redis-server)")
-
-
-def fleet_host(tmp_path, name: str, url: str, **extra):
-    directory = tmp_path / name
-    (directory / "data").mkdir(parents=True)
-    table = "redis:" + url
-    params = dict(data_directory=directory / "data",
-                  smtpd_tls_session_cache_database=table, smtp_tls_session_cache_database=table,
-                  tlsmgr_redis_key_prefix="faults%d:" % os.getpid(),
-                  tlsmgr_redis_timeout_ms=TIMEOUT_MS)
-    return start_ours(directory, **{**params, **extra})
-
-
-def timed(call, *args):
-    began = time.monotonic()
-    result = call(*args)
-    return result, time.monotonic() - began
-
-
-class Load(threading.Thread):
-    """A client that saves a session and looks it up again, one request
-    after another, timing each; ``found`` counts lookups of sessions saved
-    that were answered with the session."""
-
-    def __init__(self, socket_path, name: str):
-        super().__init__(daemon=True)
-        self.socket_path, self.name = socket_path, name
-        self.slowest = 0.0
-        self.saved = self.found = self.requests = 0
-        self.done = threading.Event()
-        self.error: Exception | None = None
-
-    def run(self):
-        try:
-            with TlsmgrClient(str(self.socket_path), timeout=30) as client:
-                n = 0
-                while not self.done.is_set():
-                    n += 1
-                    cache_id = "%s-%d" % (self.name, n)
-                    status, took = timed(client.update, "smtpd", cache_id, b"s")
-                    self.slowest = max(self.slowest, took)
-                    if status == 0:
-                        self.saved += 1
-                        (status, _), took = timed(client.lookup, "smtpd", cache_id)
-                        self.slowest = max(self.slowest, took)
-                        self.found += status == 0
-                    self.requests += 2
-        except Exception as err:                       # reported by stop()
-            self.error = err
-
-    def stop(self):
-        self.done.set()
-        self.join(30)
-        assert self.error is None, self.error
-
-    def saving_again(self) -> bool:
-        assert self.is_alive(), "the load client stopped: %r" % self.error
-        before = self.found
-        time.sleep(0.3)
-        return self.found > before
 
 
 def assert_serves_at_once(socket_path):
@@ -245,7 +185,7 @@ def test_a_slow_redis_holds_up_no_ticket_key(tmp_path, tcp_redis):
         # Time enough for the first request's round trips (connecting,
         # loading the script), so that the fleet's key is the one in memory.
         daemon = fleet_host(tmp_path, "a", "redis://127.0.0.1:%d/0" % proxy.port,
-                            tlsmgr_redis_timeout_ms=3000)
+                            timeout_ms=3000)
         with TlsmgrClient(str(daemon.socket_path), timeout=30) as client:
             status, key = client.tktkey()
             assert status == 0
@@ -298,7 +238,7 @@ def test_sigterm_ends_the_daemon_while_a_worker_waits_on_a_silent_redis(tmp_path
     silent.listen(16)                            # connects, never answers
     try:
         daemon = fleet_host(tmp_path, "a", "redis://127.0.0.1:%d/0"
-                            % silent.getsockname()[1], tlsmgr_redis_timeout_ms=5000)
+                            % silent.getsockname()[1], timeout_ms=5000)
         with TlsmgrClient(str(daemon.socket_path), timeout=30) as client:
             def lookup():
                 with contextlib.suppress(OSError, ClientError):   # the daemon ends
