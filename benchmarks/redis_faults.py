@@ -58,18 +58,15 @@ def with_load(work: Path, url: str, fault, switched=None) -> tuple[float, ...]:
     sessions were found again and, given switched() (true once Redis has
     failed over), the seconds until it had."""
     daemon = fleet_host(work, "host", url)
-    load = Load(daemon.socket_path, "bench")
-    load.start()
     try:
-        harness.wait_for(load.saving_again, timeout=20, what="the load to run")
-        since = fault()
-        times = []
-        if switched is not None:
-            harness.wait_for(switched, timeout=60, interval=0.05, what="the fail-over")
-            times.append(time.monotonic() - since)
-        times.insert(0, recovered_after(load, since))
+        with Load(daemon.socket_path, "bench") as load:
+            since = fault()
+            times = []
+            if switched is not None:
+                harness.wait_for(switched, timeout=60, interval=0.05, what="the fail-over")
+                times.append(time.monotonic() - since)
+            times.insert(0, recovered_after(load, since))
     finally:
-        load.stop()
         daemon.stop()
     return (load.slowest, *times)
 

@@ -81,16 +81,24 @@ class Daemon:
             sock.close()
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        end_process(self.process, sig, timeout)
         if self.master is not None:
             self.master.close()
         return self.process.returncode
+
+
+def end_process(process: subprocess.Popen | None, sig=signal.SIGTERM,
+                timeout: float = 10.0) -> None:
+    """Send sig to a process by its pid and wait for it to end; SIGKILL it
+    if it has not within timeout."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
 
 
 def start_ours(workdir: Path, *, extra_args=(), wait=True, main_cf: bytes | None = None,
@@ -307,13 +315,7 @@ class Redis:
         return redis.Redis.from_url(self.url, socket_timeout=5)
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        end_process(self.process)
         self.process = None
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import redis
-from harness import REDIS_SERVER, free_tcp_port, start_ours, wait_for
+from harness import REDIS_SERVER, end_process, free_tcp_port, start_ours, wait_for
 
 from tlsmgr.client import TlsmgrClient
 
@@ -102,6 +102,19 @@ class Load(threading.Thread):
         self.join(30)
         assert self.error is None, self.error
 
+    def __enter__(self) -> Load:
+        """Started, and saving sessions."""
+        self.start()
+        try:
+            wait_for(self.saving_again, timeout=20, what="the load to run")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
     def saving_again(self) -> bool:
         assert self.is_alive(), "the load client stopped: %r" % self.error
         before = self.found
@@ -163,14 +176,8 @@ class Node:
         self.process = None
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        self.signal(signal.SIGCONT)             # a hung one ends too
+        end_process(self.process)
         self.process = None
 
 

@@ -51,9 +51,8 @@ def assert_serves_at_once(socket_path):
 
 @pytest.fixture
 def cluster(tmp_path_factory):
-    made = Cluster(tmp_path_factory.mktemp("cluster"))
-    yield made
-    made.close()
+    with Cluster(tmp_path_factory.mktemp("cluster")) as made:
+        yield made
 
 
 def test_cluster_down_at_start_then_up(tmp_path, cluster):
@@ -89,10 +88,7 @@ def test_cluster_first_seed_node_down(tmp_path, cluster):
 
 def test_cluster_master_killed_then_hung_under_load(tmp_path, cluster):
     daemon = fleet_host(tmp_path, "a", cluster.url())
-    load = Load(daemon.socket_path, "c")
-    load.start()
-    try:
-        wait_for(load.saving_again, timeout=10, what="the load to run")
+    with Load(daemon.socket_path, "c") as load:
         tag = ("{faults%d:smtpd}" % os.getpid()).encode()
         cluster.master_of(tag).kill()
         wait_for(cluster.healthy, timeout=30, what="the cluster to fail over")
@@ -102,8 +98,6 @@ def test_cluster_master_killed_then_hung_under_load(tmp_path, cluster):
         time.sleep(3)                            # requests now meet a silent master
         hung.signal(signal.SIGCONT)
         wait_for(load.saving_again, timeout=15, what="sessions to be saved again")
-    finally:
-        load.stop()
     assert load.slowest < BOUND, "a request took %.2f s" % load.slowest
     assert "Traceback" not in daemon.log
 
@@ -112,19 +106,14 @@ def test_cluster_master_killed_then_hung_under_load(tmp_path, cluster):
 
 @pytest.fixture
 def sentinels(tmp_path_factory):
-    made = SentinelSet(tmp_path_factory.mktemp("sentinel"))
-    yield made
-    made.close()
+    with SentinelSet(tmp_path_factory.mktemp("sentinel")) as made:
+        yield made
 
 
 def test_sentinel_master_killed_then_hung_under_load(tmp_path, sentinels):
     daemon = fleet_host(tmp_path, "a", sentinels.url())
-    load = Load(daemon.socket_path, "s")
-    load.start()
-    try:
-        wait_for(load.saving_again, timeout=10, what="the load to run")
-        first = sentinels.master
-        first.kill()
+    with Load(daemon.socket_path, "s") as load:
+        sentinels.master.kill()
         wait_for(lambda: sentinels.known_master() == sentinels.replica.port, timeout=30,
                  what="the sentinels to fail over")
         wait_for(load.saving_again, timeout=10, what="sessions to be saved again")
@@ -132,8 +121,6 @@ def test_sentinel_master_killed_then_hung_under_load(tmp_path, sentinels):
         time.sleep(3)
         sentinels.replica.signal(signal.SIGCONT)
         wait_for(load.saving_again, timeout=15, what="sessions to be saved again")
-    finally:
-        load.stop()
     assert load.slowest < BOUND, "a request took %.2f s" % load.slowest
     warnings = [line for line in daemon.log.splitlines() if "warning:" in line]
     assert warnings and all(len(line) < 300 for line in warnings), warnings
