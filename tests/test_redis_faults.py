@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import threading
@@ -238,3 +239,22 @@ def test_sigterm_ends_the_daemon_while_a_worker_waits_on_a_silent_redis(tmp_path
         assert status == 0 and took < 2, "exit %s after %.1f s" % (status, took)
     finally:
         silent.close()
+
+
+def test_a_request_redis_has_not_answered_in_time_is_answered_as_failed(tmp_path, tcp_redis):
+    # Every Redis answer 80 ms late, within the 100 ms timeout, but a new
+    # connection takes several round trips: the first lookup cannot be
+    # answered within the bound, and is answered as a miss at the bound.
+    proxy = SlowProxy(tcp_redis.port, 0.08)
+    try:
+        daemon = fleet_host(tmp_path, "a", "redis://127.0.0.1:%d/0" % proxy.port,
+                            timeout_ms=100)
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            (status, _), took = timed(client.lookup, "smtpd", "x")
+            assert status == -1 and took < 0.1 + WORKER_MARGIN + 0.25
+        wait_for(lambda: "lookup request of client pid" in daemon.log, what="the warning")
+        assert re.search(r"warning: lookup request of client pid \d+ uid \d+ not answered by "
+                         r"the session store within 150 ms \(tlsmgr_redis_timeout_ms \+ 50 "
+                         r"ms\): answered as failed", daemon.log), daemon.log
+    finally:
+        proxy.close()
