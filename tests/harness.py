@@ -124,6 +124,20 @@ def start_ours(workdir: Path, *, extra_args=(), wait=True, main_cf: bytes | None
     return daemon
 
 
+# Parameters of a later Postfix release than the one installed may be
+# missing from its postconf; only these may be.
+LATER_POSTFIX_PARAMETERS = {"default_cache_db_type": "3.11"}
+
+
+def comparable_with_postconf(names, postconf: str = "/usr/sbin/postconf") -> list[str]:
+    """The names to compare with the installed postconf: all, less those
+    of a later Postfix release that it does not know."""
+    listed = subprocess.run([postconf, "-d"], capture_output=True, text=True, timeout=30,
+                            check=True).stdout
+    known = {line.partition(" = ")[0] for line in listed.splitlines()}
+    return [name for name in names if name in known or name not in LATER_POSTFIX_PARAMETERS]
+
+
 def stock_available() -> bool:
     return os.path.exists(STOCK_TLSMGR) and os.geteuid() == 0
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_command
+from harness import comparable_with_postconf
 
 from tlsmgr import config, log
 from tlsmgr.config import MacroError, expand, parse_main_cf
@@ -203,6 +204,19 @@ def test_parameters_expand_each_other(tmp_path):
     assert cfg.params["site"] == "example"
 
 
+@pytest.mark.parametrize("settings, table", [
+    ("", "btree:/d/smtpd_scache"),
+    ("default_database_type = lmdb\n", "lmdb:/d/smtpd_scache"),
+    ("default_database_type = cdb\n", "btree:/d/smtpd_scache"),
+    ("default_database_type = lmdb\ndefault_cache_db_type = hash\n", "hash:/d/smtpd_scache"),
+])
+def test_default_cache_db_type_follows_default_database_type(tmp_path, settings, table):
+    # Postfix 3.11: caches may be written ${default_cache_db_type}:path.
+    cfg = load(tmp_path, settings + "data_directory = /d\nsmtpd_tls_session_cache_database"
+                                    " = ${default_cache_db_type}:${data_directory}/smtpd_scache\n")
+    assert cfg.cache("smtpd").database == table
+
+
 def test_reference_loop_is_fatal_and_names_the_parameter(tmp_path):
     text = fatal(tmp_path, "a = $b\nb = x$a\nsmtpd_tls_loglevel = $a\n")
     assert text.startswith("parameter smtpd_tls_loglevel: unreasonable macro call nesting: ")
@@ -345,7 +359,8 @@ OVERRIDES = ("tls_random_bytes=64", "smtp_tls_loglevel = $smtpd_tls_loglevel!",
 def test_same_values_as_postconf(tmp_path):
     postconf = require_command("postconf", "postfix")
     cfg = load(tmp_path, MAIN_CF, *OVERRIDES)
-    names = [p.name for p in config.PARAMETERS if not p.name.startswith("tlsmgr_")]
+    names = comparable_with_postconf(
+        [p.name for p in config.PARAMETERS if not p.name.startswith("tlsmgr_")], postconf)
     options = [arg for override in OVERRIDES for arg in ("-o", override)]
     for name in [*names, "base", "level", "empty"]:
         stock = subprocess.run([postconf, "-c", str(tmp_path), *options, "-x", "-h", name],

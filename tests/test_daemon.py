@@ -182,6 +182,21 @@ def test_missing_entropy_source_exits_to_reopen(tmp_path):
     assert (tmp_path / "prng_exch").stat().st_size == 1024
 
 
+def test_seed_requests_are_answered_well_when_the_entropy_source_fails(tmp_path):
+    # The stock daemon, before July 2026, could answer garbage here; this
+    # one's generator was seeded from the kernel at start, so seeds stay
+    # good whatever the external source does (PRNG.md).
+    empty = tmp_path / "entropy"
+    empty.write_bytes(b"")
+    daemon = start_ours(tmp_path, data_directory=tmp_path, tls_random_source=str(empty))
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        seeds = [client.seed(32) for _ in range(3)]
+    assert [status for status, _ in seeds] == [0, 0, 0]
+    assert len({seed for _, seed in seeds}) == 3 and all(len(s) == 32 for _, s in seeds)
+    assert "cannot read from entropy file %s: end of file" % empty in daemon.log
+    assert daemon.process.poll() is None
+
+
 def ctl(daemon, *args):
     return subprocess.run([PYTHON, "-m", "tlsmgr.ctl", "--socket", str(daemon.socket_path),
                            *args], capture_output=True, text=True, timeout=30)

@@ -69,6 +69,19 @@ def test_seed_returns_that_many_bytes(tlsmgr):
     assert decode_data(fields(reply)["seed"]) == bytes(range(32))
 
 
+def test_seed_whose_bytes_cannot_be_made_is_refused(clock, caplog):
+    # As Postfix's stable releases since July 2026: status -1 and no seed,
+    # never what a buffer held before.
+    def failing(n):
+        raise OSError(5, "Input/output error")
+    tlsmgr = make_tlsmgr(clock)
+    tlsmgr.random_bytes = failing
+    assert request(tlsmgr, ("request", "seed"), ("size", 32)) == \
+        b"status\x004294967295\0seed\0\0\0"
+    assert "cannot generate 32 random bytes for a seed request: [Errno 5] Input/output " \
+        "error" in caplog.text
+
+
 @pytest.mark.parametrize("size", [0, 256, -1, 100000])
 def test_bogus_seed_length_is_refused_with_stock_warning(tlsmgr, caplog, size):
     reply = request(tlsmgr, ("request", "seed"), ("size", size))

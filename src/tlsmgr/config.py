@@ -80,6 +80,13 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("myhostname", _default_hostname()),
     Parameter("daemon_timeout", "18000s", "time", 1),
     Parameter("ipc_timeout", "3600s", "time", 1),
+    Parameter("default_database_type", "hash"),
+    # Postfix 3.11: the type for caches, so that a cache may be given as
+    # ${default_cache_db_type}:path.  Its default, lmdb when
+    # default_database_type is lmdb and btree otherwise, is worked out in
+    # load(): Postfix writes it as a relational expression, which expand()
+    # does not know.
+    Parameter("default_cache_db_type", "btree"),
     Parameter("tls_random_source", "dev:/dev/urandom"),
     Parameter("tls_random_bytes", "32", "int", 1),
     Parameter("tls_random_exchange_name", "${data_directory}/prng_exch"),
@@ -455,6 +462,8 @@ def load(config_directory: str | None = None, overrides: Sequence[str] = (),
             log.fatal('invalid "-o %s" option value: %s', override, err)
         explicit[name] = value
     settings = _DEFAULTS | explicit
+    if "default_cache_db_type" not in explicit:
+        settings["default_cache_db_type"] = _default_cache_db_type(settings)
     # Like the stock server skeleton, set these last: neither main.cf nor -o
     # can change them.
     settings |= {"config_directory": directory, "process_name": "tlsmgr",
@@ -483,6 +492,14 @@ def load(config_directory: str | None = None, overrides: Sequence[str] = (),
                   params=MappingProxyType(params),
                   raw_settings=MappingProxyType(raw_settings),
                   **{name: value for name, value in typed.items() if name in field_names})
+
+
+def _default_cache_db_type(settings: Mapping[str, str]) -> str:
+    try:
+        database_type = expand(settings["default_database_type"], settings.get)
+    except MacroError:
+        return "btree"                # the error is reported for default_database_type
+    return "lmdb" if database_type == "lmdb" else "btree"
 
 
 # --- tlsmgr --show-config ------------------------------------------------

@@ -334,7 +334,13 @@ class Tlsmgr:
         if ok:
             size = values[0]
             if 0 < size <= SEED_MAX:
-                status, seed = STAT_OK, self.random_bytes(size)
+                try:
+                    status, seed = STAT_OK, self.random_bytes(size)
+                except OSError as err:
+                    # As Postfix since July 2026: no bytes, no seed, never garbage.
+                    log.warn("cannot generate %d random bytes for a seed request: %s",
+                             size, err)
+                    status, seed = STAT_ERR, b""
             else:
                 self._client_error('bogus seed length "%d" in "seed" request', size)
         return _status_and_data(status, b"seed", seed)
