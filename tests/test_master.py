@@ -128,6 +128,13 @@ def test_exits_when_master_goes_away_and_saves_prng_state(daemon, tmp_path):
     assert_exchange_file_rewritten(tmp_path / "data" / "prng_exch", master_goes_away)
 
 
+def test_master_socket_stays_when_the_daemon_ends(daemon):
+    # master(8) keeps the listening socket and hands it to the next process:
+    # the daemon must not remove its file (Python 3.13's asyncio would).
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert daemon.socket_path.is_socket()
+
+
 def test_sigterm_saves_prng_state(daemon, tmp_path):
     assert_exchange_file_rewritten(tmp_path / "data" / "prng_exch",
                                    lambda: daemon.stop(signal.SIGTERM))

@@ -30,6 +30,7 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,12 @@ _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
 # listens with about default_process_limit, and asyncio would listen again
 # with 100: a burst of smtpd processes starting at once is larger.
 LISTEN_BACKLOG = 65535
+# Since Python 3.13, asyncio and uvloop remove a UNIX server's socket file
+# when the server or the loop closes.  Under master(8) that file is master's
+# private/tlsmgr, which master keeps and hands to the next process: without
+# it every client is refused from the first "postfix reload" on.  (Stand-
+# alone, the daemon removes its own socket file itself.)
+_KEEP_SOCKET_FILE = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
 
 
 def peer_credentials(sock: socket.socket | None) -> tuple[int, int] | None:
@@ -519,10 +526,14 @@ class Server:
             self.loop.add_signal_handler(sig, self.stop, 0)
         self._socket_paths = list(remove_at_exit)
         for sock in sockets:
-            create = (self.loop.create_unix_server if sock.family == socket.AF_UNIX
-                      else self.loop.create_server)
-            self._listeners.append(await create(lambda: Connection(self), sock=sock,
-                                                backlog=LISTEN_BACKLOG))
+            if sock.family == socket.AF_UNIX:
+                server = await self.loop.create_unix_server(
+                    lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG,
+                    **_KEEP_SOCKET_FILE)
+            else:
+                server = await self.loop.create_server(
+                    lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG)
+            self._listeners.append(server)
         if self.master is not None:
             # master(8) closes its end on "postfix stop/reload" or when it dies.
             self.master.attach(self.loop, self._master_gone)
