@@ -144,6 +144,11 @@ def ensure() -> None:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    # This machine's apt settings for reaching the mirror (a proxy, a
+    # snapshot's validity) hold inside the root too.
+    for conf in sorted(Path("/etc/apt/apt.conf.d").glob("*")):
+        if conf.is_file() and "Acquire::" in conf.read_text(errors="replace"):
+            shutil.copyfile(conf, ROOT / "etc" / "apt" / "apt.conf.d" / conf.name)
     # Services must not start inside the root; postfix asks no questions.
     policy = ROOT / "usr" / "sbin" / "policy-rc.d"
     policy.write_text("#!/bin/sh\nexit 101\n")
@@ -154,8 +159,9 @@ def ensure() -> None:
          "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
          "%s >/dev/null && python3 -m venv %s" % (" ".join(PACKAGES), VENV)],
         "installing %s in the Debian 13 root" % ", ".join(PACKAGES), timeout=BUILD_TIMEOUT)
-    run(["/bin/sh", "-c", "%s && %s/bin/pip install -q setuptools>=68 wheel "
-         "'/tmp/tlsmgr-src[test]'" % (_COPY_PACKAGE, VENV)],
+    # pip's own retries are few and short, so that no network is one error soon.
+    run(["/bin/sh", "-c", "%s && %s/bin/pip install -q --retries 2 --timeout 30 "
+         "'setuptools>=68' wheel '/tmp/tlsmgr-src[test]'" % (_COPY_PACKAGE, VENV)],
         "pip install of the package and its test dependencies in the Debian 13 root",
         timeout=BUILD_TIMEOUT)
     STAMP.write_text(recipe())
