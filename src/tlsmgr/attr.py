@@ -24,6 +24,7 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Iterable
+from typing import NoReturn
 
 Message = tuple[tuple[bytes, bytes], ...]
 Value = str | bytes | int
@@ -177,7 +178,7 @@ class Decoder:
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE):
         self.max_size = max_size
-        self._tail = b""                  # bytes after the last NUL
+        self._tail: bytes | bytearray = b""     # bytes after the last NUL
         self._tokens: list[bytes] = []    # names and values of the message so far
         self._size = 0                    # bytes of the message so far
 
@@ -229,7 +230,7 @@ class Decoder:
             self._refuse()
         return messages
 
-    def _refuse(self):
+    def _refuse(self) -> NoReturn:
         """Say which limit the message crossed first, in the order of its
         bytes, however they came in pieces: the size (counted first at each
         name or value), or the number of attributes."""
@@ -242,7 +243,7 @@ class Decoder:
                 self._overflow(MAX_ATTRIBUTES, "attributes")
         self._overflow(self.max_size)
 
-    def _overflow(self, limit: int, unit: str = "bytes"):
+    def _overflow(self, limit: int, unit: str = "bytes") -> NoReturn:
         # Free the buffer at once: an endless message must not grow us.
         self._tail = b""
         self._tokens = []

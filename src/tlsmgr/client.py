@@ -6,10 +6,12 @@ handshake checked once, then one request and one reply at a time.
 
 from __future__ import annotations
 
+import builtins
 import json
 import socket
+from typing import Any
 
-from .attr import Decoder, Message, decode_data, decode_int, encode
+from .attr import Decoder, Message, Value, decode_data, decode_int, encode
 from .tickets import KEY_SIZE, TicketKey
 
 HANDSHAKE_MESSAGE = ((b"protocol", b"tlsmgr_protocol"),)
@@ -19,14 +21,14 @@ class ClientError(Exception):
     """The server could not be reached, or answered out of protocol."""
 
 
-class Reply(dict):
+class Reply(dict[str, bytes]):
     """A reply's attributes by name (raw bytes), with typed accessors."""
 
     @classmethod
     def from_message(cls, message: Message) -> Reply:
         return cls((name.decode("ascii", "replace"), value) for name, value in message)
 
-    def int(self, name: str) -> int:
+    def int(self, name: str) -> builtins.int:
         value = decode_int(self[name])
         if value is None:
             raise ClientError("malformed number in reply attribute %s" % name)
@@ -38,14 +40,14 @@ class Reply(dict):
             raise ClientError("malformed base64 in reply attribute %s" % name)
         return value
 
-    def json(self, name: str):
+    def json(self, name: str) -> Any:
         try:
             return json.loads(self[name])
         except (KeyError, ValueError):
             raise ClientError("malformed JSON in reply attribute %s" % name) from None
 
     @property
-    def status(self) -> int:
+    def status(self) -> builtins.int:
         return self.int("status")
 
 
@@ -68,10 +70,10 @@ class TlsmgrClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self):
+    def __enter__(self) -> TlsmgrClient:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def send_raw(self, data: bytes) -> None:
@@ -92,7 +94,7 @@ class TlsmgrClient:
             raise ClientError("%s sent a reply nobody asked for" % self.path)
         return pending[0]
 
-    def request(self, *attributes) -> Reply:
+    def request(self, *attributes: tuple[str, Value]) -> Reply:
         self.send_raw(encode(attributes))
         return Reply.from_message(self.receive())
 
@@ -121,7 +123,7 @@ class TlsmgrClient:
 
     # The control requests (control.py).
 
-    def stats(self) -> tuple[int, dict | None]:
+    def stats(self) -> tuple[int, dict[str, Any] | None]:
         reply = self.request(("request", "stats"))
         return reply.status, reply.json("stats") if reply.status == 0 else None
 
@@ -132,8 +134,9 @@ class TlsmgrClient:
     def rotate_keys(self) -> int:
         return self.request(("request", "rotate_keys")).status
 
-    def list(self, cache_type: str, limit: int | None = None) -> tuple[int, list]:
-        attributes = [("request", "list"), ("cache_type", cache_type)]
+    def list(self, cache_type: str,
+             limit: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+        attributes: list[tuple[str, Value]] = [("request", "list"), ("cache_type", cache_type)]
         if limit is not None:
             attributes.append(("limit", limit))
         reply = self.request(*attributes)

@@ -19,20 +19,26 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import log
 from .attr import Message, encode
-from .protocol import STAT_ERR, STAT_FAIL, STAT_OK, Kind
+from .protocol import STAT_ERR, STAT_FAIL, STAT_OK, Kind, Wanted
+from .scache import SessionCache
+
+if TYPE_CHECKING:
+    from .server import Server
 
 REQUESTS = frozenset((b"stats", b"flush", b"rotate_keys", b"list"))
 LIST_DEFAULT = 1000          # ids listed when the request sets no limit
 LIST_MAX = 10000             # and at most, whatever it sets
 
-_CACHE_TYPE = ((b"cache_type", Kind.STR),)
-_LIMIT = ((b"limit", Kind.INT),)
+_CACHE_TYPE: Wanted = ((b"cache_type", Kind.STR),)
+_LIMIT: Wanted = ((b"limit", Kind.INT),)
 
 
-def snapshot(server) -> dict:
+def snapshot(server: Server) -> dict[str, Any]:
     """Everything the stats request and the metrics report, from a Server.
 
     The JSON shape (docs/OPERATIONS.md): uptime; caches by type (enabled
@@ -40,7 +46,7 @@ def snapshot(server) -> dict:
     by kind.
     """
     tlsmgr = server.tlsmgr
-    ring = getattr(tlsmgr.tickets, "local", tlsmgr.tickets)
+    ring = tlsmgr.tickets.ring
     now = time.time()
     caches = {cache.label: cache.stats() for cache in server.caches}
     errors = dict(tlsmgr.errors)
@@ -54,7 +60,7 @@ def snapshot(server) -> dict:
             "count": len(ring.keys),
             "current_age": None if ring.rotated_at is None else round(now - ring.rotated_at),
             "rotations": ring.rotations,
-            "shared": ring is not tlsmgr.tickets,
+            "shared": tlsmgr.tickets.shared,
         },
         "prng": {"reseeds": server.prng.reseeds,
                  "exchange_updates": server.prng.exchange_updates},
@@ -69,19 +75,23 @@ class Control:
 
     requests = REQUESTS
 
-    def __init__(self, server):
+    def __init__(self, server: Server):
         self.server = server
         self.tlsmgr = server.tlsmgr
+        self._handlers: dict[bytes, Callable[[Message], bytes]] = {
+            b"stats": self._stats, b"flush": self._flush,
+            b"rotate_keys": self._rotate_keys, b"list": self._list}
 
     def handle(self, request: bytes, message: Message) -> bytes:
-        return getattr(self, "_" + request.decode())(message)
+        return self._handlers[request](message)
 
     def _stats(self, message: Message) -> bytes:
         self.tlsmgr.scan(message, 1, ())
         text = json.dumps(snapshot(self.server), separators=(",", ":"))
         return encode([("status", STAT_OK), ("stats", text)])
 
-    def _cache(self, cache_type: bytes | None, request: str):
+    def _cache(self, cache_type: bytes | None,
+               request: str) -> tuple[int, SessionCache | None]:
         """(status, cache) for a cache_type read from a request (None when
         it could not be read)."""
         if cache_type is None:
@@ -102,7 +112,7 @@ class Control:
     def _rotate_keys(self, message: Message) -> bytes:
         self.tlsmgr.scan(message, 1, ())
         tickets = self.tlsmgr.tickets
-        if hasattr(tickets, "local"):
+        if tickets.shared:
             # The fleet agrees on its keys through Redis, period by period;
             # one host's new key would not decrypt on the others.
             log.warn("rotate_keys: session ticket keys are shared by the fleet through "
@@ -111,7 +121,7 @@ class Control:
         timeout = self.tlsmgr.timeouts.get(b"smtpd", 0)
         if timeout <= 0:
             return encode([("status", STAT_ERR)])     # no tickets without the smtpd cache
-        tickets.rotate(timeout)
+        tickets.ring.rotate(timeout)
         log.info("session ticket key rotated on request")
         return encode([("status", STAT_OK)])
 

@@ -18,6 +18,8 @@ import socket
 import sys
 import syslog
 import time
+from collections.abc import Callable
+from typing import NoReturn
 
 logger = logging.getLogger("tlsmgr")
 
@@ -33,11 +35,11 @@ class Fatal(SystemExit):
         self.text = text
 
 
-def info(text: str, *args) -> None:
+def info(text: str, *args: object) -> None:
     logger.info(text, *args)
 
 
-def warn(text: str, *args) -> None:
+def warn(text: str, *args: object) -> None:
     logger.warning(text, *args)
 
 
@@ -47,15 +49,17 @@ class RateLimitedWarning:
     come, then one per ``interval`` seconds, with a count of those held
     back in between."""
 
-    def __init__(self, interval: float = 60.0, burst: int = 1, clock=time.monotonic):
+    def __init__(self, interval: float = 60.0, burst: int = 1,
+                 clock: Callable[[], float] = time.monotonic):
         self.interval = interval
         self.burst = burst
         self.clock = clock
         self.tokens = float(burst)
-        self.refilled = self.last = None
+        self.refilled: float | None = None
+        self.last = 0.0
         self.held_back = 0
 
-    def __call__(self, text: str, *args) -> None:
+    def __call__(self, text: str, *args: object) -> None:
         now = self.clock()
         if self.refilled is not None:
             self.tokens = min(self.burst, self.tokens + (now - self.refilled) / self.interval)
@@ -71,12 +75,12 @@ class RateLimitedWarning:
         warn(text, *args)
 
 
-def error(text: str, *args) -> None:
+def error(text: str, *args: object) -> None:
     logger.error(text, *args)
 
 
-def fatal(text: str, *args) -> Fatal:
-    """Log a fatal error and raise.  Returns only to please type checkers."""
+def fatal(text: str, *args: object) -> NoReturn:
+    """Log a fatal error and raise Fatal."""
     message = text % args if args else text
     logger.critical(message)
     raise Fatal(message)
@@ -138,7 +142,7 @@ class PostlogHandler(logging.Handler):
         super().__init__()
         self.tag = tag
         self.hostname = hostname.split(".")[0]
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self.sock.connect(path)
         except OSError:

@@ -74,7 +74,7 @@ class StatusChannel:
                       + _STATUS.pack(os.getpid(), generation, STAT_AVAIL))
         self._owed = b""            # not yet written: a pair, or the end of one
         self._waiting = False       # for the channel to have room
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop          # set by attach()
         self._gone: Callable[[], None] = _nothing
         self._write_warning = log.RateLimitedWarning()
 
@@ -145,7 +145,7 @@ class Watchdog:
     def stop(self) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
-    def _bark(self, signum, frame):
+    def _bark(self, signum: int, frame: object) -> None:
         log.logger.critical("watchdog timeout")
         os._exit(1)
 
@@ -171,7 +171,7 @@ def enter_jail(root_dir: str | None, user: str | None) -> None:
             os.chdir("/")
         except OSError as err:
             log.fatal("chroot(%s): %s", root_dir, err.strerror)
-    if ids:
+    if user and ids:
         uid, gid = ids
         try:
             os.setgid(gid)
@@ -188,12 +188,12 @@ class effective_ids:
     def __init__(self, uid: int, gid: int):
         self.uid, self.gid = uid, gid
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         self.saved = os.geteuid(), os.getegid()
         os.setegid(self.gid)
         os.seteuid(self.uid)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         os.seteuid(self.saved[0])
         os.setegid(self.saved[1])
 

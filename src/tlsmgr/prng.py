@@ -269,12 +269,12 @@ class Prng:
                 self._exit("cannot read from entropy device %s: %s -- "
                            "exiting to reopen", path, reason)
         elif self._egd is not None:
-            data = self._ask_egd(path, min(self.reseed_bytes, MAX_READ))
+            data = self._ask_egd(self._egd, path, min(self.reseed_bytes, MAX_READ))
             if not data:
                 self._exit("lost connection to EGD server %s -- "
                            "exiting to reconnect", path)
         elif self._file is not None:
-            data = self._read_file_once()
+            data = self._read_file_once(self._file)
         else:
             self._exit("exiting to reopen external entropy source %s",
                        self.source)
@@ -283,25 +283,25 @@ class Prng:
             self.reseeds += 1
         return self._delay(self.reseed_period) if self.source else None
 
-    def _ask_egd(self, path: str, size: int) -> bytes:
+    def _ask_egd(self, egd: socket.socket, path: str, size: int) -> bytes:
         """Ask the EGD server for up to *size* bytes; b"" on failure."""
         doing = "write to"
         try:
-            self._egd.sendall(bytes((1, size)))
+            egd.sendall(bytes((1, size)))
             doing = "read from"
-            count = _recv_exactly(self._egd, 1)[0]
+            count = _recv_exactly(egd, 1)[0]
             if count == 0:
                 log.info("EGD server %s reports zero bytes available", path)
                 return b""
             doing = "read %d bytes from" % count
-            return _recv_exactly(self._egd, count)
+            return _recv_exactly(egd, count)
         except OSError as exc:
             log.info("cannot %s EGD server %s: %s", doing, path, _reason(exc))
             return b""
 
-    def _read_file_once(self) -> bytes:
+    def _read_file_once(self, fd: int) -> bytes:
         """Read the entropy file, then close it and forget the source."""
-        fd, self._file = self._file, None
+        self._file = None
         chunks, wanted = [], self.reseed_bytes
         reason = _EOF
         try:
@@ -318,7 +318,7 @@ class Prng:
         self.source = ""
         return data
 
-    def _exit(self, text: str, *args) -> NoReturn:
+    def _exit(self, text: str, *args: object) -> NoReturn:
         log.warn(text, *args)
         self.save()
         raise MustExit

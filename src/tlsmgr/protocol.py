@@ -26,10 +26,12 @@ import functools
 import re
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import log
 from .attr import (
     Message,
+    Value,
     decode_data,
     decode_data_prefix,
     decode_int,
@@ -38,7 +40,10 @@ from .attr import (
     encode_int,
 )
 from .scache import SessionCache
-from .tickets import NAME_LENGTH, FleetTicketKeys, TicketKeyRing
+from .tickets import NAME_LENGTH, TicketKeys
+
+if TYPE_CHECKING:
+    from .control import Control
 
 STAT_OK = 0          # success
 STAT_ERR = -1        # not found, or refused
@@ -59,10 +64,14 @@ class Kind:
     DATA = staticmethod(decode_data)
 
 
-_MALFORMED = {Kind.INT: "numerical", Kind.DATA: "base64"}
+_MALFORMED: dict[Callable[[bytes], Any], str] = {Kind.INT: "numerical",
+                                                  Kind.DATA: "base64"}
 
 # What each request reads after its name, in order.
-_REQUEST = ((b"request", Kind.STR),)
+# An attribute wanted: its name, and how its value is read (None: as it is).
+Wanted = tuple[tuple[bytes, Callable[[bytes], Any] | None], ...]
+
+_REQUEST: Wanted = ((b"request", Kind.STR),)
 _CACHE_ENTRY = ((b"cache_type", Kind.STR), (b"cache_id", Kind.STR))
 _UPDATE = (*_CACHE_ENTRY, (b"session", Kind.DATA))
 _CACHE_TYPE = ((b"cache_type", Kind.STR),)
@@ -90,7 +99,7 @@ class Reply:
 NO_REPLY = Reply()
 
 # What a failed request's reply carries besides its status.
-_FAILED_EXTRAS = {
+_FAILED_EXTRAS: dict[bytes, list[tuple[str, Value]]] = {
     b"lookup": [("session", b"")], b"tktkey": [("keybuf", b"")], b"seed": [("seed", b"")],
     b"policy": [("cachable", 0), ("timeout", 0)], b"update": [], b"delete": [],
 }
@@ -110,6 +119,15 @@ def _status_and_data(status: int, name: bytes, data: bytes) -> bytes:
 _LOOKUP_MISS = _status_and_data(STAT_ERR, b"session", b"")
 
 
+class Client(Protocol):
+    """What a request handler may know of the connection a request came on."""
+
+    privileged: bool             # may send control requests (control.py)
+
+    def peer(self) -> str:
+        """Who it is, for log lines."""
+
+
 class Tlsmgr:
     """Answers requests from the caches, the PRNG and the ticket key ring.
 
@@ -121,7 +139,7 @@ class Tlsmgr:
     def __init__(self, caches: dict[str, SessionCache | None],
                  timeouts: dict[str, int],
                  random_bytes: Callable[[int], bytes],
-                 tickets: TicketKeyRing | FleetTicketKeys,
+                 tickets: TicketKeys,
                  peer: str = "tlsmgr socket"):
         self.caches = {label.encode(): cache for label, cache in caches.items()}
         self.timeouts = {label.encode(): timeout for label, timeout in timeouts.items()}
@@ -135,7 +153,7 @@ class Tlsmgr:
         self.requests: Counter[bytes] = Counter()    # by request name
         self.errors: Counter[str] = Counter()        # by kind
         # The administrator's requests (control.py), when the server offers them.
-        self.control = None
+        self.control: Control | None = None
         # Whether any request may wait on the network (see blocking()):
         # fleet ticket keys come with a Redis smtpd cache.
         self.any_blocking = any(
@@ -151,7 +169,7 @@ class Tlsmgr:
 
     # The message layer.
 
-    def handle(self, message: Message, client=None) -> Reply:
+    def handle(self, message: Message, client: Client | None = None) -> Reply:
         """Answer one complete request message.  Never raises: a failure
         inside a request is logged and answered with status -2.
 
@@ -199,7 +217,7 @@ class Tlsmgr:
             return Reply(self._tktkey(message, from_memory=True))
         return Reply(encode([("status", STAT_ERR), *_FAILED_EXTRAS.get(request, ())]))
 
-    def _client_error(self, text: str, *args) -> None:
+    def _client_error(self, text: str, *args: object) -> None:
         self.errors["protocol"] += 1
         self._warn(text, *args)
 
@@ -227,7 +245,8 @@ class Tlsmgr:
             return HANG_UP
         return NO_REPLY
 
-    def scan(self, message: Message, start: int, wanted, more: bool = False):
+    def scan(self, message: Message, start: int, wanted: Wanted,
+             more: bool = False) -> tuple[list[Any], bool]:
         """Read the wanted attributes from message[start:], in order.
 
         Returns the values read and whether all were: the warnings and the
@@ -235,7 +254,7 @@ class Tlsmgr:
         after the wanted ones are reported but, as in Postfix, do not fail
         the request.
         """
-        values = []
+        values: list[Any] = []
         for index, (name, convert) in enumerate(wanted, start):
             if index >= len(message):
                 self._client_error("missing attribute %s in input from %s", name.decode(),
@@ -260,7 +279,7 @@ class Tlsmgr:
                                "terminator))", printable(message[end][0]), self.peer)
         return values, True
 
-    def cache(self, cache_type: bytes, request: str):
+    def cache(self, cache_type: bytes, request: str) -> tuple[bool, SessionCache | None]:
         """(known, cache) for a cache type; warns about an unknown one."""
         if cache_type in self.caches:
             return True, self.caches[cache_type]

@@ -179,7 +179,7 @@ class SessionCache:
             self._store_error("cannot list %s TLS session cache: %s", err)
             return []
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, float | None]:
         """Counts for the stats request; the store is asked for its size."""
         try:
             entries, size = len(self.store), self.store.size

@@ -21,6 +21,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from . import log
 from .stores import StoreError
@@ -48,12 +49,38 @@ class TicketKey:
         return cls(*_LAYOUT.unpack(data))
 
 
+class TicketKeys(Protocol):
+    """What the request handlers and control requests ask of ticket keys:
+    this host's ring alone, or the fleet's keys in front of it."""
+
+    # Whether the keys are the fleet's (they may not be rotated by one host).
+    shared: bool
+
+    @property
+    def ring(self) -> TicketKeyRing:
+        """This host's own ring (for the stats: its keys and rotations)."""
+
+    def current(self, timeout: int) -> TicketKey:
+        """The key to issue tickets with."""
+
+    def find(self, name: bytes, timeout: int) -> TicketKey | None:
+        """The key of that name while it may decrypt."""
+
+    def at_hand(self, name: bytes, timeout: int) -> TicketKey | None:
+        """The answer for name (empty: the current key) from memory alone."""
+
+    def waits(self, name: bytes, timeout: int) -> bool:
+        """Whether answering for name may wait on the network."""
+
+
 class TicketKeyRing:
     """The current and the previous ticket key.
 
     ``random_bytes(n)`` makes key material; ``clock()`` tells the time in
     whole seconds (tests pass their own).
     """
+
+    shared = False
 
     def __init__(self, random_bytes: Callable[[int], bytes],
                  clock: Callable[[], float] = time.time):
@@ -91,6 +118,10 @@ class TicketKeyRing:
                 return key if key.expires + timeout // 2 > now else None
         return None
 
+    @property
+    def ring(self) -> TicketKeyRing:
+        return self
+
     def waits(self, name: bytes, timeout: int) -> bool:
         """Whether answering for this key name may wait on the network: never."""
         return False
@@ -108,6 +139,17 @@ class TicketKeyRing:
         self.rotated_at = self._clock()
 
 
+class SharedTicketKeys(Protocol):
+    """Where the fleet's keys are kept (stores/redis.py's RedisTicketKeys)."""
+
+    def current(self, period: int, now: int, make_key: Callable[[int], bytes]) -> bytes:
+        """The packed key of the period that contains now, made with
+        make_key(expires) if this host is the first to ask."""
+
+    def find(self, name: bytes) -> bytes | None:
+        """The packed key of that name, if the fleet has it."""
+
+
 class FleetTicketKeys:
     """Ticket keys shared by every host of a fleet through Redis.
 
@@ -120,9 +162,12 @@ class FleetTicketKeys:
     ring, is answered from memory.
     """
 
-    def __init__(self, shared, local: TicketKeyRing, random_bytes: Callable[[int], bytes],
+    shared = True
+
+    def __init__(self, fleet: SharedTicketKeys, local: TicketKeyRing,
+                 random_bytes: Callable[[int], bytes],
                  clock: Callable[[], float] = time.time):
-        self.shared = shared
+        self.fleet = fleet
         self.local = local
         self._random_bytes = random_bytes
         self._clock = clock
@@ -130,8 +175,8 @@ class FleetTicketKeys:
         self._warn = log.RateLimitedWarning()
 
     @property
-    def rotations(self) -> int:
-        return self.local.rotations
+    def ring(self) -> TicketKeyRing:
+        return self.local
 
     def _make(self, expires: int) -> bytes:
         return TicketKey(self._random_bytes(NAME_LENGTH), self._random_bytes(CIPHER_KEY_LENGTH),
@@ -143,7 +188,7 @@ class FleetTicketKeys:
         if last is not None and last.expires > now:
             return last
         try:
-            key = TicketKey.unpack(self.shared.current(timeout // 2, now, self._make))
+            key = TicketKey.unpack(self.fleet.current(timeout // 2, now, self._make))
         except StoreError as err:
             self._warn("cannot share TLS session ticket keys: %s", err)
             return self._current_at_hand(timeout)
@@ -174,7 +219,7 @@ class FleetTicketKeys:
         if key is not None:
             return key
         try:
-            packed = self.shared.find(name)
+            packed = self.fleet.find(name)
         except StoreError as err:
             self._warn("cannot share TLS session ticket keys: %s", err)
             return None

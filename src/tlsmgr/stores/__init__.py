@@ -19,7 +19,10 @@ Table types and the stores that serve them:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from .redis import RedisSettings
 
 
 class Entry(NamedTuple):
@@ -104,12 +107,14 @@ class Store(ABC):
         One step of an incremental cleanup pass: returns the entries removed
         and whether no expired entry is left.
         """
-        removed = []
+        removed: list[Entry] = []
         while len(removed) < budget:
             oldest = self.oldest()
             if oldest is None or oldest.timestamp >= cutoff:
                 return removed, True
-            removed.append(self.pop_oldest())
+            popped = self.pop_oldest()
+            if popped is not None:
+                removed.append(popped)
         return removed, False
 
     @abstractmethod
@@ -150,7 +155,8 @@ def split_table(spec: str) -> tuple[str, str]:
     return kind, name
 
 
-def open_store(spec: str, label: str = "", timeout: int = 0, redis_settings=None) -> Store:
+def open_store(spec: str, label: str = "", timeout: int = 0,
+               redis_settings: RedisSettings | None = None) -> Store:
     """Open the store for a ``type:name`` table.  Local stores start empty,
     as the stock daemon's caches do; a Redis cache is the fleet's and is
     kept.  ``label`` and ``timeout`` are the cache's; ``redis_settings``

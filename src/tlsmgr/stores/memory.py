@@ -23,7 +23,7 @@ def _entry(value: bytes) -> Entry:
 
 class MemoryStore(Store):
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._entries: OrderedDict[bytes, bytes] = OrderedDict()
         self._size = 0
 

@@ -366,7 +366,7 @@ class _Script:
         self.source = source
         self._registered: Any = None
 
-    def __call__(self, client: Any, keys: list, args: list) -> Any:
+    def __call__(self, client: Any, keys: list[bytes], args: list[Any]) -> Any:
         if self._registered is None:             # computes its digest; no I/O
             self._registered = client.register_script(self.source)
         return self._registered(keys=keys, args=args, client=client)
@@ -418,7 +418,7 @@ class RedisStore(Store):
         return found is not None
 
     def oldest(self) -> Entry | None:
-        def oldest(client):
+        def oldest(client: Any) -> bytes | None:
             ids = client.zrange(self._age, 0, 0)
             return client.get(self._sessions + ids[0]) if ids else None
         value = self.breaker.call(oldest)
@@ -454,7 +454,7 @@ class RedisStore(Store):
         return [(cache_id, int(stamp)) for cache_id, stamp in found]
 
     def __len__(self) -> int:
-        return self.breaker.call(lambda client: client.zcard(self._age))
+        return int(self.breaker.call(lambda client: client.zcard(self._age)))
 
     @property
     def size(self) -> int:
@@ -496,7 +496,7 @@ class RedisTicketKeys:
     def _by_name(self, name: bytes) -> bytes:
         return (self._tag + ":name:").encode() + name
 
-    def current(self, period: int, now: int, make_key) -> bytes:
+    def current(self, period: int, now: int, make_key: Callable[[int], bytes]) -> bytes:
         """The packed key of the period that contains now; make_key(expires)
         gives a new packed key should this host be the first to ask."""
         # A key issues tickets until the last second of its period: in that
@@ -507,18 +507,19 @@ class RedisTicketKeys:
         keys = [period_key, self._by_name(candidate[:16])]
         try:
             # A key decrypts for one period after its own: keep it for three.
-            return self.breaker.call(
-                lambda client: self._create(client, keys, [candidate, 3 * period]))
+            return bytes(self.breaker.call(
+                lambda client: self._create(client, keys, [candidate, 3 * period])))
         except Refused:
             # A full Redis refuses the script (it may write), but still
             # serves the key another host made: this host takes that one.
             found = self.breaker.call(lambda client: client.get(period_key))
             if found is None:
                 raise
-            return found
+            return bytes(found)
 
     def find(self, name: bytes) -> bytes | None:
-        return self.breaker.call(lambda client: client.get(self._by_name(name)))
+        found = self.breaker.call(lambda client: client.get(self._by_name(name)))
+        return None if found is None else bytes(found)
 
 
 def _entry(value: bytes) -> Entry:
