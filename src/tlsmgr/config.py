@@ -24,7 +24,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import log
 
@@ -291,7 +291,8 @@ class _Expansion:
                     raise MacroError(f'truncated macro reference: "{text}"')
                 body, pos = text[dollar + 2:end], end + 1
             else:
-                body = _MACRO_NAME.match(text, dollar + 1)[0]
+                name_match = _MACRO_NAME.match(text, dollar + 1)
+                body = name_match[0] if name_match else ""
                 pos = dollar + 1 + len(body)
             if not body:
                 raise MacroError(f'empty macro name: "{text}"')
@@ -305,6 +306,8 @@ class _Expansion:
             raise MacroError(f'unreasonable macro call nesting: "{body}"')
         self.depth += 1
         match = _MACRO_BODY.match(body)
+        if match is None:
+            raise MacroError(f'unsupported macro expression: "{body}"')
         name, operator = match.groups()
         rest = body[match.end():]
         if operator == "{":
@@ -420,7 +423,7 @@ def _convert(param: Parameter, value: str) -> str | int:
     return number
 
 
-def _cache_settings(label: str, typed: Mapping[str, str | int]) -> CacheSettings:
+def _cache_settings(label: str, typed: Mapping[str, Any]) -> CacheSettings:
     database_param = f"{label}_tls_session_cache_database"
     loglevel_param = f"{label}_tls_loglevel"
     # As stock tlsmgr_pre_init(): a short lifetime is raised to the minimum,
@@ -482,7 +485,8 @@ def load(config_directory: str | None = None, overrides: Sequence[str] = (),
             if name in _DEFAULTS:
                 log.fatal("parameter %s: %s", name, err)
 
-    typed = {p.name: _convert(p, params[p.name]) for p in PARAMETERS}
+    # Each value is of its parameter's kind: str, or int for int and time.
+    typed: dict[str, Any] = {p.name: _convert(p, params[p.name]) for p in PARAMETERS}
     if typed["tlsmgr_client_buffer_limit"] < typed["tlsmgr_request_size_limit"]:
         log.fatal("tlsmgr_client_buffer_limit (%d) must be at least "
                   "tlsmgr_request_size_limit (%d)", typed["tlsmgr_client_buffer_limit"],

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(client: TlsmgrClient, args) -> tuple[int, str]:
+def run(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
     """Send the request; return its status and the line to print."""
     if args.command == "seed":
         status, seed = client.seed(args.size)
@@ -129,7 +129,7 @@ def run(client: TlsmgrClient, args) -> tuple[int, str]:
                        key.expires, expires))
 
 
-def show_stats(client: TlsmgrClient, args) -> tuple[int, str]:
+def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
     status, stats = client.stats()
     if stats is None:
         return status, "status=%d" % status
@@ -157,17 +157,17 @@ def show_stats(client: TlsmgrClient, args) -> tuple[int, str]:
     return status, "\n".join(lines)
 
 
-def flush_cache(client: TlsmgrClient, args) -> tuple[int, str]:
+def flush_cache(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
     status, removed = client.flush(args.cache_type)
     return status, "status=%d removed=%d" % (status, removed)
 
 
-def rotate_keys(client: TlsmgrClient, args) -> tuple[int, str]:
+def rotate_keys(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
     status = client.rotate_keys()
     return status, "status=%d" % status
 
 
-def list_cache(client: TlsmgrClient, args) -> tuple[int, str]:
+def list_cache(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
     status, entries = client.list(args.cache_type, args.limit)
     if args.json:
         return status, json.dumps(entries, indent=2)
@@ -185,7 +185,7 @@ def default_socket() -> str:
     return os.path.join(cfg.queue_directory, "private", "tlsmgr")
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     log.setup_stderr("tlsmgr-ctl")
     if args.command in ("install", "uninstall"):

@@ -22,11 +22,13 @@ import pwd
 import signal
 import socket
 import sys
+import syslog
 import traceback
-from typing import NoReturn
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, config, log, master
-from .attr import Decoder
+from .attr import Decoder, Message
 from .prng import Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache, logs_cache_activity
@@ -40,7 +42,10 @@ from .stores import (
     open_store,
     split_table,
 )
-from .tickets import FleetTicketKeys, TicketKeyRing
+from .tickets import FleetTicketKeys, TicketKeyRing, TicketKeys
+
+if TYPE_CHECKING:
+    from .stores.redis import RedisSettings
 
 
 def redirect_to_data_directory(path: str, what: str, name: str,
@@ -99,20 +104,22 @@ def open_caches(cfg: config.Config, uid: int) -> dict[str, SessionCache | None]:
     return caches
 
 
-def redis_settings(cfg: config.Config):
+def redis_settings(cfg: config.Config) -> RedisSettings:
     from .stores.redis import RedisSettings
     return RedisSettings(cfg.tlsmgr_redis_key_prefix, cfg.tlsmgr_redis_password,
                          cfg.tlsmgr_redis_timeout_ms)
 
 
-def ticket_keys(cfg: config.Config, smtpd_cache: SessionCache | None, random_bytes):
+def ticket_keys(smtpd_cache: SessionCache | None,
+                random_bytes: Callable[[int], bytes]) -> TicketKeys:
     """This host's key ring; shared by the fleet when the smtpd cache is on Redis."""
     ring = TicketKeyRing(random_bytes)
     if smtpd_cache is None or not smtpd_cache.store.blocking:
+        return ring                       # no store on the network: not Redis
+    from .stores.redis import RedisStore, RedisTicketKeys
+    if not isinstance(smtpd_cache.store, RedisStore):
         return ring
-    from .stores.redis import RedisTicketKeys
-    shared = RedisTicketKeys(smtpd_cache.store)
-    return FleetTicketKeys(shared, ring, random_bytes)
+    return FleetTicketKeys(RedisTicketKeys(smtpd_cache.store), ring, random_bytes)
 
 
 def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
@@ -124,7 +131,7 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
                 cfg.tls_random_reseed_period, cfg.tls_random_prng_update_period)
     caches = open_caches(cfg, uid)
     tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches},
-                    prng.random_bytes, ticket_keys(cfg, caches["smtpd"], prng.random_bytes),
+                    prng.random_bytes, ticket_keys(caches["smtpd"], prng.random_bytes),
                     peer="%s socket" % cfg.params["service_name"])
     server = Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
                     cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
@@ -143,9 +150,9 @@ def build_server_as_mail_owner(cfg: config.Config) -> Server:
     while the Python installation is still within reach); then the
     metrics server, if wanted."""
     connection_limit = raise_open_files_limit(cfg.tlsmgr_connection_limit)
-    metrics = None
+    serve_metrics: Callable[[str, Server], None] | None = None
     if cfg.tlsmgr_metrics_listen:
-        from . import metrics  # and prometheus-client: only when wanted
+        from .metrics import start as serve_metrics  # and prometheus-client: when wanted
     if os.geteuid() != 0:
         server = build_server(cfg, os.geteuid(), connection_limit)
     else:
@@ -153,20 +160,20 @@ def build_server_as_mail_owner(cfg: config.Config) -> Server:
         uid, gid = master.mail_owner_ids(cfg.mail_owner)
         with master.effective_ids(uid, gid):
             server = build_server(cfg, uid, connection_limit)
-    if metrics is not None:
+    if serve_metrics is not None:
         # Before any privilege drop or jail: any port, the imports done.
-        metrics.start(cfg.tlsmgr_metrics_listen, server)
+        serve_metrics(cfg.tlsmgr_metrics_listen, server)
     return server
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """Option errors are fatal errors, logged like any other."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         log.fatal("%s", message)
 
 
-def parse_args(argv):
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="tlsmgr",
         description="Postfix TLS session cache and PRNG manager (a drop-in tlsmgr(8)). "
@@ -225,7 +232,7 @@ def mail_task(cfg: config.Config) -> str:
     return "%s/tlsmgr" % (os.environ.get("MAIL_LOGTAG") or cfg.syslog_name)
 
 
-def setup_master_logging(cfg: config.Config, args) -> None:
+def setup_master_logging(cfg: config.Config, args: argparse.Namespace) -> None:
     """syslog, or postlogd when maillog_file is set; stderr too with -V."""
     tag = mail_task(cfg)
     if cfg.maillog_file:
@@ -237,7 +244,7 @@ def setup_master_logging(cfg: config.Config, args) -> None:
         path = os.path.join(cfg.queue_directory, "public",
                             cfg.postlog_service_name)
         hostname = cfg.myhostname
-        handlers = [log.PostlogHandler(tag, hostname, path)]
+        handlers: list[logging.Handler] = [log.PostlogHandler(tag, hostname, path)]
     else:
         facility = log.facility_code(cfg.syslog_facility)
         if facility is None:
@@ -251,7 +258,7 @@ def setup_master_logging(cfg: config.Config, args) -> None:
 def serve_one_request(server: Server) -> int:
     """-S: one request on stdin, its reply on stdout, as multi_server does."""
     decoder = Decoder(server.request_size_limit)
-    messages = []
+    messages: list[Message] = []
     while not messages:
         data = os.read(0, 65536)
         if not data:
@@ -264,7 +271,7 @@ def serve_one_request(server: Server) -> int:
     return 0
 
 
-def event_loop_runner(cfg: config.Config):
+def event_loop_runner(cfg: config.Config) -> Callable[[Coroutine[Any, Any, int]], int]:
     """asyncio.run, or uvloop's (faster, same behaviour) as configured."""
     if cfg.tlsmgr_event_loop == "asyncio":
         return asyncio.run
@@ -279,9 +286,9 @@ def event_loop_runner(cfg: config.Config):
     return uvloop.run
 
 
-def run_under_master(args) -> int:
+def run_under_master(args: argparse.Namespace) -> int:
     """Start-up in the order of Postfix's multi_server_main()."""
-    log.setup([log.SyslogHandler("postfix/tlsmgr", log.facility_code("mail"))])
+    log.setup([log.SyslogHandler("postfix/tlsmgr", syslog.LOG_MAIL)])
     cfg = config.load(overrides=args.overrides, service_name=args.service)
     setup_master_logging(cfg, args)
     log.verbose = args.verbose
@@ -318,7 +325,7 @@ def run_under_master(args) -> int:
     return run(server.serve(sockets=sockets))
 
 
-def run_standalone(args) -> int:
+def run_standalone(args: argparse.Namespace) -> int:
     """As under master(8), minus master: started as root, the daemon makes
     its files and socket as mail_owner, then runs as mail_owner."""
     log.setup_stderr("tlsmgr")
@@ -346,7 +353,7 @@ def end_now(status: int) -> NoReturn:
     os._exit(status)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     # Postfix daemons ignore SIGPIPE: a client that goes away is no reason to die.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     log.setup_stderr("tlsmgr")

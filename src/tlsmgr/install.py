@@ -26,7 +26,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TextIO
 
 from . import config, log
 
@@ -94,7 +96,7 @@ class Plan:
 
 # --- finding things ------------------------------------------------------
 
-def config_directory(option: str | None, environ=os.environ) -> str:
+def config_directory(option: str | None, environ: Mapping[str, str] = os.environ) -> str:
     """-c DIR, else $MAIL_CONFIG, else /etc/postfix, as postfix(1) does."""
     return os.path.abspath(option or environ.get("MAIL_CONFIG")
                            or config.DEFAULT_CONFIG_DIRECTORY)
@@ -134,10 +136,10 @@ def run_tool(argv: list[str], timeout: float) -> str:
         raise InstallError("cannot run %s: %s" % (argv[0], err.strerror)) from None
     if done.returncode != 0:
         raise InstallError("%s failed: %s" % (" ".join(argv), why(done)))
-    return done.stdout
+    return str(done.stdout)
 
 
-def why(done: subprocess.CompletedProcess) -> str:
+def why(done: subprocess.CompletedProcess[str]) -> str:
     """The last line a failed Postfix command printed, without its name."""
     lines = done.stderr.strip().splitlines()
     if not lines:
@@ -248,9 +250,9 @@ def apply(p: Plan) -> tuple[str, ...]:
         raise InstallError("must be root to change %s and %s: run this as root "
                            "(or with --dry-run to see the change)"
                            % (p.site.master_cf, p.site.daemon_directory))
-    if p.action == "install" and p.changes_link:
+    if p.action == "install" and p.changes_link and p.new_target:
         make_link(p.site.link, p.new_target)
-    if p.changes_master_cf:
+    if p.new_command is not None:                   # master.cf changes
         try:
             set_command(p.site, p.new_command)
         except InstallError:
@@ -369,7 +371,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run \"postfix -c DIR reload\" after the change")
 
 
-def command(args: argparse.Namespace, out=None) -> int:
+def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``tlsmgr-ctl install`` or ``uninstall``: 0, or 2 after one error line."""
     out = out or sys.stdout
     try:

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import log
 from .control import snapshot
+
+if TYPE_CHECKING:
+    from .server import Server
 
 _LISTEN = re.compile(r"(?:(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):)?(?P<port>\d+)")
 _SCRAPE_TIMEOUT = 5.0
@@ -48,24 +53,23 @@ def parse_listen(value: str) -> tuple[str, int]:
 class Collector:
     """What each scrape reports, asked of the server's event loop."""
 
-    def __init__(self, server):
+    def __init__(self, server: Server):
         self.server = server
         self._warn = log.RateLimitedWarning()
 
-    async def _snapshot(self) -> dict:
+    async def _snapshot(self, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
         tlsmgr = self.server.tlsmgr
         if tlsmgr.any_blocking:         # a store on the network: not in the loop
-            return await self.server.loop.run_in_executor(
-                self.server.workers, snapshot, self.server)
+            return await loop.run_in_executor(self.server.workers, snapshot, self.server)
         return snapshot(self.server)
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         loop = self.server.loop
         if loop is None:
             return
         # The loop busy or gone (the daemon stopping): an empty scrape and a
         # warning, never a traceback from the HTTP thread.
-        snapshot_coroutine = self._snapshot()
+        snapshot_coroutine = self._snapshot(loop)
         try:
             future = asyncio.run_coroutine_threadsafe(snapshot_coroutine, loop)
         except RuntimeError as err:
@@ -87,10 +91,10 @@ class Collector:
                 family.add_metric([label], cache[key])
             yield family
         for name, key, text in _CACHE_COUNTERS:
-            family = CounterMetricFamily(name, text, labels=["cache"])
+            counter = CounterMetricFamily(name, text, labels=["cache"])
             for label, cache in stats["caches"].items():
-                family.add_metric([label], cache[key])
-            yield family
+                counter.add_metric([label], cache[key])
+            yield counter
         keys = stats["ticket_keys"]
         yield GaugeMetricFamily("tlsmgr_ticket_keys", "Session ticket keys held",
                                 value=keys["count"])
@@ -120,7 +124,7 @@ class Collector:
         yield errors
 
 
-def start(listen: str, server) -> None:
+def start(listen: str, server: Server) -> None:
     """Serve the server's metrics at listen (a tlsmgr_metrics_listen value)."""
     host, port = parse_listen(listen)
     registry = CollectorRegistry(auto_describe=False)

@@ -19,10 +19,14 @@ import ctypes
 import hashlib
 import os
 import struct
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import lmdb
 
 from . import Entry, Store, StoreError
+
+T = TypeVar("T")
 
 # Big-endian, so that the age index sorts by time.
 _STAMP = struct.Struct(">q")
@@ -70,14 +74,14 @@ class LmdbStore(Store):
             return cache_id
         return _DIGEST_PREFIX + hashlib.sha256(cache_id).digest()
 
-    def _read(self, operation):
+    def _read(self, operation: Callable[[Any], T]) -> T:
         try:
             with self._env.begin(buffers=True) as txn:
                 return operation(txn)
         except lmdb.Error as err:
             raise StoreError("%s: %s" % (self.path, err)) from None
 
-    def _write(self, operation):
+    def _write(self, operation: Callable[[Any], T]) -> T:
         # LMDB's map has a fixed size: when it fills up, double it and retry.
         while True:
             try:
@@ -104,7 +108,7 @@ class LmdbStore(Store):
         key = self._key(cache_id)
         value = _STAMP.pack(entry.timestamp) + entry.session
 
-        def put(txn):
+        def put(txn: Any) -> Entry | None:
             old = self._remove(txn, key)
             txn.put(key, value, db=self._sessions)
             txn.put(value[:_STAMP.size] + key, b"", db=self._ages)
@@ -118,7 +122,7 @@ class LmdbStore(Store):
         if self._writes % _RELEASE_EVERY == 0:
             _release(self._map)
 
-    def _remove(self, txn, key: bytes) -> Entry | None:
+    def _remove(self, txn: Any, key: bytes) -> Entry | None:
         value = txn.pop(key, db=self._sessions)
         if value is None:
             return None
@@ -139,7 +143,7 @@ class LmdbStore(Store):
         return removed is not None
 
     def oldest(self) -> Entry | None:
-        def oldest(txn):
+        def oldest(txn: Any) -> Entry | None:
             cursor = txn.cursor(db=self._ages)
             if not cursor.first():
                 return None
@@ -147,10 +151,10 @@ class LmdbStore(Store):
         return self._read(oldest)
 
     def pop_oldest(self) -> Entry | None:
-        def pop_oldest(txn):
+        def pop_oldest(txn: Any) -> tuple[bytes, Entry | None]:
             cursor = txn.cursor(db=self._ages)
             if not cursor.first():
-                return None, None
+                return b"", None
             key = bytes(cursor.key()[_STAMP.size:])
             return key, self._remove(txn, key)
         key, removed = self._write(pop_oldest)
@@ -159,8 +163,8 @@ class LmdbStore(Store):
 
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
         # One transaction for the whole step, walking the age index.
-        def expire(txn):
-            removed = []
+        def expire(txn: Any) -> tuple[list[tuple[bytes, Entry | None]], bool]:
+            removed: list[tuple[bytes, Entry | None]] = []
             cursor = txn.cursor(db=self._ages)
             while len(removed) < budget and cursor.first():
                 stamp = cursor.key()[:_STAMP.size]
@@ -172,10 +176,10 @@ class LmdbStore(Store):
         removed, done = self._write(expire)
         for key, entry in removed:
             self._forget(key, entry)
-        return [entry for _, entry in removed], done
+        return [entry for _, entry in removed if entry is not None], done
 
     def clear(self) -> int:
-        def clear(txn):
+        def clear(txn: Any) -> None:
             txn.drop(self._sessions, delete=False)
             txn.drop(self._ages, delete=False)
         self._write(clear)
@@ -184,8 +188,8 @@ class LmdbStore(Store):
 
     def stamps(self, limit: int) -> list[tuple[bytes, int]]:
         # Ids too awkward for an LMDB key show as their digest.
-        def stamps(txn):
-            found = []
+        def stamps(txn: Any) -> list[tuple[bytes, int]]:
+            found: list[tuple[bytes, int]] = []
             for key in txn.cursor(db=self._ages).iternext(values=False):
                 if len(found) == limit:
                     break
@@ -233,5 +237,5 @@ def _release(mapping: tuple[int, int] | None) -> None:
         _libc.madvise(mapping[0], mapping[1], _MADV_DONTNEED)
 
 
-def _entry(value) -> Entry:
+def _entry(value: bytes | memoryview) -> Entry:
     return Entry(_STAMP.unpack_from(value)[0], bytes(value[_STAMP.size:]))
