@@ -33,7 +33,9 @@ import struct
 import sys
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 from . import log
 from .attr import Decoder, Message, MessageTooLarge
@@ -42,6 +44,7 @@ from .master import StatusChannel, Watchdog
 from .prng import MustExit, Prng
 from .protocol import HANDSHAKE, PROTOCOL_ERROR, Reply, Tlsmgr
 from .scache import SessionCache
+from .stores import Entry
 
 _GC_YOUNG_THRESHOLD = 50_000
 _SLICE = 4096           # bytes of input decoded before their requests are answered
@@ -63,11 +66,14 @@ LISTEN_BACKLOG = 65535
 # private/tlsmgr, which master keeps and hands to the next process: without
 # it every client is refused from the first "postfix reload" on.  (Stand-
 # alone, the daemon removes its own socket file itself.)
-_KEEP_SOCKET_FILE = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+_KEEP_SOCKET_FILE: dict[str, Any] = (
+    {"cleanup_socket": False} if sys.version_info >= (3, 13) else {})
 
 
 def peer_credentials(sock: socket.socket | None) -> tuple[int, int] | None:
     """(pid, uid) of a UNIX-domain peer; None for any other kind of socket."""
+    if sock is None:
+        return None
     try:
         pid, uid, _ = _PEERCRED.unpack(
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
@@ -87,6 +93,7 @@ def describe_peer(sock: socket.socket | None) -> str:
     return "client" if credentials is None else "client pid %d uid %d" % credentials
 
 
+_malloc_trim: Callable[[int], int] | None
 try:                                    # glibc's; elsewhere memory stays with us
     _malloc_trim = ctypes.CDLL(None).malloc_trim
 except (OSError, AttributeError):
@@ -147,7 +154,7 @@ def listen_unix(path: str, owner: tuple[int, int] | None = None) -> socket.socke
     return sock
 
 
-def _log_loop_error(loop, context) -> None:
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """Errors the event loop meets on its own (accept(2) out of file
     descriptors, say): one warning line, never a traceback."""
     error = context.get("exception")
@@ -168,7 +175,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: Server):
         self.server = server
         self.decoder = Decoder(server.request_size_limit)
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport            # from connection_made()
         self.last_active = time.monotonic()
         self.request_started: float | None = None    # of a request not yet whole
         self.unread_since: float | None = None   # replies the client is not reading
@@ -176,12 +183,13 @@ class Connection(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.unread: bytes | memoryview = b""   # received, not yet decoded
         self.pending: deque[Message] = deque()
-        self.in_worker: asyncio.Future | None = None
+        self.in_worker: asyncio.Future[Reply] | None = None
         self.write_paused = False
         self.read_paused = False
 
-    def connection_made(self, transport):
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream server's transports are read-write ones.
+        self.transport = transport = cast(asyncio.Transport, transport)
         # May it send control requests (control.py)?  Asked once: the
         # peer's credentials are those it had when it connected.
         self.privileged = peer_uid(transport.get_extra_info("socket")) in \
@@ -190,14 +198,14 @@ class Connection(asyncio.Protocol):
         transport.write(HANDSHAKE)
         self._arm_idle_timer(self.server.ipc_timeout)
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.server.hold(self, 0)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         self._forget_input()               # whatever it left unanswered goes with it
 
-    def data_received(self, data: bytes):
+    def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
         # A master(8) trigger is a short NUL-terminated string that
         # arrives alone, not an attribute list (the stock daemon's test).
@@ -208,7 +216,7 @@ class Connection(asyncio.Protocol):
         self.unread = data
         self._serve()
 
-    def _serve(self):
+    def _serve(self) -> None:
         """Decode and answer until all that came is answered, a request
         waits on a worker, or the client stops reading its replies.  A
         client that sent much at once gets one slice of it answered per
@@ -273,7 +281,7 @@ class Connection(asyncio.Protocol):
             self._update_reading()
         server.prng.mix_time()
 
-    def _refuse(self, err: MessageTooLarge):
+    def _refuse(self, err: MessageTooLarge) -> None:
         self.server.tlsmgr.errors["oversized"] += 1
         if err.unit == "bytes":
             why = "exceeds tlsmgr_request_size_limit (%d bytes)" % err.limit
@@ -289,7 +297,7 @@ class Connection(asyncio.Protocol):
     # answered when the worker is done or at the worker deadline, whichever
     # comes first: whatever the network and the client library do, no
     # client waits longer.  A worker that answers after that is ignored.
-    def _to_worker(self, message: Message):
+    def _to_worker(self, message: Message) -> None:
         server = self.server
         future = server.loop.run_in_executor(server.workers, server.tlsmgr.handle,
                                              message, self)
@@ -298,17 +306,17 @@ class Connection(asyncio.Protocol):
                                       future, message)
         future.add_done_callback(lambda done: self._worker_done(done, late))
 
-    def _worker_done(self, future: asyncio.Future, late: asyncio.TimerHandle):
+    def _worker_done(self, future: asyncio.Future[Reply], late: asyncio.TimerHandle) -> None:
         late.cancel()
         if future.cancelled() or future is not self.in_worker:
             return                   # shutting down, or answered at the deadline
         self._worker_answered(future.result())
 
-    def _worker_late(self, future: asyncio.Future, message: Message):
+    def _worker_late(self, future: asyncio.Future[Reply], message: Message) -> None:
         if future is self.in_worker:
             self._worker_answered(self.server.late_reply(message, self))
 
-    def _worker_answered(self, reply: Reply):
+    def _worker_answered(self, reply: Reply) -> None:
         self.in_worker = None
         if self.transport.is_closing():
             return
@@ -316,7 +324,7 @@ class Connection(asyncio.Protocol):
         self.server.served()
         self._serve()
 
-    def _send(self, replies: list[Reply]):
+    def _send(self, replies: list[Reply]) -> None:
         if len(replies) == 1:            # the usual case: one request, one reply
             out, close = replies[0].data, replies[0].close
         else:
@@ -330,13 +338,13 @@ class Connection(asyncio.Protocol):
     # Flow control: a client that does not read its replies is not read
     # from either, so its replies cannot pile up in memory; nor is one
     # whose request is in a worker thread.
-    def pause_writing(self):
+    def pause_writing(self) -> None:
         self.write_paused = True
         self.unread_since = time.monotonic()
         self._account()
         self._update_reading()
 
-    def resume_writing(self):
+    def resume_writing(self) -> None:
         self.write_paused = False
         self.unread_since = None
         self._account()
@@ -345,7 +353,7 @@ class Connection(asyncio.Protocol):
         else:
             self._update_reading()
 
-    def _update_reading(self):
+    def _update_reading(self) -> None:
         # Nor is one whose earlier input is still being answered.
         paused = self.write_paused or self.in_worker is not None or bool(self.unread)
         if paused != self.read_paused and not self.transport.is_closing():
@@ -358,13 +366,13 @@ class Connection(asyncio.Protocol):
     def peer(self) -> str:
         return describe_peer(self.transport.get_extra_info("socket"))
 
-    def drop(self):
+    def drop(self) -> None:
         """Close the connection now, and free what it holds now rather than
         when the event loop gets round to connection_lost()."""
         self._forget_input()
         self.transport.abort()
 
-    def _forget_input(self):
+    def _forget_input(self) -> None:
         self.unread = b""
         self.pending.clear()
         self.decoder = Decoder(self.server.request_size_limit)
@@ -389,10 +397,10 @@ class Connection(asyncio.Protocol):
     # Deadlines: a connection that sends nothing for ipc_timeout, or whose
     # request is not whole ipc_timeout after it began, is closed.  Only
     # that client waited: everyone else was served meanwhile.
-    def _arm_idle_timer(self, delay: float):
+    def _arm_idle_timer(self, delay: float) -> None:
         self.idle_timer = self.server.loop.call_later(delay, self._deadline_check)
 
-    def _deadline_check(self):
+    def _deadline_check(self) -> None:
         now = time.monotonic()
         timeout = self.server.ipc_timeout
         since = self.last_active if self.request_started is None else self.request_started
@@ -445,9 +453,9 @@ class Server:
         # For requests that may wait on the network; threads start on demand.
         self.workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tlsmgr-worker")
         self.connections: set[Connection] = set()
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop         # from serve()
         self.exit_status: int | None = None
-        self._stopped: asyncio.Event | None = None
+        self._stopped: asyncio.Event                 # from serve()
         self._listeners: list[asyncio.AbstractServer] = []
         self._socket_paths: list[str] = []
 
@@ -515,7 +523,8 @@ class Server:
 
     # Lifecycle.
 
-    async def serve(self, sockets, remove_at_exit=()) -> int:
+    async def serve(self, sockets: Iterable[socket.socket],
+                    remove_at_exit: Iterable[str] = ()) -> int:
         """Serve listening sockets until stopped; return the exit status.
         The socket files named in remove_at_exit go when the server does."""
         self.loop = asyncio.get_running_loop()
@@ -538,7 +547,7 @@ class Server:
             # master(8) closes its end on "postfix stop/reload" or when it dies.
             self.master.attach(self.loop, self._master_gone)
         if self.watchdog is not None:
-            self._pet_watchdog()
+            self._pet_watchdog(self.watchdog)
         self._start_housekeeping()
         # What start-up made lives as long as the process: keep the cyclic
         # garbage collector from scanning it again and again.  Requests make
@@ -548,7 +557,7 @@ class Server:
         gc.set_threshold(_GC_YOUNG_THRESHOLD, 50, 100)
         await self._stopped.wait()
         await self._shut_down()
-        return self.exit_status
+        return self.exit_status or 0
 
     def served(self) -> None:
         """Tell master(8) that requests were served, as Postfix's servers
@@ -570,10 +579,10 @@ class Server:
         self.master = None
         self.stop(0)
 
-    def _pet_watchdog(self) -> None:
+    def _pet_watchdog(self, watchdog: Watchdog) -> None:
         # Runs only while the loop turns: a stalled loop lets the alarm fire.
-        self.watchdog.pet()
-        self.loop.call_later(self.watchdog.timeout / 4, self._pet_watchdog)
+        watchdog.pet()
+        self.loop.call_later(watchdog.timeout / 4, self._pet_watchdog, watchdog)
 
     def stop(self, status: int = 0) -> None:
         """End the process soon, with this exit status."""
@@ -608,7 +617,7 @@ class Server:
         for cache in self.caches:
             self._event(self._start_cleanup, cache)
 
-    def _event(self, action, *args) -> None:
+    def _event(self, action: Callable[..., None], *args: Any) -> None:
         try:
             action(*args)
         except MustExit:
@@ -642,7 +651,7 @@ class Server:
         else:
             self._cleanup_stepped(cache, cache.cleanup_step())
 
-    def _cleanup_stepped(self, cache: SessionCache, removed: list) -> None:
+    def _cleanup_stepped(self, cache: SessionCache, removed: list[Entry]) -> None:
         if removed:
             # The man page's promise: the pool is updated with data from
             # the session cache entries.
