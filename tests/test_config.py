@@ -17,6 +17,11 @@ def load(tmp_path, main_cf, *overrides):
     return config.load(str(tmp_path), overrides, environ={})
 
 
+def cache_of(cfg, label):
+    """The settings of one cache type, or None for a type tlsmgr does not know."""
+    return next((cache for cache in cfg.caches if cache.label == label), None)
+
+
 def fatal(tmp_path, main_cf, *overrides):
     """The one line a fatal error logs."""
     with pytest.raises(log.Fatal) as info:
@@ -54,10 +59,10 @@ def test_defaults_without_main_cf(tmp_path):
     for cache in cfg.caches:
         assert (cache.database, cache.timeout, cache.loglevel) == ("", 3600, "0")
         assert not cache.enabled
-    smtp = cfg.cache("smtp")
+    smtp = cache_of(cfg, "smtp")
     assert smtp.database_param == "smtp_tls_session_cache_database"
     assert smtp.loglevel_param == "smtp_tls_loglevel"
-    assert cfg.cache("submission") is None
+    assert cache_of(cfg, "submission") is None
     assert set(cfg.params) >= {p.name for p in config.PARAMETERS}
 
 
@@ -199,7 +204,7 @@ def test_parameters_expand_each_other(tmp_path):
                          "smtpd_tls_session_cache_database = btree:${data_directory}/scache\n"
                          "multi_instance_name = postfix-out\n")
     assert cfg.tls_random_exchange_name == "/srv/example/prng_exch"
-    assert cfg.cache("smtpd").database == "btree:/srv/example/scache"
+    assert cache_of(cfg, "smtpd").database == "btree:/srv/example/scache"
     assert cfg.syslog_name == "postfix-out"
     assert cfg.params["site"] == "example"
 
@@ -214,7 +219,7 @@ def test_default_cache_db_type_follows_default_database_type(tmp_path, settings,
     # Postfix 3.11: caches may be written ${default_cache_db_type}:path.
     cfg = load(tmp_path, settings + "data_directory = /d\nsmtpd_tls_session_cache_database"
                                     " = ${default_cache_db_type}:${data_directory}/smtpd_scache\n")
-    assert cfg.cache("smtpd").database == table
+    assert cache_of(cfg, "smtpd").database == table
 
 
 def test_reference_loop_is_fatal_and_names_the_parameter(tmp_path):
@@ -273,7 +278,7 @@ def test_time_units(tmp_path, value, seconds):
 
 def test_lone_time_unit_is_zero_as_in_postfix(tmp_path):
     cfg = load(tmp_path, "smtpd_tls_session_cache_timeout = h\n")
-    assert cfg.cache("smtpd").timeout == 0
+    assert cache_of(cfg, "smtpd").timeout == 0
 
 
 @pytest.mark.parametrize("value", [
@@ -316,7 +321,7 @@ def test_integer_forms(tmp_path):
 def test_cache_timeout_clamp(tmp_path, timeout, effective):
     cfg = load(tmp_path, "smtp_tls_session_cache_database = btree:/x\n"
                          f"smtp_tls_session_cache_timeout = {timeout}\n")
-    cache = cfg.cache("smtp")
+    cache = cache_of(cfg, "smtp")
     assert cache.timeout == effective
     assert cache.enabled == bool(effective)
 

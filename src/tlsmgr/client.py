@@ -21,11 +21,11 @@ class ClientError(Exception):
     """The server could not be reached, or answered out of protocol."""
 
 
-class Reply(dict[str, bytes]):
+class ReplyAttributes(dict[str, bytes]):
     """A reply's attributes by name (raw bytes), with typed accessors."""
 
     @classmethod
-    def from_message(cls, message: Message) -> Reply:
+    def from_message(cls, message: Message) -> ReplyAttributes:
         return cls((name.decode("ascii", "replace"), value) for name, value in message)
 
     def int(self, name: str) -> builtins.int:
@@ -94,9 +94,9 @@ class TlsmgrClient:
             raise ClientError("%s sent a reply nobody asked for" % self.path)
         return pending[0]
 
-    def request(self, *attributes: tuple[str, Value]) -> Reply:
+    def request(self, *attributes: tuple[str, Value]) -> ReplyAttributes:
         self.send_raw(encode(attributes))
-        return Reply.from_message(self.receive())
+        return ReplyAttributes.from_message(self.receive())
 
     # The requests of Postfix's tls_mgr.c.
 

@@ -169,9 +169,6 @@ class Config:
     # and config_directory, the directory read: what --show-config prints.
     raw_settings: Mapping[str, str]
 
-    def cache(self, label: str) -> CacheSettings | None:
-        return next((c for c in self.caches if c.label == label), None)
-
 
 # --- main.cf syntax ------------------------------------------------------
 

@@ -25,8 +25,6 @@ import time
 from . import config, install, log
 from .client import ClientError, TlsmgrClient
 
-CACHE_TYPES = ("smtpd", "smtp", "lmtp")
-
 
 def readable(data: bytes) -> str:
     """Text when it is printable text, else hex with a hex: prefix."""

@@ -132,7 +132,7 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
     caches = open_caches(cfg, uid)
     tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches},
                     prng.random_bytes, ticket_keys(caches["smtpd"], prng.random_bytes),
-                    peer="%s socket" % cfg.params["service_name"])
+                    socket_name="%s socket" % cfg.params["service_name"])
     server = Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
                     cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
                     cfg.tlsmgr_client_buffer_limit,

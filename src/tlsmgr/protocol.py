@@ -140,12 +140,13 @@ class Tlsmgr:
                  timeouts: dict[str, int],
                  random_bytes: Callable[[int], bytes],
                  tickets: TicketKeys,
-                 peer: str = "tlsmgr socket"):
+                 socket_name: str = "tlsmgr socket"):
         self.caches = {label.encode(): cache for label, cache in caches.items()}
         self.timeouts = {label.encode(): timeout for label, timeout in timeouts.items()}
         self.random_bytes = random_bytes
         self.tickets = tickets
-        self.peer = peer
+        # Where requests come from, as the stock daemon's warnings name it.
+        self.socket_name = socket_name
         # Warnings about what clients send, which a client may cause at will:
         # a hundred as they come, then ten a second.
         self._warn = log.RateLimitedWarning(interval=0.1, burst=100)
@@ -187,7 +188,7 @@ class Tlsmgr:
                 self.errors["refused"] += 1
                 self._warn('refusing control request "%s" from %s: only root, mail_owner '
                            "and the daemon's own user may send it", request.decode(),
-                           client.peer() if client is not None else self.peer)
+                           client.peer() if client is not None else self.socket_name)
                 return Reply(PROTOCOL_ERROR)
             handler = functools.partial(self.control.handle, request)
         if handler is not None:
@@ -205,7 +206,7 @@ class Tlsmgr:
         if request == WAKEUP:
             return HANG_UP
         self.requests[b"unknown"] += 1
-        self._client_error('unknown request "%s" from %s', printable(request), self.peer)
+        self._client_error('unknown request "%s" from %s', printable(request), self.socket_name)
         return Reply(PROTOCOL_ERROR)
 
     def unanswered(self, message: Message) -> Reply:
@@ -258,25 +259,25 @@ class Tlsmgr:
         for index, (name, convert) in enumerate(wanted, start):
             if index >= len(message):
                 self._client_error("missing attribute %s in input from %s", name.decode(),
-                                   self.peer)
+                                   self.socket_name)
                 return values, False
             got_name, value = message[index]
             if got_name != name:
                 self._client_error("unexpected attribute %s from %s (expecting: %s)",
-                                   printable(got_name), self.peer, name.decode())
+                                   printable(got_name), self.socket_name, name.decode())
                 return values, False
             if convert is not None:
                 value = convert(value)
                 if value is None:
                     self._client_error("malformed %s data from %s while reading input "
                                        "attribute value: %.100s", _MALFORMED[convert],
-                                       self.peer, printable(message[index][1]))
+                                       self.socket_name, printable(message[index][1]))
                     return values, False
             values.append(value)
         end = start + len(wanted)
         if not more and end < len(message):
             self._client_error("unexpected attribute %s from %s (expecting: (list "
-                               "terminator))", printable(message[end][0]), self.peer)
+                               "terminator))", printable(message[end][0]), self.socket_name)
         return values, True
 
     def cache(self, cache_type: bytes, request: str) -> tuple[bool, SessionCache | None]:

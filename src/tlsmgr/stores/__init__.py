@@ -18,6 +18,7 @@ Table types and the stores that serve them:
 
 from __future__ import annotations
 
+import struct
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -30,6 +31,20 @@ class Entry(NamedTuple):
 
     timestamp: int
     session: bytes
+
+
+# How a store keeps an entry in one bytes value: the timestamp, 8 bytes
+# big-endian (so that, as bytes, stamps sort as times: LMDB's age index
+# and Redis's stored values rely on it), then the session.
+STAMP = struct.Struct(">q")
+
+
+def pack_entry(entry: Entry) -> bytes:
+    return STAMP.pack(entry.timestamp) + entry.session
+
+
+def unpack_entry(value: bytes | memoryview) -> Entry:
+    return Entry(STAMP.unpack_from(value)[0], bytes(value[STAMP.size:]))
 
 
 class Limits(NamedTuple):

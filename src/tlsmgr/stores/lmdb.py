@@ -18,18 +18,16 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import lmdb
 
-from . import Entry, Store, StoreError
+from . import STAMP, Entry, Store, StoreError, pack_entry, unpack_entry
 
 T = TypeVar("T")
 
 # Big-endian, so that the age index sorts by time.
-_STAMP = struct.Struct(">q")
 _INITIAL_MAP_SIZE = 1 << 30          # address space, not disk: the file is sparse
 _DIGEST_PREFIX = b"\0sha256:"
 
@@ -61,7 +59,7 @@ class LmdbStore(Store):
             self._ages = self._env.open_db(b"ages")
         except lmdb.Error as err:
             raise StoreError("cannot open cache file %s: %s" % (self.path, err)) from None
-        self._max_key = self._env.max_key_size() - _STAMP.size
+        self._max_key = self._env.max_key_size() - STAMP.size
         # Counted here, not asked of LMDB: the file is ours alone, and the
         # limits are checked at every update.
         self._count = 0
@@ -100,18 +98,18 @@ class LmdbStore(Store):
         try:
             with self._env.begin(db=self._sessions, buffers=True) as txn:
                 value = txn.get(self._key(cache_id))
-                return None if value is None else _entry(value)
+                return None if value is None else unpack_entry(value)
         except lmdb.Error as err:
             raise StoreError("%s: %s" % (self.path, err)) from None
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         key = self._key(cache_id)
-        value = _STAMP.pack(entry.timestamp) + entry.session
+        value = pack_entry(entry)
 
         def put(txn: Any) -> Entry | None:
             old = self._remove(txn, key)
             txn.put(key, value, db=self._sessions)
-            txn.put(value[:_STAMP.size] + key, b"", db=self._ages)
+            txn.put(value[:STAMP.size] + key, b"", db=self._ages)
             return old
         self._forget(key, self._write(put))
         self._count += 1
@@ -126,8 +124,8 @@ class LmdbStore(Store):
         value = txn.pop(key, db=self._sessions)
         if value is None:
             return None
-        txn.delete(value[:_STAMP.size] + key, db=self._ages)
-        return _entry(value)
+        txn.delete(value[:STAMP.size] + key, db=self._ages)
+        return unpack_entry(value)
 
     def _forget(self, key: bytes, removed: Entry | None) -> None:
         # The counts change only once a transaction is committed: one that
@@ -147,7 +145,7 @@ class LmdbStore(Store):
             cursor = txn.cursor(db=self._ages)
             if not cursor.first():
                 return None
-            return _entry(txn.get(bytes(cursor.key()[_STAMP.size:]), db=self._sessions))
+            return unpack_entry(txn.get(bytes(cursor.key()[STAMP.size:]), db=self._sessions))
         return self._read(oldest)
 
     def pop_oldest(self) -> Entry | None:
@@ -155,7 +153,7 @@ class LmdbStore(Store):
             cursor = txn.cursor(db=self._ages)
             if not cursor.first():
                 return b"", None
-            key = bytes(cursor.key()[_STAMP.size:])
+            key = bytes(cursor.key()[STAMP.size:])
             return key, self._remove(txn, key)
         key, removed = self._write(pop_oldest)
         self._forget(key, removed)
@@ -167,10 +165,10 @@ class LmdbStore(Store):
             removed: list[tuple[bytes, Entry | None]] = []
             cursor = txn.cursor(db=self._ages)
             while len(removed) < budget and cursor.first():
-                stamp = cursor.key()[:_STAMP.size]
-                if _STAMP.unpack(stamp)[0] >= cutoff:
+                stamp = cursor.key()[:STAMP.size]
+                if STAMP.unpack(stamp)[0] >= cutoff:
                     return removed, True
-                key = bytes(cursor.key()[_STAMP.size:])
+                key = bytes(cursor.key()[STAMP.size:])
                 removed.append((key, self._remove(txn, key)))
             return removed, not cursor.first()
         removed, done = self._write(expire)
@@ -193,7 +191,7 @@ class LmdbStore(Store):
             for key in txn.cursor(db=self._ages).iternext(values=False):
                 if len(found) == limit:
                     break
-                found.append((bytes(key[_STAMP.size:]), _STAMP.unpack(key[:_STAMP.size])[0]))
+                found.append((bytes(key[STAMP.size:]), STAMP.unpack(key[:STAMP.size])[0]))
             return found
         return self._read(stamps)
 
@@ -236,6 +234,3 @@ def _release(mapping: tuple[int, int] | None) -> None:
     if mapping is not None:
         _libc.madvise(mapping[0], mapping[1], _MADV_DONTNEED)
 
-
-def _entry(value: bytes | memoryview) -> Entry:
-    return Entry(_STAMP.unpack_from(value)[0], bytes(value[_STAMP.size:]))

@@ -8,17 +8,9 @@ pop from the front without ever walking the whole cache.
 from __future__ import annotations
 
 import itertools
-import struct
 from collections import OrderedDict
 
-from . import Entry, Store
-
-# Timestamp and session in one bytes object: one allocation per entry.
-_STAMP = struct.Struct("<q")
-
-
-def _entry(value: bytes) -> Entry:
-    return Entry(_STAMP.unpack_from(value)[0], value[_STAMP.size:])
+from . import STAMP, Entry, Store, pack_entry, unpack_entry
 
 
 class MemoryStore(Store):
@@ -29,31 +21,31 @@ class MemoryStore(Store):
 
     def get(self, cache_id: bytes) -> Entry | None:
         value = self._entries.get(cache_id)
-        return None if value is None else _entry(value)
+        return None if value is None else unpack_entry(value)
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         self.delete(cache_id)
-        self._entries[cache_id] = _STAMP.pack(entry.timestamp) + entry.session
+        self._entries[cache_id] = pack_entry(entry)
         self._size += len(cache_id) + len(entry.session)
 
     def delete(self, cache_id: bytes) -> bool:
         value = self._entries.pop(cache_id, None)
         if value is None:
             return False
-        self._size -= len(cache_id) + len(value) - _STAMP.size
+        self._size -= len(cache_id) + len(value) - STAMP.size
         return True
 
     def oldest(self) -> Entry | None:
         if not self._entries:
             return None
-        return _entry(self._entries[next(iter(self._entries))])
+        return unpack_entry(self._entries[next(iter(self._entries))])
 
     def pop_oldest(self) -> Entry | None:
         if not self._entries:
             return None
         cache_id, value = self._entries.popitem(last=False)
-        self._size -= len(cache_id) + len(value) - _STAMP.size
-        return _entry(value)
+        self._size -= len(cache_id) + len(value) - STAMP.size
+        return unpack_entry(value)
 
     def clear(self) -> int:
         removed = len(self._entries)
@@ -62,7 +54,7 @@ class MemoryStore(Store):
         return removed
 
     def stamps(self, limit: int) -> list[tuple[bytes, int]]:
-        return [(cache_id, _STAMP.unpack_from(value)[0])
+        return [(cache_id, STAMP.unpack_from(value)[0])
                 for cache_id, value in itertools.islice(self._entries.items(), limit)]
 
     def __len__(self) -> int:

@@ -47,7 +47,6 @@ about them:
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -58,9 +57,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import Entry, Limits, Store, StoreError, Trimmed
+from . import Entry, Limits, Store, StoreError, Trimmed, pack_entry, unpack_entry
 
-_STAMP = struct.Struct(">q")
 _CLEAR_STEP = 1024         # entries removed per script call by clear()
 _FOREVER = 1 << 62         # a cutoff later than any timestamp
 
@@ -395,13 +393,13 @@ class RedisStore(Store):
 
     def get(self, cache_id: bytes) -> Entry | None:
         value = self.breaker.call(lambda client: client.get(self._sessions + cache_id))
-        return None if value is None else _entry(value)
+        return None if value is None else unpack_entry(value)
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         self.save(cache_id, entry, Limits(), 0)
 
     def save(self, cache_id: bytes, entry: Entry, limits: Limits, cutoff: int) -> Trimmed:
-        value = _STAMP.pack(entry.timestamp) + entry.session
+        value = pack_entry(entry)
         size = len(cache_id) + len(entry.session)
         # Redis keeps the entry one second past its timeout: an entry is
         # still valid at exactly timestamp + timeout.
@@ -422,14 +420,14 @@ class RedisStore(Store):
             ids = client.zrange(self._age, 0, 0)
             return client.get(self._sessions + ids[0]) if ids else None
         value = self.breaker.call(oldest)
-        return None if value is None else _entry(value)
+        return None if value is None else unpack_entry(value)
 
     def pop_oldest(self) -> Entry | None:
         value = self.breaker.call(lambda client: self._remove(client, self._keys, [b""]))
         if value is None:
             return None
         # An index entry whose session Redis already expired: say so.
-        return _entry(value) if value else Entry(0, b"")
+        return unpack_entry(value) if value else Entry(0, b"")
 
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
         # Redis expires the sessions; only their index entries are left.
@@ -521,6 +519,3 @@ class RedisTicketKeys:
         found = self.breaker.call(lambda client: client.get(self._by_name(name)))
         return None if found is None else bytes(found)
 
-
-def _entry(value: bytes) -> Entry:
-    return Entry(_STAMP.unpack_from(value)[0], value[_STAMP.size:])
