@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import log
 from .attr import Message, encode
-from .protocol import STAT_ERR, STAT_FAIL, STAT_OK, Kind, Wanted
-from .scache import SessionCache
+from .protocol import STAT_ERR, STAT_OK, Kind, Wanted, failed_reply
 
 if TYPE_CHECKING:
     from .server import Server
@@ -90,24 +89,13 @@ class Control:
         text = json.dumps(snapshot(self.server), separators=(",", ":"))
         return encode([("status", STAT_OK), ("stats", text)])
 
-    def _cache(self, cache_type: bytes | None,
-               request: str) -> tuple[int, SessionCache | None]:
-        """(status, cache) for a cache_type read from a request (None when
-        it could not be read)."""
-        if cache_type is None:
-            return STAT_FAIL, None
-        known, cache = self.tlsmgr.cache(cache_type, request)
-        if not known:
-            return STAT_FAIL, None
-        return (STAT_OK, cache) if cache is not None else (STAT_ERR, None)
-
     def _flush(self, message: Message) -> bytes:
-        values, ok = self.tlsmgr.scan(message, 1, _CACHE_TYPE)
-        status, cache = self._cache(values[0] if ok else None, "flush")
-        removed = cache.flush() if cache is not None else 0
-        if removed < 0:                             # the store failed
-            status, removed = STAT_ERR, 0
-        return encode([("status", status), ("removed", removed)])
+        [cache_type] = self.tlsmgr.scan(message, 1, _CACHE_TYPE)
+        cache = self.tlsmgr.cache(cache_type, "flush")
+        removed = cache.flush() if cache is not None else -1
+        if removed < 0:                             # disabled, or the store failed
+            return failed_reply(b"flush", STAT_ERR)
+        return encode([("status", STAT_OK), ("removed", removed)])
 
     def _rotate_keys(self, message: Message) -> bytes:
         self.tlsmgr.scan(message, 1, ())
@@ -117,23 +105,23 @@ class Control:
             # one host's new key would not decrypt on the others.
             log.warn("rotate_keys: session ticket keys are shared by the fleet through "
                      "Redis and change every half smtpd session cache timeout: not rotated")
-            return encode([("status", STAT_ERR)])
+            return failed_reply(b"rotate_keys", STAT_ERR)
         timeout = self.tlsmgr.timeouts.get(b"smtpd", 0)
-        if timeout <= 0:
-            return encode([("status", STAT_ERR)])     # no tickets without the smtpd cache
+        if timeout <= 0:                            # no tickets without the smtpd cache
+            return failed_reply(b"rotate_keys", STAT_ERR)
         tickets.ring.rotate(timeout)
         log.info("session ticket key rotated on request")
         return encode([("status", STAT_OK)])
 
     def _list(self, message: Message) -> bytes:
-        values, ok = self.tlsmgr.scan(message, 1, _CACHE_TYPE, more=True)
+        [cache_type] = self.tlsmgr.scan(message, 1, _CACHE_TYPE, more=True)
         limit = LIST_DEFAULT
-        if ok and len(message) > 2:                 # the optional limit
-            extra, ok = self.tlsmgr.scan(message, 2, _LIMIT)
-            if ok:
-                limit = max(0, extra[0])
-        status, cache = self._cache(values[0] if ok else None, "list")
-        entries = cache.ages(min(limit, LIST_MAX)) if cache is not None else []
+        if len(message) > 2:                        # the optional limit
+            [limit] = self.tlsmgr.scan(message, 2, _LIMIT)
+        cache = self.tlsmgr.cache(cache_type, "list")
+        if cache is None:
+            return failed_reply(b"list", STAT_ERR)
+        entries = cache.ages(min(max(0, limit), LIST_MAX))
         text = json.dumps([{"id": cache_id.decode("utf-8", "backslashreplace"), "age": age}
                            for cache_id, age in entries], separators=(",", ":"))
-        return encode([("status", status), ("list", text)])
+        return encode([("status", STAT_OK), ("list", text)])

@@ -40,7 +40,7 @@ from .attr import (
     encode_int,
 )
 from .scache import SessionCache
-from .tickets import NAME_LENGTH, TicketKeys
+from .tickets import NAME_LENGTH, TicketKey, TicketKeys
 
 if TYPE_CHECKING:
     from .control import Control
@@ -98,11 +98,31 @@ class Reply:
 
 NO_REPLY = Reply()
 
-# What a failed request's reply carries besides its status.
+# What a failed request's reply carries besides its status: every reply of
+# one request has the same attributes, in the same order.
 _FAILED_EXTRAS: dict[bytes, list[tuple[str, Value]]] = {
     b"lookup": [("session", b"")], b"tktkey": [("keybuf", b"")], b"seed": [("seed", b"")],
     b"policy": [("cachable", 0), ("timeout", 0)], b"update": [], b"delete": [],
+    b"flush": [("removed", 0)], b"list": [("list", "[]")], b"stats": [], b"rotate_keys": [],
 }
+
+
+def failed_reply(request: bytes, status: int,
+                 extras: list[tuple[str, Value]] | None = None) -> bytes:
+    """The reply of a request that failed with status."""
+    return encode([("status", status),
+                   *(_FAILED_EXTRAS.get(request, []) if extras is None else extras)])
+
+
+class BadRequest(Exception):
+    """A request that cannot be answered as asked: status -2, the reason
+    already logged.  ``extras`` replaces the reply's usual attributes."""
+
+    def __init__(self, extras: list[tuple[str, Value]] | None = None):
+        super().__init__()
+        self.extras = extras
+
+
 HANG_UP = Reply(close=True)
 
 
@@ -180,7 +200,11 @@ class Tlsmgr:
         """
         if message and message[0][0] == b"request":
             request = message[0][1]
-        elif not self.scan(message, 0, _REQUEST, more=True)[1]:   # says what is wrong
+        else:
+            try:
+                self.scan(message, 0, _REQUEST, more=True)       # says what is wrong
+            except BadRequest:
+                pass
             return Reply(PROTOCOL_ERROR)
         handler = self._handlers.get(request)
         if handler is None and self.control is not None and request in self.control.requests:
@@ -193,21 +217,27 @@ class Tlsmgr:
             handler = functools.partial(self.control.handle, request)
         if handler is not None:
             self.requests[request] += 1
-            try:
-                return Reply(handler(message))
-            except Exception as err:
-                # A bug, but the client still gets an answer of the right
-                # shape, and the connection stays in step.
-                log.error("cannot answer %s request: %s: %s", request.decode(),
-                          type(err).__name__, err)
-                self.errors["internal"] += 1
-                return Reply(encode([("status", STAT_FAIL),
-                                     *_FAILED_EXTRAS.get(request, ())]))
+            return Reply(self._answer(request, handler, message))
         if request == WAKEUP:
             return HANG_UP
         self.requests[b"unknown"] += 1
         self._client_error('unknown request "%s" from %s', printable(request), self.socket_name)
         return Reply(PROTOCOL_ERROR)
+
+    def _answer(self, request: bytes, handler: Callable[[Message], bytes],
+                message: Message) -> bytes:
+        """The one place where a request fails: a bad request (already
+        logged) or a bug, answered with status -2 in the request's shape,
+        so that the client gets an answer and the connection stays in step."""
+        try:
+            return handler(message)
+        except BadRequest as bad:
+            return failed_reply(request, STAT_FAIL, bad.extras)
+        except Exception as err:
+            log.error("cannot answer %s request: %s: %s", request.decode(),
+                      type(err).__name__, err)
+            self.errors["internal"] += 1
+            return failed_reply(request, STAT_FAIL)
 
     def unanswered(self, message: Message) -> Reply:
         """The reply to a request that could not be answered in time (the
@@ -215,8 +245,8 @@ class Tlsmgr:
         is answered from memory."""
         request = message[0][1] if message and message[0][0] == b"request" else b""
         if request == b"tktkey":                # what memory holds will do
-            return Reply(self._tktkey(message, from_memory=True))
-        return Reply(encode([("status", STAT_ERR), *_FAILED_EXTRAS.get(request, ())]))
+            return Reply(self._answer(request, self._tktkey_from_memory, message))
+        return Reply(failed_reply(request, STAT_ERR))
 
     def _client_error(self, text: str, *args: object) -> None:
         self.errors["protocol"] += 1
@@ -247,131 +277,118 @@ class Tlsmgr:
         return NO_REPLY
 
     def scan(self, message: Message, start: int, wanted: Wanted,
-             more: bool = False) -> tuple[list[Any], bool]:
-        """Read the wanted attributes from message[start:], in order.
+             more: bool = False) -> list[Any]:
+        """The wanted attributes of message[start:], read in order; raises
+        BadRequest when one is missing, out of place or malformed.
 
-        Returns the values read and whether all were: the warnings and the
-        outcome are those of attr_scan0() with ATTR_FLAG_STRICT.  Attributes
-        after the wanted ones are reported but, as in Postfix, do not fail
-        the request.
+        The warnings and the outcome are those of attr_scan0() with
+        ATTR_FLAG_STRICT.  Attributes after the wanted ones are reported
+        but, as in Postfix, do not fail the request.
         """
         values: list[Any] = []
         for index, (name, convert) in enumerate(wanted, start):
             if index >= len(message):
                 self._client_error("missing attribute %s in input from %s", name.decode(),
                                    self.socket_name)
-                return values, False
+                raise BadRequest
             got_name, value = message[index]
             if got_name != name:
                 self._client_error("unexpected attribute %s from %s (expecting: %s)",
                                    printable(got_name), self.socket_name, name.decode())
-                return values, False
+                raise BadRequest
             if convert is not None:
                 value = convert(value)
                 if value is None:
                     self._client_error("malformed %s data from %s while reading input "
                                        "attribute value: %.100s", _MALFORMED[convert],
                                        self.socket_name, printable(message[index][1]))
-                    return values, False
+                    raise BadRequest
             values.append(value)
         end = start + len(wanted)
         if not more and end < len(message):
             self._client_error("unexpected attribute %s from %s (expecting: (list "
                                "terminator))", printable(message[end][0]), self.socket_name)
-        return values, True
+        return values
 
-    def cache(self, cache_type: bytes, request: str) -> tuple[bool, SessionCache | None]:
-        """(known, cache) for a cache type; warns about an unknown one."""
-        if cache_type in self.caches:
-            return True, self.caches[cache_type]
-        self._client_error('bogus cache type "%s" in "%s" request', printable(cache_type),
-                           request)
-        return False, None
+    def cache(self, cache_type: bytes, request: str) -> SessionCache | None:
+        """The cache of a type, None when it is disabled; an unknown type
+        is a BadRequest, with a warning."""
+        if cache_type not in self.caches:
+            self._client_error('bogus cache type "%s" in "%s" request',
+                               printable(cache_type), request)
+            raise BadRequest
+        return self.caches[cache_type]
+
+    def _enabled_cache(self, cache_type: bytes, request: str) -> SessionCache:
+        # A disabled cache answers lookups, updates and deletes with -2.
+        cache = self.cache(cache_type, request)
+        if cache is None:
+            raise BadRequest
+        return cache
 
     # The requests.  Each returns the reply message.
 
     def _lookup(self, message: Message) -> bytes:
-        status, session = STAT_FAIL, b""
-        (values, ok) = self.scan(message, 1, _CACHE_ENTRY)
-        if ok:
-            _, cache = self.cache(values[0], "lookup")
-            if cache is not None:
-                found = cache.lookup(values[1])
-                if found is None:
-                    return _LOOKUP_MISS
-                status, session = STAT_OK, found
-        return _status_and_data(status, b"session", session)
+        cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
+        found = self._enabled_cache(cache_type, "lookup").lookup(cache_id)
+        return _LOOKUP_MISS if found is None else _status_and_data(STAT_OK, b"session", found)
 
     def _update(self, message: Message) -> bytes:
-        status = STAT_FAIL
-        (values, ok) = self.scan(message, 1, _UPDATE)
-        if ok:
-            _, cache = self.cache(values[0], "update")
-            if cache is not None:
-                status = STAT_OK if cache.update(values[1], values[2]) else STAT_ERR
-        return _STATUS[status]
+        cache_type, cache_id, session = self.scan(message, 1, _UPDATE)
+        saved = self._enabled_cache(cache_type, "update").update(cache_id, session)
+        return _STATUS[STAT_OK if saved else STAT_ERR]
 
     def _delete(self, message: Message) -> bytes:
-        status = STAT_FAIL
-        (values, ok) = self.scan(message, 1, _CACHE_ENTRY)
-        if ok:
-            _, cache = self.cache(values[0], "delete")
-            if cache is not None:
-                status = STAT_OK if cache.delete(values[1]) else STAT_ERR
-        return _STATUS[status]
+        cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
+        deleted = self._enabled_cache(cache_type, "delete").delete(cache_id)
+        return _STATUS[STAT_OK if deleted else STAT_ERR]
 
-    def _tktkey(self, message: Message, from_memory: bool = False) -> bytes:
-        # Like the stock daemon (Postfix 3.7), a name not found is echoed
-        # in place of a key, and so is what could be decoded of a name that
-        # is not base64.
-        status, keybuf = STAT_FAIL, b""
-        (values, ok) = self.scan(message, 1, _KEYNAME)
-        if not ok:
+    def _tktkey(self, message: Message) -> bytes:
+        return self._key_reply(message, self._key)
+
+    def _tktkey_from_memory(self, message: Message) -> bytes:
+        return self._key_reply(message, self.tickets.at_hand)
+
+    def _key(self, name: bytes, timeout: int) -> TicketKey | None:
+        return self.tickets.find(name, timeout) if name else self.tickets.current(timeout)
+
+    def _key_reply(self, message: Message,
+                   lookup: Callable[[bytes, int], TicketKey | None]) -> bytes:
+        # Like the stock daemon (Postfix 3.7), a name not found is echoed in
+        # place of a key, and so is what could be decoded of a name that is
+        # not base64.
+        try:
+            [name] = self.scan(message, 1, _KEYNAME)
+        except BadRequest:
             if len(message) > 1 and message[1][0] == b"keyname":
-                keybuf = decode_data_prefix(message[1][1])[0]
-        else:
-            name = values[0]
-            timeout = self.timeouts[b"smtpd"]
-            if len(name) not in (0, NAME_LENGTH):
-                self._client_error("invalid session ticket key name length: %d", len(name))
-            elif timeout <= 0:
-                status = STAT_ERR
-            else:
-                if from_memory:
-                    key = self.tickets.at_hand(name, timeout)
-                else:
-                    key = self.tickets.find(name, timeout) if name else \
-                        self.tickets.current(timeout)
-                if key is None:
-                    status, keybuf = STAT_ERR, name
-                else:
-                    status, keybuf = STAT_OK, key.pack()
-        return _status_and_data(status, b"keybuf", keybuf)
+                raise BadRequest([("keybuf", decode_data_prefix(message[1][1])[0])]) from None
+            raise
+        if len(name) not in (0, NAME_LENGTH):
+            self._client_error("invalid session ticket key name length: %d", len(name))
+            raise BadRequest
+        timeout = self.timeouts[b"smtpd"]
+        if timeout <= 0:
+            return failed_reply(b"tktkey", STAT_ERR)     # no tickets without the cache
+        key = lookup(name, timeout)
+        if key is None:
+            return _status_and_data(STAT_ERR, b"keybuf", name)
+        return _status_and_data(STAT_OK, b"keybuf", key.pack())
 
     def _seed(self, message: Message) -> bytes:
-        status, seed = STAT_FAIL, b""
-        (values, ok) = self.scan(message, 1, _SIZE)
-        if ok:
-            size = values[0]
-            if 0 < size <= SEED_MAX:
-                try:
-                    status, seed = STAT_OK, self.random_bytes(size)
-                except OSError as err:
-                    # As Postfix since July 2026: no bytes, no seed, never garbage.
-                    log.warn("cannot generate %d random bytes for a seed request: %s",
-                             size, err)
-                    status, seed = STAT_ERR, b""
-            else:
-                self._client_error('bogus seed length "%d" in "seed" request', size)
-        return _status_and_data(status, b"seed", seed)
+        [size] = self.scan(message, 1, _SIZE)
+        if not 0 < size <= SEED_MAX:
+            self._client_error('bogus seed length "%d" in "seed" request', size)
+            raise BadRequest
+        try:
+            seed = self.random_bytes(size)
+        except OSError as err:
+            # As Postfix since July 2026: no bytes, no seed, never garbage.
+            log.warn("cannot generate %d random bytes for a seed request: %s", size, err)
+            return failed_reply(b"seed", STAT_ERR)
+        return _status_and_data(STAT_OK, b"seed", seed)
 
     def _policy(self, message: Message) -> bytes:
-        status, cachable, timeout = STAT_FAIL, 0, 0
-        (values, ok) = self.scan(message, 1, _CACHE_TYPE)
-        if ok:
-            known, cache = self.cache(values[0], "policy")
-            if known:
-                status = STAT_OK
-                cachable = int(cache is not None)
-                timeout = self.timeouts[values[0]]
-        return encode([("status", status), ("cachable", cachable), ("timeout", timeout)])
+        [cache_type] = self.scan(message, 1, _CACHE_TYPE)
+        cache = self.cache(cache_type, "policy")
+        return encode([("status", STAT_OK), ("cachable", int(cache is not None)),
+                       ("timeout", self.timeouts[cache_type])])
