@@ -118,6 +118,7 @@ class FakeServer:
 
     def __init__(self):
         self.tlsmgr = invariants.make_tlsmgr()
+        self.stats = self.tlsmgr.stats
         self.request_size_limit = CONNECTION_SIZE_LIMIT
         self.ipc_timeout = 3600
         self.connections = set()

@@ -48,12 +48,13 @@ def snapshot(server: Server) -> dict[str, Any]:
     ring = tlsmgr.tickets.ring
     now = time.time()
     caches = {cache.label: cache.stats() for cache in server.caches}
-    errors = dict(tlsmgr.errors)
+    stats = server.stats
+    errors = dict(stats.errors)
     store_errors = sum(cache.store_errors for cache in server.caches)
     if store_errors:
         errors["store"] = store_errors
     return {
-        "uptime": round(time.monotonic() - server.started, 3),
+        "uptime": round(time.monotonic() - stats.started, 3),
         "caches": caches,
         "ticket_keys": {
             "count": len(ring.keys),
@@ -63,8 +64,8 @@ def snapshot(server: Server) -> dict[str, Any]:
         },
         "prng": {"reseeds": server.prng.reseeds,
                  "exchange_updates": server.prng.exchange_updates},
-        "connections": {"now": len(server.connections), "total": server.accepted},
-        "requests": {name.decode(): count for name, count in sorted(tlsmgr.requests.items())},
+        "connections": {"now": len(server.connections), "total": stats.accepted},
+        "requests": {name.decode(): count for name, count in sorted(stats.requests.items())},
         "errors": dict(sorted(errors.items())),
     }
 

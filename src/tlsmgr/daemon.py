@@ -33,6 +33,7 @@ from .prng import Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache, logs_cache_activity
 from .server import WORKER_MARGIN, Server, listen_unix, raise_open_files_limit
+from .stats import Stats
 from .stores import (
     FILE_TYPES,
     MEMORY_TYPE,
@@ -132,7 +133,7 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
     caches = open_caches(cfg, uid)
     tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches},
                     prng.random_bytes, ticket_keys(caches["smtpd"], prng.random_bytes),
-                    socket_name="%s socket" % cfg.params["service_name"])
+                    socket_name="%s socket" % cfg.params["service_name"], stats=Stats())
     server = Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
                     cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
                     cfg.tlsmgr_client_buffer_limit,

@@ -14,8 +14,8 @@ read from its start.  Two deliberate differences follow from that:
 * after a protocol error the connection stays usable (the stock daemon
   reads the rest of the bad message as the next request).
 
-It also counts requests by name and errors by kind, for the stats request,
-and hands the administrator's requests (control.py) to the server's
+It also counts requests by name and errors by kind (in the daemon's one
+Stats record, stats.py, which the server counts in too), and hands the administrator's requests (control.py) to the server's
 Control, for privileged clients only.  Warnings about what clients send
 are rate-limited after a burst, so that no client can flood the log.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +39,7 @@ from .attr import (
     encode_int,
 )
 from .scache import SessionCache
+from .stats import Stats
 from .tickets import NAME_LENGTH, TicketKey, TicketKeys
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class Tlsmgr:
                  timeouts: dict[str, int],
                  random_bytes: Callable[[int], bytes],
                  tickets: TicketKeys,
-                 socket_name: str = "tlsmgr socket"):
+                 socket_name: str = "tlsmgr socket", stats: Stats | None = None):
         self.caches = {label.encode(): cache for label, cache in caches.items()}
         self.timeouts = {label.encode(): timeout for label, timeout in timeouts.items()}
         self.random_bytes = random_bytes
@@ -171,8 +171,7 @@ class Tlsmgr:
         # a hundred as they come, then ten a second.
         self._warn = log.RateLimitedWarning(interval=0.1, burst=100)
         # What it has done, for the stats request and the metrics.
-        self.requests: Counter[bytes] = Counter()    # by request name
-        self.errors: Counter[str] = Counter()        # by kind
+        self.stats = stats or Stats()
         # The administrator's requests (control.py), when the server offers them.
         self.control: Control | None = None
         # Whether any request may wait on the network (see blocking()):
@@ -209,18 +208,18 @@ class Tlsmgr:
         handler = self._handlers.get(request)
         if handler is None and self.control is not None and request in self.control.requests:
             if client is None or not client.privileged:
-                self.errors["refused"] += 1
+                self.stats.errors["refused"] += 1
                 self._warn('refusing control request "%s" from %s: only root, mail_owner '
                            "and the daemon's own user may send it", request.decode(),
                            client.peer() if client is not None else self.socket_name)
                 return Reply(PROTOCOL_ERROR)
             handler = functools.partial(self.control.handle, request)
         if handler is not None:
-            self.requests[request] += 1
+            self.stats.requests[request] += 1
             return Reply(self._answer(request, handler, message))
         if request == WAKEUP:
             return HANG_UP
-        self.requests[b"unknown"] += 1
+        self.stats.requests[b"unknown"] += 1
         self._client_error('unknown request "%s" from %s', printable(request), self.socket_name)
         return Reply(PROTOCOL_ERROR)
 
@@ -236,7 +235,7 @@ class Tlsmgr:
         except Exception as err:
             log.error("cannot answer %s request: %s: %s", request.decode(),
                       type(err).__name__, err)
-            self.errors["internal"] += 1
+            self.stats.errors["internal"] += 1
             return failed_reply(request, STAT_FAIL)
 
     def unanswered(self, message: Message) -> Reply:
@@ -249,7 +248,7 @@ class Tlsmgr:
         return Reply(failed_reply(request, STAT_ERR))
 
     def _client_error(self, text: str, *args: object) -> None:
-        self.errors["protocol"] += 1
+        self.stats.errors["protocol"] += 1
         self._warn(text, *args)
 
     def blocking(self, message: Message) -> bool:

@@ -282,7 +282,7 @@ class Connection(asyncio.Protocol):
         server.prng.mix_time()
 
     def _refuse(self, err: MessageTooLarge) -> None:
-        self.server.tlsmgr.errors["oversized"] += 1
+        self.server.stats.errors["oversized"] += 1
         if err.unit == "bytes":
             why = "exceeds tlsmgr_request_size_limit (%d bytes)" % err.limit
         else:
@@ -407,12 +407,12 @@ class Connection(asyncio.Protocol):
         if now - since < timeout:
             self._arm_idle_timer(since + timeout - now)
         elif self.request_started is None:
-            self.server.tlsmgr.errors["idle_timeout"] += 1
+            self.server.stats.errors["idle_timeout"] += 1
             log.warn("timeout while waiting for data from %s -- closing connection",
                      self.peer())
             self.transport.close()
         else:
-            self.server.tlsmgr.errors["request_timeout"] += 1
+            self.server.stats.errors["request_timeout"] += 1
             log.warn("%s: request not complete after %d seconds (ipc_timeout)"
                      " -- closing connection", self.peer(), timeout)
             self.transport.close()
@@ -432,8 +432,7 @@ class Server:
         # adds mail_owner's uid), and whoever the daemon runs as (serve()).
         self.control_uids = {0}
         tlsmgr.control = Control(self)
-        self.started = time.monotonic()
-        self.accepted = 0                  # connections, in all
+        self.stats = tlsmgr.stats          # what the request handler counts too
         self.ipc_timeout = ipc_timeout
         self.request_size_limit = request_size_limit
         self.connection_limit = connection_limit
@@ -465,7 +464,7 @@ class Server:
         would reconnect), so that no set of clients can lock others out."""
         if len(self.connections) >= self.connection_limit:
             oldest = min(self.connections, key=lambda c: c.last_active)
-            self.tlsmgr.errors["connection_limit"] += 1
+            self.stats.errors["connection_limit"] += 1
             self._full_warning(
                 "connection limit %d reached (tlsmgr_connection_limit): closing the "
                 "connection of %s, idle for %.0f seconds", self.connection_limit,
@@ -473,7 +472,7 @@ class Server:
             oldest.drop()
             self.connections.discard(oldest)
         self.connections.add(connection)
-        self.accepted += 1
+        self.stats.accepted += 1
 
     def hold(self, connection: Connection, held: int) -> None:
         """Account for the bytes held for a connection.  Past
@@ -500,12 +499,12 @@ class Server:
                 time.monotonic() - oldest.stuck_since)
             self.held_bytes -= oldest.held
             oldest.held = 0
-            self.tlsmgr.errors["buffer_limit"] += 1
+            self.stats.errors["buffer_limit"] += 1
             oldest.drop()
 
     def late_reply(self, message: Message, connection: Connection) -> Reply:
         """The reply to a request whose worker did not answer by the deadline."""
-        self.tlsmgr.errors["store_timeout"] += 1
+        self.stats.errors["store_timeout"] += 1
         request = message[0][1].decode(errors="replace")
         self._late_warning(
             "%s request of %s not answered by the session store within %.0f ms "
