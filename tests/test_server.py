@@ -113,6 +113,18 @@ class FakePrng:
         pass
 
 
+class FakeMemory:
+    """ClientMemory's accounting, never enforced: tlsmgr_client_buffer_limit
+    is not under test here."""
+
+    def __init__(self):
+        self.held = 0
+
+    def hold(self, connection, held):
+        self.held += held - connection.held
+        connection.held = held
+
+
 class FakeServer:
     """What of tlsmgr.server.Server a Connection uses."""
 
@@ -126,17 +138,11 @@ class FakeServer:
         self.prng = FakePrng()
         self.workers = None             # memory caches never go to a worker
         self.requests_served = 0
-        self.held_bytes = 0
+        self.memory = FakeMemory()
         self.control_uids = set()       # nobody may send control requests
 
     def admit(self, connection):
         self.connections.add(connection)
-
-    def hold(self, connection, held):
-        # Accounted, never enforced: tlsmgr_client_buffer_limit is not
-        # under test here.
-        self.held_bytes += held - connection.held
-        connection.held = held
 
     def served(self):
         self.requests_served += 1

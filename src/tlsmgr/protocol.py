@@ -15,8 +15,9 @@ read from its start.  Two deliberate differences follow from that:
   reads the rest of the bad message as the next request).
 
 It also counts requests by name and errors by kind (in the daemon's one
-Stats record, stats.py, which the server counts in too), and hands the administrator's requests (control.py) to the server's
-Control, for privileged clients only.  Warnings about what clients send
+Stats record, stats.py, which the server counts in too), and hands the
+administrator's requests (control.py) to the server's Control, for
+privileged clients only.  Warnings about what clients send
 are rate-limited after a burst, so that no client can flood the log.
 """
 

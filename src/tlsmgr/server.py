@@ -44,6 +44,7 @@ from .master import StatusChannel, Watchdog
 from .prng import MustExit, Prng
 from .protocol import HANDSHAKE, PROTOCOL_ERROR, Reply, Tlsmgr
 from .scache import SessionCache
+from .stats import Stats
 from .stores import Entry
 
 _GC_YOUNG_THRESHOLD = 50_000
@@ -200,7 +201,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        self.server.hold(self, 0)
+        self.server.memory.hold(self, 0)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         self._forget_input()               # whatever it left unanswered goes with it
@@ -385,7 +386,7 @@ class Connection(asyncio.Protocol):
         if self.write_paused:
             held += self.transport.get_write_buffer_size()
         if held != self.held:
-            self.server.hold(self, held)
+            self.server.memory.hold(self, held)
         return self.transport.is_closing()
 
     @property
@@ -418,6 +419,58 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class ClientMemory:
+    """What all clients hold together: input not yet decoded, unfinished
+    requests, replies not read (Connection.held).  Past
+    tlsmgr_client_buffer_limit, the connections that have held theirs
+    longest are closed until the rest fits.  Once much of it is freed, the
+    memory goes back to the system."""
+
+    def __init__(self, limit: int, stats: Stats):
+        self.limit = limit
+        self.stats = stats
+        self.loop: asyncio.AbstractEventLoop        # from Server.serve()
+        self.held = 0                      # for all connections
+        self._holders: OrderedDict[Connection, None] = OrderedDict()   # held > 0
+        self._peak = 0                     # since memory last went back
+        self._trim_pending = False
+        self._warning = log.RateLimitedWarning()
+
+    def hold(self, connection: Connection, held: int) -> None:
+        """Account for the bytes held for a connection; close the longest
+        holders while all of them are past the limit."""
+        self.held += held - connection.held
+        connection.held = held
+        if held:
+            self._holders.setdefault(connection)        # kept in the order they began
+        else:
+            self._holders.pop(connection, None)
+        if self.held > self._peak:
+            self._peak = self.held
+        elif self._peak - self.held > _TRIM_AFTER and not self._trim_pending:
+            self._trim_pending = True
+            self.loop.call_later(1, self._give_back)
+        while self.held > self.limit:
+            oldest, _ = self._holders.popitem(last=False)
+            self._warning(
+                "clients' unfinished requests and unread replies take %d bytes, over "
+                "tlsmgr_client_buffer_limit (%d): closing the connection of %s, which "
+                "has held %d bytes for %.0f seconds", self.held, self.limit,
+                oldest.peer(), oldest.held, time.monotonic() - oldest.stuck_since)
+            self.held -= oldest.held
+            oldest.held = 0
+            self.stats.errors["buffer_limit"] += 1
+            oldest.drop()
+
+    def _give_back(self) -> None:
+        # Client buffers are large, short-lived and interleaved with small
+        # objects, so the C heap cannot shrink by itself once they are freed.
+        self._trim_pending = False
+        self._peak = self.held
+        if _malloc_trim is not None:
+            _malloc_trim(0)
+
+
 class Server:
     """The daemon's event loop work, around one Tlsmgr request handler."""
 
@@ -436,16 +489,11 @@ class Server:
         self.ipc_timeout = ipc_timeout
         self.request_size_limit = request_size_limit
         self.connection_limit = connection_limit
-        self.client_buffer_limit = client_buffer_limit
         # How long a request in a worker thread may take (see Connection).
         self.worker_deadline = worker_deadline
         self._late_warning = log.RateLimitedWarning()
-        self.held_bytes = 0                # for all connections (Connection.held)
-        self._holders: OrderedDict[Connection, None] = OrderedDict()   # held > 0
-        self._held_peak = 0                # since memory last went back
-        self._trim_pending = False
+        self.memory = ClientMemory(client_buffer_limit, self.stats)
         self._full_warning = log.RateLimitedWarning()
-        self._memory_warning = log.RateLimitedWarning()
         self.master = master
         self._status_due = False           # a status message to master is on its way
         self.watchdog = watchdog
@@ -474,34 +522,6 @@ class Server:
         self.connections.add(connection)
         self.stats.accepted += 1
 
-    def hold(self, connection: Connection, held: int) -> None:
-        """Account for the bytes held for a connection.  Past
-        tlsmgr_client_buffer_limit in all, the connections that have held
-        theirs longest are closed until the rest fits."""
-        self.held_bytes += held - connection.held
-        connection.held = held
-        if held:
-            self._holders.setdefault(connection)        # kept in the order they began
-        else:
-            self._holders.pop(connection, None)
-        if self.held_bytes > self._held_peak:
-            self._held_peak = self.held_bytes
-        elif self._held_peak - self.held_bytes > _TRIM_AFTER and not self._trim_pending:
-            self._trim_pending = True
-            self.loop.call_later(1, self._give_memory_back)
-        while self.held_bytes > self.client_buffer_limit:
-            oldest, _ = self._holders.popitem(last=False)
-            self._memory_warning(
-                "clients' unfinished requests and unread replies take %d bytes, over "
-                "tlsmgr_client_buffer_limit (%d): closing the connection of %s, which "
-                "has held %d bytes for %.0f seconds", self.held_bytes,
-                self.client_buffer_limit, oldest.peer(), oldest.held,
-                time.monotonic() - oldest.stuck_since)
-            self.held_bytes -= oldest.held
-            oldest.held = 0
-            self.stats.errors["buffer_limit"] += 1
-            oldest.drop()
-
     def late_reply(self, message: Message, connection: Connection) -> Reply:
         """The reply to a request whose worker did not answer by the deadline."""
         self.stats.errors["store_timeout"] += 1
@@ -512,14 +532,6 @@ class Server:
             connection.peer(), self.worker_deadline * 1000, WORKER_MARGIN * 1000)
         return self.tlsmgr.unanswered(message)
 
-    def _give_memory_back(self) -> None:
-        # Client buffers are large, short-lived and interleaved with small
-        # objects, so the C heap cannot shrink by itself once they are freed.
-        self._trim_pending = False
-        self._held_peak = self.held_bytes
-        if _malloc_trim is not None:
-            _malloc_trim(0)
-
     # Lifecycle.
 
     async def serve(self, sockets: Iterable[socket.socket],
@@ -527,6 +539,7 @@ class Server:
         """Serve listening sockets until stopped; return the exit status.
         The socket files named in remove_at_exit go when the server does."""
         self.loop = asyncio.get_running_loop()
+        self.memory.loop = self.loop
         self.loop.set_exception_handler(_log_loop_error)
         self.control_uids.add(os.geteuid())        # after any privilege drop
         self._stopped = asyncio.Event()
