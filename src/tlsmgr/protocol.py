@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from . import log
 from .attr import (
@@ -41,7 +41,7 @@ from .attr import (
 )
 from .scache import SessionCache
 from .stats import Stats
-from .tickets import NAME_LENGTH, TicketKey, TicketKeys
+from .tickets import NAME_LENGTH, TicketKeys
 
 if TYPE_CHECKING:
     from .control import Control
@@ -217,27 +217,26 @@ class Tlsmgr:
             handler = functools.partial(self.control.handle, request)
         if handler is not None:
             self.stats.requests[request] += 1
-            return Reply(self._answer(request, handler, message))
+            try:
+                return Reply(handler(message))
+            except Exception as err:
+                return Reply(self._failure(request, err))
         if request == WAKEUP:
             return HANG_UP
         self.stats.requests[b"unknown"] += 1
         self._client_error('unknown request "%s" from %s', printable(request), self.socket_name)
         return Reply(PROTOCOL_ERROR)
 
-    def _answer(self, request: bytes, handler: Callable[[Message], bytes],
-                message: Message) -> bytes:
+    def _failure(self, request: bytes, err: Exception) -> bytes:
         """The one place where a request fails: a bad request (already
         logged) or a bug, answered with status -2 in the request's shape,
         so that the client gets an answer and the connection stays in step."""
-        try:
-            return handler(message)
-        except BadRequest as bad:
-            return failed_reply(request, STAT_FAIL, bad.extras)
-        except Exception as err:
-            log.error("cannot answer %s request: %s: %s", request.decode(),
-                      type(err).__name__, err)
-            self.stats.errors["internal"] += 1
-            return failed_reply(request, STAT_FAIL)
+        if isinstance(err, BadRequest):
+            return failed_reply(request, STAT_FAIL, err.extras)
+        log.error("cannot answer %s request: %s: %s", request.decode(),
+                  type(err).__name__, err)
+        self.stats.errors["internal"] += 1
+        return failed_reply(request, STAT_FAIL)
 
     def unanswered(self, message: Message) -> Reply:
         """The reply to a request that could not be answered in time (the
@@ -245,7 +244,10 @@ class Tlsmgr:
         is answered from memory."""
         request = message[0][1] if message and message[0][0] == b"request" else b""
         if request == b"tktkey":                # what memory holds will do
-            return Reply(self._answer(request, self._tktkey_from_memory, message))
+            try:
+                return Reply(self._tktkey(message, from_memory=True))
+            except Exception as err:
+                return Reply(self._failure(request, err))
         return Reply(failed_reply(request, STAT_ERR))
 
     def _client_error(self, text: str, *args: object) -> None:
@@ -319,41 +321,36 @@ class Tlsmgr:
             raise BadRequest
         return self.caches[cache_type]
 
-    def _enabled_cache(self, cache_type: bytes, request: str) -> SessionCache:
-        # A disabled cache answers lookups, updates and deletes with -2.
-        cache = self.cache(cache_type, request)
-        if cache is None:
-            raise BadRequest
-        return cache
-
     # The requests.  Each returns the reply message.
 
     def _lookup(self, message: Message) -> bytes:
         cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
-        found = self._enabled_cache(cache_type, "lookup").lookup(cache_id)
+        cache = self.caches.get(cache_type)
+        if cache is None:
+            self._no_cache(cache_type, "lookup")
+        found = cache.lookup(cache_id)
         return _LOOKUP_MISS if found is None else _status_and_data(STAT_OK, b"session", found)
 
     def _update(self, message: Message) -> bytes:
         cache_type, cache_id, session = self.scan(message, 1, _UPDATE)
-        saved = self._enabled_cache(cache_type, "update").update(cache_id, session)
-        return _STATUS[STAT_OK if saved else STAT_ERR]
+        cache = self.caches.get(cache_type)
+        if cache is None:
+            self._no_cache(cache_type, "update")
+        return _STATUS[STAT_OK if cache.update(cache_id, session) else STAT_ERR]
 
     def _delete(self, message: Message) -> bytes:
         cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
-        deleted = self._enabled_cache(cache_type, "delete").delete(cache_id)
-        return _STATUS[STAT_OK if deleted else STAT_ERR]
+        cache = self.caches.get(cache_type)
+        if cache is None:
+            self._no_cache(cache_type, "delete")
+        return _STATUS[STAT_OK if cache.delete(cache_id) else STAT_ERR]
 
-    def _tktkey(self, message: Message) -> bytes:
-        return self._key_reply(message, self._key)
+    def _no_cache(self, cache_type: bytes, request: str) -> NoReturn:
+        # An unknown type (with a warning) or a disabled cache: status -2.
+        self.cache(cache_type, request)
+        raise BadRequest
 
-    def _tktkey_from_memory(self, message: Message) -> bytes:
-        return self._key_reply(message, self.tickets.at_hand)
-
-    def _key(self, name: bytes, timeout: int) -> TicketKey | None:
-        return self.tickets.find(name, timeout) if name else self.tickets.current(timeout)
-
-    def _key_reply(self, message: Message,
-                   lookup: Callable[[bytes, int], TicketKey | None]) -> bytes:
+    def _tktkey(self, message: Message, from_memory: bool = False) -> bytes:
         # Like the stock daemon (Postfix 3.7), a name not found is echoed in
         # place of a key, and so is what could be decoded of a name that is
         # not base64.
@@ -369,7 +366,12 @@ class Tlsmgr:
         timeout = self.timeouts[b"smtpd"]
         if timeout <= 0:
             return failed_reply(b"tktkey", STAT_ERR)     # no tickets without the cache
-        key = lookup(name, timeout)
+        if from_memory:
+            key = self.tickets.at_hand(name, timeout)
+        elif name:
+            key = self.tickets.find(name, timeout)
+        else:
+            key = self.tickets.current(timeout)
         if key is None:
             return _status_and_data(STAT_ERR, b"keybuf", name)
         return _status_and_data(STAT_OK, b"keybuf", key.pack())
