@@ -6,7 +6,7 @@ In one run on one machine, each cell of a matrix (workload x connections x
 session size) is measured twice under the same load generator: first
 against Postfix's own C tlsmgr (smtpd cache ``btree:``), then against this
 daemon (smtpd cache ``lmdb:``, or ``--ours-table``).  Both are started as
-master(8) starts them (tests/harness.py): listening socket on fd 6, status
+master(8) starts them (tests/helpers/harness.py): listening socket on fd 6, status
 pipe on fd 5, MAIL_CONFIG and GENERATION in the environment.  Each
 measurement gets a fresh daemon with empty caches in a fresh directory.
 
@@ -41,7 +41,7 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
 
-import harness  # noqa: E402  (tests/harness.py: how daemons are started)
+from helpers import harness  # noqa: E402  (tests/helpers/harness.py: how daemons are started)
 
 WORKLOADS = ["lookup-miss", "lookup-hit", "mix", "update", "seed", "tktkey"]
 SIZED = {"lookup-hit", "mix", "update"}         # the others carry no session

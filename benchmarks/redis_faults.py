@@ -7,7 +7,7 @@ masters and 3 replicas, a Sentinel set of a master, a replica and three
 sentinels, single servers), starts this daemon stand-alone on them with
 tlsmgr_redis_timeout_ms = 250, and drives it with a client that saves a
 session and looks it up again, one request after another, timing every
-request (tests/redis_servers.py).  Then the fault.  It prints, per
+request (tests/helpers/redis_servers.py).  Then the fault.  It prints, per
 scenario: the slowest request the client saw, and how long after the
 fault (or after Redis came back) sessions were found again.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
 
-import harness  # noqa: E402
-from redis_servers import (  # noqa: E402
+from helpers import harness  # noqa: E402
+from helpers.redis_servers import (  # noqa: E402
     Cluster,
     Load,
     SentinelSet,

@@ -5,7 +5,7 @@
 For each daemon a private Debian Postfix instance (chroot=y, as Debian
 ships master.cf; smtpd one connection per process, so that sessions resume
 only through tlsmgr) is started and driven for T seconds by K real TLS SMTP
-clients (tests/smtp_tls.py): half TLS 1.2 without tickets, which resume
+clients (tests/helpers/smtp_tls.py): half TLS 1.2 without tickets, which resume
 through the session cache, half TLS 1.3, which resume by tickets sealed
 with tlsmgr's keys.  Each client connects again and again (EHLO, STARTTLS,
 EHLO, QUIT) offering its previous session.  A third of the way in, a burst
@@ -38,9 +38,9 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
 
-import harness  # noqa: E402  (tests/: the instance, the clients, the load generator)
-import postfix_instance  # noqa: E402
-from smtp_tls import TLS12, TLS13, ResumingClients, Tally  # noqa: E402
+# tests/helpers: the instance, the clients, the load generator.
+from helpers import harness, postfix_instance  # noqa: E402
+from helpers.smtp_tls import TLS12, TLS13, ResumingClients, Tally  # noqa: E402
 
 PHASES = ("before", "burst", "between", "after reload")
 BURST_SECONDS = 5

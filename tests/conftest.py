@@ -3,8 +3,8 @@
 import os
 import shutil
 
-import harness
 import pytest
+from helpers import harness
 
 IN_CI = os.environ.get("CI") == "true"
 

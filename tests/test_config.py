@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_command
-from harness import comparable_with_postconf
+from helpers.harness import comparable_with_postconf
 
 from tlsmgr import config, log
 from tlsmgr.config import MacroError, expand, parse_main_cf

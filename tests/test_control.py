@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 from conftest import require
-from harness import free_tcp_port, postfix_dirs, start_ours, wait_for
+from helpers.harness import free_tcp_port, postfix_dirs, start_ours, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from tlsmgr import log

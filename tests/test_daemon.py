@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from harness import (
+from helpers.harness import (
     PYTHON,
     assert_exchange_file_rewritten,
     postfix_dirs,

@@ -1,4 +1,4 @@
-"""The Postfix-facing tests again, inside a Debian 13 root (debian13.py).
+"""The Postfix-facing tests again, inside a Debian 13 root (helpers/debian13.py).
 
 Debian 13 has Postfix 3.10, Python 3.13 and OpenSSL 3.5.  The tests below
 are run there against that release's own postfix, python3 and openssl,
@@ -12,9 +12,9 @@ import os
 import re
 import shutil
 
-import debian13
 import pytest
 from conftest import require
+from helpers import debian13
 
 pytestmark = [pytest.mark.postfix, pytest.mark.timeout(3000)]
 

@@ -12,8 +12,8 @@ import os
 
 import pytest
 from conftest import require, require_command
-from fleet import Fleet
-from postfix_instance import available
+from helpers.fleet import Fleet
+from helpers.postfix_instance import available
 
 pytestmark = pytest.mark.postfix
 

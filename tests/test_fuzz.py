@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import require
+from helpers.request_strategies import FUZZ_DIR, REQUEST_TYPES, invariants, messages, seeds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
-from request_strategies import FUZZ_DIR, REQUEST_TYPES, invariants, messages, seeds
 
 from tlsmgr.attr import AttrError, Decoder
 

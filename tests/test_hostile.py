@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import start_ours
+from helpers.harness import start_ours
 
 SUITE = Path(__file__).resolve().parent.parent / "hostile" / "run.py"
 

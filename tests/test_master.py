@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
-from harness import (
+from helpers.harness import (
     PYTHON,
     STATUS,
     assert_exchange_file_rewritten,

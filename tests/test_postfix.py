@@ -22,9 +22,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from conftest import require, require_command
-from harness import build_loadgen, free_tcp_port, loadgen_burst, wait_for
-from postfix_instance import PostfixInstance, available
-from smtp_tls import TLS12, TLS13, ResumingClients, client_context, starttls
+from helpers.harness import build_loadgen, free_tcp_port, loadgen_burst, wait_for
+from helpers.postfix_instance import PostfixInstance, available
+from helpers.smtp_tls import TLS12, TLS13, ResumingClients, client_context, starttls
 
 pytestmark = pytest.mark.postfix
 

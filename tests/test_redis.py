@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 from conftest import require
-from harness import Redis, redis_available, start_ours, wait_for
+from helpers.harness import Redis, redis_available, start_ours, wait_for
 
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.stores import Entry, Limits, StoreError

@@ -21,8 +21,8 @@ import time
 
 import pytest
 from conftest import require
-from harness import Redis, redis_available, wait_for
-from redis_servers import Cluster, Load, SentinelSet, Servers, SlowProxy, fleet_host, timed
+from helpers.harness import Redis, redis_available, wait_for
+from helpers.redis_servers import Cluster, Load, SentinelSet, Servers, SlowProxy, fleet_host, timed
 
 from tlsmgr.client import ClientError, TlsmgrClient
 from tlsmgr.server import WORKER_MARGIN

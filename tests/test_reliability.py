@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import require
-from harness import (
+from helpers.harness import (
     closed_by_server,
     connect,
     handshake,

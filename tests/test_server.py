@@ -6,15 +6,15 @@ the checks of fuzz/invariants.py)."""
 import asyncio
 import os
 
-from hypothesis import HealthCheck, event, example, given, settings
-from hypothesis import strategies as st
-from request_strategies import (
+from helpers.request_strategies import (
     REQUEST_TYPES,
     invariants,
     mangled_requests,
     messages,
     well_shaped_requests,
 )
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.prng import Prng

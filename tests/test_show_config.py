@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 from conftest import require
-from harness import PYTHON, comparable_with_postconf, write_main_cf
+from helpers.harness import PYTHON, comparable_with_postconf, write_main_cf
 
 from tlsmgr import config
 from tlsmgr.config import CACHE_LABELS, PARAMETERS, _cache_parameters

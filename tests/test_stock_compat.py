@@ -10,7 +10,7 @@ import socket
 
 import pytest
 from conftest import require
-from harness import start_ours, start_stock, stock_available
+from helpers.harness import start_ours, start_stock, stock_available
 
 from tlsmgr.attr import Decoder, decode_data, encode
 

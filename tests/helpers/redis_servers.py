@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import redis
-from harness import REDIS_SERVER, end_process, free_tcp_port, start_ours, wait_for
 
 from tlsmgr.client import TlsmgrClient
+
+from .harness import REDIS_SERVER, end_process, free_tcp_port, start_ours, wait_for
 
 REDIS_CLI = str(Path(REDIS_SERVER).with_name("redis-cli"))
 

@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parent.parent
+SOURCE = Path(__file__).resolve().parents[2]
 ROOT = Path(os.environ.get("TLSMGR_DEBIAN13_ROOT", "/var/cache/tlsmgr-tests/debian13"))
 SUITE = "trixie"
 PACKAGES = ["postfix", "python3", "python3-venv", "openssl", "ca-certificates",

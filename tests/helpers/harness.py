@@ -443,7 +443,7 @@ def write_storm(socket_path, prefix: str, stop, updates: list[int]) -> None:
         pass                                     # the daemon was killed under us
 
 
-LOADGEN_SOURCE = Path(__file__).resolve().parent.parent / "benchmarks" / "loadgen.c"
+LOADGEN_SOURCE = Path(__file__).resolve().parents[2] / "benchmarks" / "loadgen.c"
 
 
 def build_loadgen(directory: Path) -> Path:

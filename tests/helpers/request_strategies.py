@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-FUZZ_DIR = Path(__file__).resolve().parent.parent / "fuzz"
+FUZZ_DIR = Path(__file__).resolve().parents[2] / "fuzz"
 # The fuzz directory is not a package: its modules import each other by
 # plain name, as they do when a harness runs as a script.
 sys.path.insert(0, str(FUZZ_DIR))

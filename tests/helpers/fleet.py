@@ -34,8 +34,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from harness import Redis, postfix_dirs, start_as_master_does, wait_for
-from postfix_instance import OUR_COMMAND, PostfixInstance
+from .harness import Redis, postfix_dirs, start_as_master_does, wait_for
+from .postfix_instance import OUR_COMMAND, PostfixInstance
 
 PORT = 2525            # the same in both namespaces: the same service name
 RELAY_PORT = 2526

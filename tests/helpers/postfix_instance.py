@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import free_tcp_port, wait_for
+from .harness import free_tcp_port, wait_for
 
 DEBIAN_DAEMONS = Path("/usr/lib/postfix/sbin")
 OUR_COMMAND = "pytlsmgr"
