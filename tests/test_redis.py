@@ -331,7 +331,7 @@ def test_a_silent_redis_delays_only_its_own_requests(tmp_path):
 
 def test_sentinel_url_finds_the_master(tmp_path):
     require(redis_available(), "redis-server (apt-get install redis-server)")
-    from harness import REDIS_SERVER, free_tcp_port
+    from helpers.harness import REDIS_SERVER, free_tcp_port
     port, sentinel_port = free_tcp_port(), free_tcp_port()
     master = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1",
                                "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
