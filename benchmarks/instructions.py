@@ -1,15 +1,18 @@
 """Instructions per request, through the connection code, in process.
 
     .venv/bin/python benchmarks/instructions.py [--requests 5000] [--src DIR]
+                                                [--kinds hit miss update tktkey]
 
 Wall time on this shared two-core machine moves by 10 % between two runs
 of the same code; instruction counts do not.  Each request kind (a lookup
 that hits, one that misses, an update, a tktkey) is sent one request per
-data_received() to a server.Connection on a transport that only keeps
+data_received() to a connection.Connection on a transport that only keeps
 what is written, with a memory store, as a client that never pipelines
-does.  valgrind --tool=callgrind counts the instructions of a run of N
-requests and of one of 2N; the difference divided by N is what one more
-request costs, start-up excluded.
+does, with the cyclic garbage collector off (as good as the daemon's
+frozen, seldom-run one).  valgrind --tool=callgrind counts the
+instructions of a run of N requests and of one of 2N, with one hash seed;
+the difference divided by N is what one more request costs, start-up
+excluded.
 
 ``--src`` measures another checkout's src/ (for before and after); the
 connection setup used here must exist there.
@@ -18,6 +21,7 @@ connection setup used here must exist there.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import subprocess
@@ -51,6 +55,9 @@ def run_loop(kind: str, count: int) -> None:
     if kind == "hit":
         connection.data_received(encode(requests("update")[:2] + [
             ("cache_id", "id1"), ("session", b"x" * 300)]))
+    # As in the daemon, requests make no garbage cycles (server.py): the
+    # collector would only add noise, so it is off for the measured part.
+    gc.disable()
     for _ in range(count):
         connection.data_received(wire)
         transport.writes.clear()
@@ -59,7 +66,7 @@ def run_loop(kind: str, count: int) -> None:
 def instructions(src: Path, kind: str, count: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        env = dict(os.environ, PYTHONPATH=str(src))
+        env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED="0")
         subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % out,
                         sys.executable, __file__, "--loop", kind, str(count)],
                        env=env, check=True, capture_output=True)
@@ -72,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--src", type=Path, default=BENCHMARKS.parent / "src")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=KINDS)
     parser.add_argument("--loop", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loop:
@@ -79,7 +87,7 @@ def main() -> None:
         return
     print("instructions per request (callgrind, %d vs %d requests), src=%s"
           % (args.requests, 2 * args.requests, args.src))
-    for kind in KINDS:
+    for kind in args.kinds:
         once = instructions(args.src, kind, args.requests)
         twice = instructions(args.src, kind, 2 * args.requests)
         print("%-7s %8.0f" % (kind, (twice - once) / args.requests))

@@ -245,6 +245,6 @@ def test_a_scrape_while_the_daemon_stops_is_empty_and_one_warning(caplog):
 
     StoppedServer.loop.close()
     with caplog.at_level(logging.WARNING, logger=log.logger.name):
-        assert list(Collector(StoppedServer()).collect()) == []
+        assert list(Collector(None, StoppedServer()).collect()) == []
     assert [r.getMessage() for r in caplog.records] == [
         "metrics: no snapshot from the event loop: Event loop is closed"]

@@ -25,7 +25,7 @@ from helpers.harness import Redis, redis_available, wait_for
 from helpers.redis_servers import Cluster, Load, SentinelSet, Servers, SlowProxy, fleet_host, timed
 
 from tlsmgr.client import ClientError, TlsmgrClient
-from tlsmgr.server import WORKER_MARGIN
+from tlsmgr.connection import WORKER_MARGIN
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 

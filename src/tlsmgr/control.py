@@ -19,38 +19,51 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence, Sized
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import log
 from .attr import Message, encode
-from .protocol import STAT_ERR, STAT_OK, Kind, Wanted, failed_reply
+from .protocol import INT, STAT_ERR, STAT_OK, STR, Wanted, failed_reply
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .prng import Prng
+    from .protocol import Tlsmgr
+    from .scache import SessionCache
 
 REQUESTS = frozenset((b"stats", b"flush", b"rotate_keys", b"list"))
 LIST_DEFAULT = 1000          # ids listed when the request sets no limit
 LIST_MAX = 10000             # and at most, whatever it sets
 
-_CACHE_TYPE: Wanted = ((b"cache_type", Kind.STR),)
-_LIMIT: Wanted = ((b"limit", Kind.INT),)
+_CACHE_TYPE: Wanted = ((b"cache_type", STR),)
+_LIMIT: Wanted = ((b"limit", INT),)
 
 
-def snapshot(server: Server) -> dict[str, Any]:
-    """Everything the stats request and the metrics report, from a Server.
+@dataclass(frozen=True)
+class Sources:
+    """What the stats report reads, each part from its owner."""
+
+    tlsmgr: Tlsmgr                     # requests, errors, ticket keys
+    caches: Sequence[SessionCache]     # the enabled ones
+    prng: Prng
+    connections: Sized                 # the open ones
+
+
+def snapshot(sources: Sources) -> dict[str, Any]:
+    """Everything the stats request and the metrics report.
 
     The JSON shape (docs/OPERATIONS.md): uptime; caches by type (enabled
     ones only); ticket_keys; prng; connections; requests by name; errors
     by kind.
     """
-    tlsmgr = server.tlsmgr
+    tlsmgr = sources.tlsmgr
     ring = tlsmgr.tickets.ring
     now = time.time()
-    caches = {cache.label: cache.stats() for cache in server.caches}
-    stats = server.stats
+    caches = {cache.label: cache.stats() for cache in sources.caches}
+    stats = tlsmgr.stats
     errors = dict(stats.errors)
-    store_errors = sum(cache.store_errors for cache in server.caches)
+    store_errors = sum(cache.store_errors for cache in sources.caches)
     if store_errors:
         errors["store"] = store_errors
     return {
@@ -62,22 +75,22 @@ def snapshot(server: Server) -> dict[str, Any]:
             "rotations": ring.rotations,
             "shared": tlsmgr.tickets.shared,
         },
-        "prng": {"reseeds": server.prng.reseeds,
-                 "exchange_updates": server.prng.exchange_updates},
-        "connections": {"now": len(server.connections), "total": stats.accepted},
+        "prng": {"reseeds": sources.prng.reseeds,
+                 "exchange_updates": sources.prng.exchange_updates},
+        "connections": {"now": len(sources.connections), "total": stats.accepted},
         "requests": {name.decode(): count for name, count in sorted(stats.requests.items())},
         "errors": dict(sorted(errors.items())),
     }
 
 
 class Control:
-    """Answers the control requests of one daemon (a Server)."""
+    """Answers the control requests of one daemon."""
 
     requests = REQUESTS
 
-    def __init__(self, server: Server):
-        self.server = server
-        self.tlsmgr = server.tlsmgr
+    def __init__(self, sources: Sources):
+        self.sources = sources
+        self.tlsmgr = sources.tlsmgr
         self._handlers: dict[bytes, Callable[[Message], bytes]] = {
             b"stats": self._stats, b"flush": self._flush,
             b"rotate_keys": self._rotate_keys, b"list": self._list}
@@ -87,7 +100,7 @@ class Control:
 
     def _stats(self, message: Message) -> bytes:
         self.tlsmgr.scan(message, 1, ())
-        text = json.dumps(snapshot(self.server), separators=(",", ":"))
+        text = json.dumps(snapshot(self.sources), separators=(",", ":"))
         return encode([("status", STAT_OK), ("stats", text)])
 
     def _flush(self, message: Message) -> bytes:

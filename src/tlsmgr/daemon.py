@@ -29,10 +29,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, config, log, master
 from .attr import Decoder, Message
+from .connection import WORKER_MARGIN
+from .control import Control, Sources
 from .prng import Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache, logs_cache_activity
-from .server import WORKER_MARGIN, Server, listen_unix, raise_open_files_limit
+from .server import Server, listen_unix, raise_open_files_limit
 from .stats import Stats
 from .stores import (
     FILE_TYPES,
@@ -123,8 +125,10 @@ def ticket_keys(smtpd_cache: SessionCache | None,
     return FleetTicketKeys(RedisTicketKeys(smtpd_cache.store), ring, random_bytes)
 
 
-def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
-    """The stock daemon's pre-init: open everything, then make the server."""
+def build_server(cfg: config.Config, uid: int,
+                 connection_limit: int) -> tuple[Server, Control]:
+    """The stock daemon's pre-init: open everything, then make the server
+    and the control requests' handler, which reports on all of it."""
     exchange = cfg.tls_random_exchange_name
     if exchange:
         exchange = redirect_to_data_directory(exchange, "file", exchange, cfg, uid)
@@ -142,7 +146,8 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int) -> Server:
         server.control_uids.add(pwd.getpwnam(cfg.mail_owner).pw_uid)
     except KeyError:
         pass                # stand-alone, for a mail_owner this host does not have
-    return server
+    tlsmgr.control = Control(Sources(tlsmgr, server.caches, prng, server.connections))
+    return server, tlsmgr.control
 
 
 def build_server_as_mail_owner(cfg: config.Config) -> Server:
@@ -151,19 +156,19 @@ def build_server_as_mail_owner(cfg: config.Config) -> Server:
     while the Python installation is still within reach); then the
     metrics server, if wanted."""
     connection_limit = raise_open_files_limit(cfg.tlsmgr_connection_limit)
-    serve_metrics: Callable[[str, Server], None] | None = None
+    serve_metrics: Callable[[str, Control, Server], None] | None = None
     if cfg.tlsmgr_metrics_listen:
         from .metrics import start as serve_metrics  # and prometheus-client: when wanted
     if os.geteuid() != 0:
-        server = build_server(cfg, os.geteuid(), connection_limit)
+        server, control = build_server(cfg, os.geteuid(), connection_limit)
     else:
         master.preload_modules()
         uid, gid = master.mail_owner_ids(cfg.mail_owner)
         with master.effective_ids(uid, gid):
-            server = build_server(cfg, uid, connection_limit)
+            server, control = build_server(cfg, uid, connection_limit)
     if serve_metrics is not None:
         # Before any privilege drop or jail: any port, the imports done.
-        serve_metrics(cfg.tlsmgr_metrics_listen, server)
+        serve_metrics(cfg.tlsmgr_metrics_listen, control, server)
     return server
 
 

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import log
-from .control import snapshot
+from .control import Control, snapshot
 
 if TYPE_CHECKING:
     from .server import Server
@@ -53,15 +53,16 @@ def parse_listen(value: str) -> tuple[str, int]:
 class Collector:
     """What each scrape reports, asked of the server's event loop."""
 
-    def __init__(self, server: Server):
+    def __init__(self, control: Control, server: Server):
+        self.control = control
         self.server = server
         self._warn = log.RateLimitedWarning()
 
     async def _snapshot(self, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
-        tlsmgr = self.server.tlsmgr
-        if tlsmgr.any_blocking:         # a store on the network: not in the loop
-            return await loop.run_in_executor(self.server.workers, snapshot, self.server)
-        return snapshot(self.server)
+        sources = self.control.sources
+        if sources.tlsmgr.any_blocking:     # a store on the network: not in the loop
+            return await loop.run_in_executor(self.server.workers, snapshot, sources)
+        return snapshot(sources)
 
     def collect(self) -> Iterator[Metric]:
         loop = self.server.loop
@@ -124,11 +125,12 @@ class Collector:
         yield errors
 
 
-def start(listen: str, server: Server) -> None:
-    """Serve the server's metrics at listen (a tlsmgr_metrics_listen value)."""
+def start(listen: str, control: Control, server: Server) -> None:
+    """Serve what control reports, asked of the server's event loop, at
+    listen (a tlsmgr_metrics_listen value)."""
     host, port = parse_listen(listen)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(server))
+    registry.register(Collector(control, server))
     try:
         start_http_server(port, host, registry=registry)
     except OSError as err:

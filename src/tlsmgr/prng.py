@@ -177,6 +177,9 @@ class Prng:
                  reseed_period: int, update_period: int,
                  pool: Pool | None = None) -> None:
         self.pool = pool if pool is not None else Pool()
+        # Called after every event: the pool's own, without a call of ours
+        # around it.  (Times mixed in leave the bytes ahead as they are.)
+        self.mix_time = self.pool.mix_time
         self._ahead = b""
         self._ahead_used = 0
         self._ahead_lock = threading.Lock()
@@ -245,9 +248,6 @@ class Prng:
         self.pool.mix(data)
         with self._ahead_lock:     # what follows must depend on the new data
             self._ahead, self._ahead_used = b"", 0
-
-    def mix_time(self) -> None:
-        self.pool.mix_time()
 
     def reseed(self) -> float | None:
         """Feed the pool from the external source; return the next delay.

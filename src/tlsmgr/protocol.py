@@ -56,28 +56,26 @@ WAKEUP = b"W"        # master(8)'s trigger
 SEED_MAX = 255
 
 
-class Kind:
-    """How an attribute value is read (Postfix's RECV_ATTR_STR/INT/DATA):
-    the function that converts it, None for a string taken as it is."""
+# How an attribute value is read (Postfix's RECV_ATTR_STR/INT/DATA): the
+# function that converts it (None: the value as it is), and what a value it
+# cannot convert is called in the warning.  A plain tuple, since scan()
+# unpacks one per attribute of every request.
+Kind = tuple[Callable[[bytes], Any] | None, str]
 
-    STR = None
-    INT = staticmethod(decode_int)
-    DATA = staticmethod(decode_data)
+STR: Kind = (None, "")
+INT: Kind = (decode_int, "numerical")
+DATA: Kind = (decode_data, "base64")
 
+# What each request reads after its name, in order: each attribute's name
+# and how its value is read.
+Wanted = tuple[tuple[bytes, Kind], ...]
 
-_MALFORMED: dict[Callable[[bytes], Any], str] = {Kind.INT: "numerical",
-                                                  Kind.DATA: "base64"}
-
-# What each request reads after its name, in order.
-# An attribute wanted: its name, and how its value is read (None: as it is).
-Wanted = tuple[tuple[bytes, Callable[[bytes], Any] | None], ...]
-
-_REQUEST: Wanted = ((b"request", Kind.STR),)
-_CACHE_ENTRY = ((b"cache_type", Kind.STR), (b"cache_id", Kind.STR))
-_UPDATE = (*_CACHE_ENTRY, (b"session", Kind.DATA))
-_CACHE_TYPE = ((b"cache_type", Kind.STR),)
-_KEYNAME = ((b"keyname", Kind.DATA),)
-_SIZE = ((b"size", Kind.INT),)
+_REQUEST: Wanted = ((b"request", STR),)
+_CACHE_ENTRY = ((b"cache_type", STR), (b"cache_id", STR))
+_UPDATE = (*_CACHE_ENTRY, (b"session", DATA))
+_CACHE_TYPE = ((b"cache_type", STR),)
+_KEYNAME = ((b"keyname", DATA),)
+_SIZE = ((b"size", INT),)
 
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
@@ -288,7 +286,7 @@ class Tlsmgr:
         but, as in Postfix, do not fail the request.
         """
         values: list[Any] = []
-        for index, (name, convert) in enumerate(wanted, start):
+        for index, (name, (convert, malformed)) in enumerate(wanted, start):
             if index >= len(message):
                 self._client_error("missing attribute %s in input from %s", name.decode(),
                                    self.socket_name)
@@ -302,7 +300,7 @@ class Tlsmgr:
                 value = convert(value)
                 if value is None:
                     self._client_error("malformed %s data from %s while reading input "
-                                       "attribute value: %.100s", _MALFORMED[convert],
+                                       "attribute value: %.100s", malformed,
                                        self.socket_name, printable(message[index][1]))
                     raise BadRequest
             values.append(value)

@@ -4,7 +4,8 @@ and applies flow control as asyncio's do.  Used by tests/test_server.py and
 benchmarks/instructions.py."""
 
 from helpers.request_strategies import invariants
-from tlsmgr.server import Connection
+from tlsmgr.connection import Connection, Shared
+from tlsmgr.limits import ClientMemory, ConnectionTable
 
 CONNECTION_SIZE_LIMIT = 1024
 
@@ -42,44 +43,19 @@ class FakeLoop:
             callback(*args)
 
 
-class FakePrng:
-    def mix_time(self):
-        pass
-
-
-class FakeMemory:
-    """ClientMemory's accounting, never enforced: tlsmgr_client_buffer_limit
-    is not under test here."""
-
-    def __init__(self):
-        self.held = 0
-
-    def hold(self, connection, held):
-        self.held += held - connection.held
-        connection.held = held
-
-
-class FakeServer:
-    """What of tlsmgr.server.Server a Connection uses."""
-
-    def __init__(self):
-        self.tlsmgr = invariants.make_tlsmgr()
-        self.stats = self.tlsmgr.stats
-        self.request_size_limit = CONNECTION_SIZE_LIMIT
-        self.ipc_timeout = 3600
-        self.connections = set()
-        self.loop = FakeLoop()
-        self.prng = FakePrng()
-        self.workers = None             # memory caches never go to a worker
-        self.requests_served = 0
-        self.memory = FakeMemory()
-        self.control_uids = set()       # nobody may send control requests
-
-    def admit(self, connection):
-        self.connections.add(connection)
-
-    def served(self):
-        self.requests_served += 1
+def make_shared():
+    """The state a Connection shares with others, around a FakeLoop and
+    the request handler of fuzz/invariants.py.  The budgets are real but
+    never reached: the limits are not under test here."""
+    tlsmgr = invariants.make_tlsmgr()
+    return Shared(
+        tlsmgr, tlsmgr.stats, FakeLoop(),
+        workers=None,                   # memory caches never go to a worker
+        connections=ConnectionTable(1 << 30, tlsmgr.stats),
+        memory=ClientMemory(1 << 62, tlsmgr.stats),
+        served=lambda: None, mix_time=lambda: None,
+        control_uids=set(),             # nobody may send control requests
+        ipc_timeout=3600, request_size_limit=CONNECTION_SIZE_LIMIT, worker_deadline=1.0)
 
 
 class FakeTransport:
@@ -134,9 +110,10 @@ class FakeTransport:
 
 
 def connect(high_water):
-    server = FakeServer()
-    connection = Connection(server)
+    """A Connection on a FakeTransport: (its Shared, it, the transport)."""
+    shared = make_shared()
+    connection = Connection(shared)
     transport = FakeTransport(high_water)
     transport.protocol = connection
     connection.connection_made(transport)
-    return server, connection, transport
+    return shared, connection, transport
