@@ -15,7 +15,14 @@ from helpers.harness import Redis, redis_available, start_ours, wait_for
 
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.stores import Entry, Limits, StoreError
-from tlsmgr.stores.redis import RedisSettings, RedisStore, Refused, describe_error, parse_url
+from tlsmgr.stores.redis import (
+    RedisLink,
+    RedisSettings,
+    RedisStore,
+    Refused,
+    describe_error,
+    parse_url,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -142,6 +149,19 @@ def test_redis_py_dumps_are_cut_to_one_short_line():
         "MasterNotFoundError: No master found for 'pool'"
     assert len(describe_error(redis.ResponseError("x" * 5000))) <= 160
     assert describe_error(redis.TimeoutError()) == "TimeoutError"
+
+
+def test_one_breakers_failure_leaves_the_other_breakers_client_alone(redis_server):
+    # The store and the ticket keys share a link, each with its breaker.
+    link = RedisLink(parse_url(redis_server.url), RedisSettings(timeout_ms=500))
+    failed = link.client()
+    link.reset(failed)                      # one breaker saw it fail
+    replacement = link.client()
+    assert replacement is not failed
+    link.reset(failed)                      # the other, late, about the same client
+    assert link.client() is replacement     # the replacement stays in use
+    assert failed.ping() and replacement.ping()   # and a call in flight is not cut
+    link.close()
 
 
 def _works(store):

@@ -207,18 +207,20 @@ class RedisLink:
             return sentinel.master_for(endpoint.service, db=endpoint.db, **options)
         return redis.Redis.from_url(endpoint.url, **options)
 
-    def reset(self) -> None:
-        """Forget the client after a failure to reach Redis: the next one
-        learns the topology anew (a Cluster's slots after a fail-over; a
-        Cluster client that lost a master does not look again by itself
-        when nothing is retried)."""
+    def reset(self, failed: Any) -> None:
+        """Forget a client that failed to reach Redis: the next one learns
+        the topology anew (a Cluster's slots after a fail-over; a Cluster
+        client that lost a master does not look again by itself when
+        nothing is retried).
+
+        The store and the ticket keys share this link, each with its own
+        breaker: a client another breaker already replaced is left alone,
+        and the failed one is not closed here, since a call of the other
+        breaker may still be using it; its sockets close when the last
+        user lets it go."""
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass                     # it is being dropped for failing
+            if self._client is failed:
+                self._client = None
 
     def resolve_hosts(self) -> None:
         """Look the host names up now: inside a chroot jail the resolver
@@ -258,11 +260,14 @@ class Breaker:
         if self.opened_at is not None:
             raise Unreachable("Redis %s is unreachable (%s); it is probed every second"
                               % (self.link.name, self.last_error))
+        client = None
         try:
-            return operation(self.link.client())
+            client = self.link.client()
+            return operation(client)
         except Exception as err:
             text = "Redis %s: %s" % (self.link.name, describe_error(err))
             if _is_unreachable(err):
+                self.link.reset(client)
                 self._open(describe_error(err))
                 raise Unreachable(text) from None
             # Whatever else broke (Redis refusing, the client library), the
@@ -270,7 +275,6 @@ class Breaker:
             raise Refused(text) from None
 
     def _open(self, error: str) -> None:
-        self.link.reset()
         with self.lock:
             self.last_error = error
             if self.opened_at is not None:
@@ -282,12 +286,14 @@ class Breaker:
     def _probe(self) -> None:
         while True:
             time.sleep(PROBE_INTERVAL)
+            client = None
             try:
-                self.probe(self.link.client())
+                client = self.link.client()
+                self.probe(client)
             except Exception as err:
                 if _is_unreachable(err):
                     self.last_error = describe_error(err)
-                    self.link.reset()
+                    self.link.reset(client)
                     continue
             with self.lock:
                 self.opened_at = None
