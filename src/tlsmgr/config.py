@@ -104,6 +104,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("tlsmgr_redis_key_prefix", "tlsmgr:"),
     Parameter("tlsmgr_redis_password", ""),
     Parameter("tlsmgr_redis_timeout_ms", "250", "int", 1),
+    # Ours: the fleet's secrets, which seal what goes to Redis (seal.py);
+    # empty: stored as it is, unprotected.
+    Parameter("tlsmgr_fleet_secret_file", ""),
     # Ours: uvloop or asyncio.
     Parameter("tlsmgr_event_loop", "uvloop"),
     # Ours: Prometheus metrics over HTTP at [host:]port; empty is off.
@@ -160,6 +163,7 @@ class Config:
     tlsmgr_redis_key_prefix: str
     tlsmgr_redis_password: str
     tlsmgr_redis_timeout_ms: int
+    tlsmgr_fleet_secret_file: str
     tlsmgr_event_loop: str
     tlsmgr_metrics_listen: str
     # Expanded text of every known parameter and of every name main.cf or

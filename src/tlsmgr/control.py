@@ -74,6 +74,7 @@ def snapshot(sources: Sources) -> dict[str, Any]:
             "current_age": None if ring.rotated_at is None else round(now - ring.rotated_at),
             "rotations": ring.rotations,
             "shared": tlsmgr.tickets.shared,
+            "unopened": tlsmgr.tickets.unopened,
         },
         "prng": {"reseeds": sources.prng.reseeds,
                  "exchange_updates": sources.prng.exchange_updates},

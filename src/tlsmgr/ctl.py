@@ -11,7 +11,9 @@ control requests (control.py, docs/OPERATIONS.md): the daemon answers
 them for root, mail_owner and its own user only.
 
 ``install`` and ``uninstall`` do not talk to a server: they switch
-Postfix's tlsmgr service to this daemon and back (see install.py).
+Postfix's tlsmgr service to this daemon and back (see install.py); nor
+does ``fleet-secret``, which prints a new line for the fleet's secret file
+(tlsmgr_fleet_secret_file, docs/FLEET.md).
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print the JSON the daemon sends")
     for name in ("install", "uninstall"):
         install.add_arguments(commands.add_parser(name, help=install.HELP[name]))
+    commands.add_parser("fleet-secret", help="print a new secret line for "
+                        "tlsmgr_fleet_secret_file (32 random bytes, base64)")
     return parser
 
 
@@ -136,15 +140,17 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
     lines = ["uptime: %d seconds" % stats["uptime"]]
     for label, cache in stats["caches"].items():
         lines.append("%s cache: %d entries, %d bytes; %d hits, %d misses (hit ratio %.2f); "
-                     "%d updates, %d deletes; %d expired, %d evicted"
+                     "%d updates, %d deletes; %d expired, %d evicted%s"
                      % (label, cache["entries"], cache["bytes"], cache["hits"],
                         cache["misses"], cache["hit_ratio"], cache["updates"],
-                        cache["deletes"], cache["expired"], cache["evicted"]))
+                        cache["deletes"], cache["expired"], cache["evicted"],
+                        "; %d did not open" % cache["unopened"] if cache["unopened"] else ""))
     keys = stats["ticket_keys"]
     age = "" if keys["current_age"] is None else ", the current one %d seconds old" \
         % keys["current_age"]
-    lines.append("ticket keys: %d%s; %d made or taken on%s" % (
-        keys["count"], age, keys["rotations"], " (shared by the fleet)" if keys["shared"] else ""))
+    lines.append("ticket keys: %d%s; %d made or taken on%s%s" % (
+        keys["count"], age, keys["rotations"], " (shared by the fleet)" if keys["shared"] else "",
+        "; %d from Redis did not open" % keys["unopened"] if keys["unopened"] else ""))
     lines.append("prng: %d reseeds, %d exchange file updates"
                  % (stats["prng"]["reseeds"], stats["prng"]["exchange_updates"]))
     lines.append("connections: %d open, %d in all"
@@ -188,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     log.setup_stderr("tlsmgr-ctl")
     if args.command in ("install", "uninstall"):
         return install.command(args)
+    if args.command == "fleet-secret":
+        from .seal import new_secret_line
+        print(new_secret_line())
+        return 0
     try:
         path = args.socket or default_socket()
         with TlsmgrClient(path, args.timeout) as client:

@@ -48,6 +48,7 @@ from .stores import (
 from .tickets import FleetTicketKeys, TicketKeyRing, TicketKeys
 
 if TYPE_CHECKING:
+    from .seal import Seal
     from .stores.redis import RedisSettings
 
 
@@ -68,8 +69,10 @@ def redirect_to_data_directory(path: str, what: str, name: str,
     return os.path.join(cfg.data_directory, os.path.basename(path))
 
 
-def open_caches(cfg: config.Config, uid: int) -> dict[str, SessionCache | None]:
-    """Every cache type, mapped to its open (empty) cache or None if off."""
+def open_caches(cfg: config.Config, uid: int,
+                seal: Seal | None = None) -> dict[str, SessionCache | None]:
+    """Every cache type, mapped to its open (empty) cache or None if off;
+    Redis caches sealed with the fleet's secret, if it has one."""
     caches: dict[str, SessionCache | None] = {}
     in_use: dict[str, str] = {}
     for settings in cfg.caches:
@@ -95,7 +98,7 @@ def open_caches(cfg: config.Config, uid: int) -> dict[str, SessionCache | None]:
                       ", ".join((MEMORY_TYPE, *FILE_TYPES, REDIS_TYPE)))
         try:
             store = open_store("%s:%s" % (kind, name), settings.label, settings.timeout,
-                               redis_settings(cfg) if kind == REDIS_TYPE else None)
+                               redis_settings(cfg, seal) if kind == REDIS_TYPE else None)
         except StoreError as err:
             log.fatal("open %s TLS cache %s: %s", settings.label, spec, err)
         verbose = logs_cache_activity(settings.loglevel_param, settings.loglevel)
@@ -107,10 +110,29 @@ def open_caches(cfg: config.Config, uid: int) -> dict[str, SessionCache | None]:
     return caches
 
 
-def redis_settings(cfg: config.Config) -> RedisSettings:
+def redis_settings(cfg: config.Config, seal: Seal | None = None) -> RedisSettings:
     from .stores.redis import RedisSettings
     return RedisSettings(cfg.tlsmgr_redis_key_prefix, cfg.tlsmgr_redis_password,
-                         cfg.tlsmgr_redis_timeout_ms)
+                         cfg.tlsmgr_redis_timeout_ms, seal)
+
+
+def read_fleet_secret(cfg: config.Config) -> Seal | None:
+    """The seal of tlsmgr_fleet_secret_file, if set: read as root, before
+    the privilege drop and the jail.  A file that is not private, or not
+    wholly secrets, is a fatal error."""
+    path = cfg.tlsmgr_fleet_secret_file
+    if not path:
+        return None
+    from . import seal
+    owners = {0, os.geteuid()}
+    try:
+        owners.add(pwd.getpwnam(cfg.mail_owner).pw_uid)
+    except KeyError:
+        pass
+    try:
+        return seal.read_secret_file(path, owners)
+    except seal.SecretFileError as err:
+        log.fatal("%s %s: %s", seal.PARAMETER, path, err)
 
 
 def ticket_keys(smtpd_cache: SessionCache | None,
@@ -125,8 +147,8 @@ def ticket_keys(smtpd_cache: SessionCache | None,
     return FleetTicketKeys(RedisTicketKeys(smtpd_cache.store), ring, random_bytes)
 
 
-def build_server(cfg: config.Config, uid: int,
-                 connection_limit: int) -> tuple[Server, Control]:
+def build_server(cfg: config.Config, uid: int, connection_limit: int,
+                 seal: Seal | None = None) -> tuple[Server, Control]:
     """The stock daemon's pre-init: open everything, then make the server
     and the control requests' handler, which reports on all of it."""
     exchange = cfg.tls_random_exchange_name
@@ -134,7 +156,7 @@ def build_server(cfg: config.Config, uid: int,
         exchange = redirect_to_data_directory(exchange, "file", exchange, cfg, uid)
     prng = Prng(cfg.tls_random_source, cfg.tls_random_bytes, exchange,
                 cfg.tls_random_reseed_period, cfg.tls_random_prng_update_period)
-    caches = open_caches(cfg, uid)
+    caches = open_caches(cfg, uid, seal)
     tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches},
                     prng.random_bytes, ticket_keys(caches["smtpd"], prng.random_bytes),
                     socket_name="%s socket" % cfg.params["service_name"], stats=Stats())
@@ -159,13 +181,14 @@ def build_server_as_mail_owner(cfg: config.Config) -> Server:
     serve_metrics: Callable[[str, Control, Server], None] | None = None
     if cfg.tlsmgr_metrics_listen:
         from .metrics import start as serve_metrics  # and prometheus-client: when wanted
+    seal = read_fleet_secret(cfg)
     if os.geteuid() != 0:
-        server, control = build_server(cfg, os.geteuid(), connection_limit)
+        server, control = build_server(cfg, os.geteuid(), connection_limit, seal)
     else:
         master.preload_modules()
         uid, gid = master.mail_owner_ids(cfg.mail_owner)
         with master.effective_ids(uid, gid):
-            server, control = build_server(cfg, uid, connection_limit)
+            server, control = build_server(cfg, uid, connection_limit, seal)
     if serve_metrics is not None:
         # Before any privilege drop or jail: any port, the imports done.
         serve_metrics(cfg.tlsmgr_metrics_listen, control, server)

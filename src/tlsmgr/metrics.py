@@ -37,6 +37,8 @@ _CACHE_COUNTERS = (
     ("tlsmgr_cache_deletes", "deletes", "Sessions removed by delete requests"),
     ("tlsmgr_cache_expired", "expired", "Entries removed because they were too old"),
     ("tlsmgr_cache_evicted", "evicted", "Live entries removed to stay within the limits"),
+    ("tlsmgr_cache_unopened", "unopened",
+     "Entries read from Redis whose seal did not open (counted as misses too)"),
 )
 
 
@@ -103,6 +105,9 @@ class Collector:
             yield GaugeMetricFamily("tlsmgr_ticket_key_age_seconds",
                                     "Age of the current session ticket key",
                                     value=keys["current_age"])
+        yield CounterMetricFamily("tlsmgr_ticket_keys_unopened",
+                                  "Ticket keys read from Redis whose seal did not open",
+                                  value=keys["unopened"])
         yield CounterMetricFamily("tlsmgr_ticket_key_rotations",
                                   "Session ticket keys made or taken on", value=keys["rotations"])
         yield CounterMetricFamily("tlsmgr_prng_reseeds", "PRNG reseeds from the entropy source",

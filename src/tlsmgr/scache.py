@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from . import log
-from .stores import Entry, Limits, Store, StoreError, Trimmed
+from .stores import CannotOpen, Entry, Limits, Store, StoreError, Trimmed
 
 NO_LIMITS = Limits()
 
@@ -73,6 +73,7 @@ class SessionCache:
         self.expired = 0                 # removed because they were too old
         self.evicted = 0                 # removed, still live, to make room
         self.store_errors = 0
+        self.unopened = 0                # entries whose seal did not open: misses
         self._unlogged = Trimmed()       # removals not yet reported
         self._logged_at: float | None = None
         self._store_warning = log.RateLimitedWarning()
@@ -86,6 +87,12 @@ class SessionCache:
             log.info("lookup %s session id=%s", self.label, cache_id.decode(errors="replace"))
         try:
             entry = self.store.get(cache_id)
+        except CannotOpen as err:
+            # Never handed to a client: it may have been planted.
+            self.unopened += 1
+            self._store_warning("%s TLS session cache: %s -- treated as a miss",
+                                self.label, err)
+            entry = None
         except StoreError as err:
             self._store_error("cannot look up %s TLS session: %s", err)
             entry = None
@@ -189,7 +196,8 @@ class SessionCache:
         lookups = self.hits + self.misses
         return {"entries": entries, "bytes": size, "hits": self.hits, "misses": self.misses,
                 "updates": self.updates, "deletes": self.deletes, "expired": self.expired,
-                "evicted": self.evicted, "hit_ratio": self.hits / lookups if lookups else 0.0}
+                "evicted": self.evicted, "unopened": self.unopened,
+                "hit_ratio": self.hits / lookups if lookups else 0.0}
 
     def start_cleanup(self) -> None:
         """Begin a cleanup pass, unless one is still running."""

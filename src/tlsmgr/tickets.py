@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import log
-from .stores import StoreError
+from .stores import CannotOpen, StoreError
 
 NAME_LENGTH = 16
 CIPHER_KEY_LENGTH = 32
@@ -72,6 +72,10 @@ class TicketKeys(Protocol):
     def waits(self, name: bytes, timeout: int) -> bool:
         """Whether answering for name may wait on the network."""
 
+    @property
+    def unopened(self) -> int:
+        """Keys read from the fleet's Redis that did not open (seal.py)."""
+
 
 class TicketKeyRing:
     """The current and the previous ticket key.
@@ -81,6 +85,7 @@ class TicketKeyRing:
     """
 
     shared = False
+    unopened = 0                 # nothing is read from elsewhere
 
     def __init__(self, random_bytes: Callable[[int], bytes],
                  clock: Callable[[], float] = time.time):
@@ -172,6 +177,7 @@ class FleetTicketKeys:
         self._random_bytes = random_bytes
         self._clock = clock
         self._current: TicketKey | None = None      # this period's, from Redis
+        self.unopened = 0
         self._warn = log.RateLimitedWarning()
 
     @property
@@ -188,9 +194,9 @@ class FleetTicketKeys:
         if last is not None and last.expires > now:
             return last
         try:
-            key = TicketKey.unpack(self.fleet.current(timeout // 2, now, self._make))
+            key = self._unpack(self.fleet.current(timeout // 2, now, self._make))
         except StoreError as err:
-            self._warn("cannot share TLS session ticket keys: %s", err)
+            self._failed(err)
             return self._current_at_hand(timeout)
         # Kept in this host's ring too, so that its tickets still decrypt
         # here while Redis is away.
@@ -220,13 +226,31 @@ class FleetTicketKeys:
             return key
         try:
             packed = self.fleet.find(name)
+            if packed is None:
+                return None
+            key = self._unpack(packed, name)
         except StoreError as err:
-            self._warn("cannot share TLS session ticket keys: %s", err)
+            self._failed(err)
             return None
-        if packed is None:
-            return None
-        key = TicketKey.unpack(packed)
         return key if key.expires + timeout // 2 > int(self._clock()) else None
+
+    @staticmethod
+    def _unpack(packed: bytes, name: bytes | None = None) -> TicketKey:
+        # What Redis holds is untrusted, sealed or not.
+        if len(packed) != KEY_SIZE:
+            raise CannotOpen("a ticket key from Redis has %d bytes, not %d"
+                             % (len(packed), KEY_SIZE))
+        key = TicketKey.unpack(packed)
+        if name is not None and key.name != name:
+            raise CannotOpen("the ticket key stored in Redis for one name has another")
+        return key
+
+    def _failed(self, err: StoreError) -> None:
+        if isinstance(err, CannotOpen):
+            self.unopened += 1
+            self._warn("TLS session ticket keys: %s -- not used", err)
+        else:
+            self._warn("cannot share TLS session ticket keys: %s", err)
 
     def waits(self, name: bytes, timeout: int) -> bool:
         """Whether answering for this key name may wait on Redis: not for

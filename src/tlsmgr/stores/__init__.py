@@ -157,6 +157,12 @@ class StoreError(Exception):
     """A store could not be opened or used; the message says why."""
 
 
+class CannotOpen(StoreError):
+    """An entry the store holds but cannot vouch for (its seal does not
+    open: stores/redis.py with tlsmgr_fleet_secret_file); it is absent to
+    the caller, and the message says why."""
+
+
 FILE_TYPES = ("btree", "hash", "lmdb", "sdbm")
 MEMORY_TYPE = "memory"
 REDIS_TYPE = "redis"

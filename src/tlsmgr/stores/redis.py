@@ -57,7 +57,18 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import Entry, Limits, Store, StoreError, Trimmed, pack_entry, unpack_entry
+from ..seal import NotOpened, Seal
+from . import (
+    STAMP,
+    CannotOpen,
+    Entry,
+    Limits,
+    Store,
+    StoreError,
+    Trimmed,
+    pack_entry,
+    unpack_entry,
+)
 
 _CLEAR_STEP = 1024         # entries removed per script call by clear()
 _FOREVER = 1 << 62         # a cutoff later than any timestamp
@@ -72,6 +83,28 @@ class RedisSettings(NamedTuple):
     key_prefix: str = "tlsmgr:"
     password: str = ""
     timeout_ms: int = 250
+    # With tlsmgr_fleet_secret_file, what is written is sealed and what is
+    # read must open (seal.py); without, both are as they are.
+    seal: Seal | None = None
+
+
+def seal_for(seal: Seal | None, value: bytes, place: bytes) -> bytes:
+    """A value to write at a place (its Redis key name)."""
+    return value if seal is None else seal.seal(value, place)
+
+
+def open_from(seal: Seal | None, value: bytes, place: bytes, what: str) -> bytes:
+    """A value read from a place; raises CannotOpen when its seal does not."""
+    if seal is None:
+        return value
+    try:
+        return seal.open(value, place)
+    except NotOpened as err:
+        raise CannotOpen("%s in Redis %s %s" % (what, printable_key(place), err)) from None
+
+
+def printable_key(key: bytes) -> str:
+    return key.decode("ascii", "backslashreplace")[:120]
 
 
 class Unreachable(StoreError):
@@ -398,14 +431,22 @@ class RedisStore(Store):
         self._prune = _Script(_PRUNE)
 
     def get(self, cache_id: bytes) -> Entry | None:
-        value = self.breaker.call(lambda client: client.get(self._sessions + cache_id))
-        return None if value is None else unpack_entry(value)
+        place = self._sessions + cache_id
+        value = self.breaker.call(lambda client: client.get(place))
+        return None if value is None else self._unpack(place, value)
+
+    def _unpack(self, place: bytes, value: bytes) -> Entry:
+        value = open_from(self.settings.seal, value, place, "the entry")
+        if len(value) < STAMP.size:                  # not one of ours
+            raise CannotOpen("the entry in Redis %s is too short for an entry"
+                             % printable_key(place))
+        return unpack_entry(value)
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         self.save(cache_id, entry, Limits(), 0)
 
     def save(self, cache_id: bytes, entry: Entry, limits: Limits, cutoff: int) -> Trimmed:
-        value = pack_entry(entry)
+        value = seal_for(self.settings.seal, pack_entry(entry), self._sessions + cache_id)
         size = len(cache_id) + len(entry.session)
         # Redis keeps the entry one second past its timeout: an entry is
         # still valid at exactly timestamp + timeout.
@@ -422,18 +463,23 @@ class RedisStore(Store):
         return found is not None
 
     def oldest(self) -> Entry | None:
-        def oldest(client: Any) -> bytes | None:
+        def oldest(client: Any) -> tuple[bytes, bytes | None] | None:
             ids = client.zrange(self._age, 0, 0)
-            return client.get(self._sessions + ids[0]) if ids else None
-        value = self.breaker.call(oldest)
-        return None if value is None else unpack_entry(value)
+            return (ids[0], client.get(self._sessions + ids[0])) if ids else None
+        found = self.breaker.call(oldest)
+        if found is None or found[1] is None:
+            return None
+        return self._unpack(self._sessions + found[0], found[1])
 
     def pop_oldest(self) -> Entry | None:
-        value = self.breaker.call(lambda client: self._remove(client, self._keys, [b""]))
+        ids = self.breaker.call(lambda client: client.zrange(self._age, 0, 0))
+        if not ids:
+            return None
+        value = self.breaker.call(lambda client: self._remove(client, self._keys, ids))
         if value is None:
             return None
         # An index entry whose session Redis already expired: say so.
-        return unpack_entry(value) if value else Entry(0, b"")
+        return self._unpack(self._sessions + ids[0], value) if value else Entry(0, b"")
 
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
         # Redis expires the sessions; only their index entries are left.
@@ -469,9 +515,10 @@ class RedisStore(Store):
 
 
 _CREATE_KEY = """
--- KEYS: the key of this period, the key by name; ARGV: packed key, TTL.
+-- KEYS: the key of this period, the key by name; ARGV: the packed key (as
+-- sealed for the period's place), TTL, the packed key (as sealed for its name's).
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
   return ARGV[1]
 end
 return redis.call('GET', KEYS[1])
@@ -492,6 +539,7 @@ class RedisTicketKeys:
 
     def __init__(self, store: RedisStore):
         self.link = store.link
+        self._seal = store.settings.seal
         self._tag = "{%stickets}" % store.settings.key_prefix
         self._create = _Script(_CREATE_KEY)
         probe_key = (self._tag + ":probe").encode()
@@ -508,20 +556,25 @@ class RedisTicketKeys:
         index = (now + 1) // period
         candidate = make_key((index + 1) * period - 1)
         period_key = ("%s:period:%d" % (self._tag, index)).encode()
-        keys = [period_key, self._by_name(candidate[:16])]
+        name_key = self._by_name(candidate[:16])
+        # A key decrypts for one period after its own: keep it for three.
+        args = [seal_for(self._seal, candidate, period_key), 3 * period,
+                seal_for(self._seal, candidate, name_key)]
         try:
-            # A key decrypts for one period after its own: keep it for three.
-            return bytes(self.breaker.call(
-                lambda client: self._create(client, keys, [candidate, 3 * period])))
+            found = self.breaker.call(
+                lambda client: self._create(client, [period_key, name_key], args))
         except Refused:
             # A full Redis refuses the script (it may write), but still
             # serves the key another host made: this host takes that one.
             found = self.breaker.call(lambda client: client.get(period_key))
             if found is None:
                 raise
-            return bytes(found)
+        return open_from(self._seal, bytes(found), period_key, "the ticket key")
 
     def find(self, name: bytes) -> bytes | None:
-        found = self.breaker.call(lambda client: client.get(self._by_name(name)))
-        return None if found is None else bytes(found)
+        name_key = self._by_name(name)
+        found = self.breaker.call(lambda client: client.get(name_key))
+        if found is None:
+            return None
+        return open_from(self._seal, bytes(found), name_key, "the ticket key")
 
