@@ -64,7 +64,8 @@ def test_stats_counts_exactly_what_clients_did(daemon):
     stats = json.loads(result.stdout)
     assert stats["caches"]["smtpd"] == {
         "entries": 1, "bytes": len("one") + len("first session"), "hits": 3, "misses": 2,
-        "updates": 2, "deletes": 1, "expired": 0, "evicted": 0, "hit_ratio": 0.6}
+        "updates": 2, "deletes": 1, "expired": 0, "evicted": 0, "unopened": 0,
+        "hit_ratio": 0.6}
     assert stats["caches"]["smtp"]["entries"] == 0
     assert "lmtp" not in stats["caches"]                      # disabled
     assert stats["requests"] == {"delete": 1, "lookup": 5, "seed": 3, "stats": 1,

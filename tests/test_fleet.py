@@ -8,12 +8,15 @@ daemon each host has only its own cache and keys, and host B starts a
 new session: the contrast the docs quote.
 """
 
+import base64
 import os
 
 import pytest
 from conftest import require, require_command
 from helpers.fleet import Fleet
 from helpers.postfix_instance import available
+
+from tlsmgr.seal import Seal
 
 pytestmark = pytest.mark.postfix
 
@@ -76,3 +79,18 @@ def test_stock_daemon_starts_a_new_session_on_the_other_host(stock_fleet, tmp_pa
     on_a = stock_fleet.a.handshake(*args, "-sess_in", str(session_file))
     assert on_a.startswith("Reused,"), "%s\n%s" % (on_a, stock_fleet.diagnostics())
     stock_fleet.wait_for_daemons()
+
+
+def test_what_the_hosts_keep_in_redis_is_sealed(our_fleet, tmp_path):
+    # After the handshakes above (or these), every session and ticket key
+    # in the fleet's Redis opens with the fleet's secret at its own place.
+    made_on_a_offered_to_b(our_fleet, tmp_path / "sealed.sess", "-tls1_2", "-no_ticket")
+    [line] = our_fleet.secret_file.read_text().split()
+    seal = Seal([base64.b64decode(line)])
+    client = our_fleet.redis.client()
+    sealed = [key for key in client.scan_iter() if b":s:" in key or b":name:" in key
+              or b":period:" in key]
+    assert any(b":s:" in key for key in sealed) and any(b":name:" in key for key in sealed)
+    for key in sealed:
+        seal.open(client.get(key), key)          # raises if it does not open
+    our_fleet.wait_for_daemons()

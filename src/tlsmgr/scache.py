@@ -77,6 +77,7 @@ class SessionCache:
         self._unlogged = Trimmed()       # removals not yet reported
         self._logged_at: float | None = None
         self._store_warning = log.RateLimitedWarning()
+        self._unopened_warning = log.RateLimitedWarning()   # a writer may cause it at will
 
     def _expired(self, entry: Entry, now: int) -> bool:
         return entry.timestamp + self.timeout < now
@@ -90,8 +91,8 @@ class SessionCache:
         except CannotOpen as err:
             # Never handed to a client: it may have been planted.
             self.unopened += 1
-            self._store_warning("%s TLS session cache: %s -- treated as a miss",
-                                self.label, err)
+            self._unopened_warning("%s TLS session cache: %s -- treated as a miss",
+                                   self.label, err)
             entry = None
         except StoreError as err:
             self._store_error("cannot look up %s TLS session: %s", err)

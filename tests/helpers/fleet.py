@@ -34,6 +34,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tlsmgr.seal import new_secret_line
+
 from .harness import Redis, postfix_dirs, start_as_master_does, wait_for
 from .postfix_instance import OUR_COMMAND, PostfixInstance
 
@@ -225,6 +227,7 @@ class Fleet:
         self.ours = ours
         self.label = label or ("ours" if ours else "stock")
         self.redis: Redis | None = None
+        self.secret_file: Path | None = None
         self.hosts: dict[str, Host] = {}
         self._cleanup = contextlib.ExitStack()
 
@@ -236,9 +239,11 @@ class Fleet:
         if not self.ours:
             return dict(smtpd_tls_session_cache_database="btree:${data_directory}/smtpd_scache")
         table = "redis:" + self.redis.tcp_url
+        # Sealed, as a fleet should be: the seal works in the chroot jail.
         return dict(smtpd_tls_session_cache_database=table,
                     smtp_tls_session_cache_database=table,
-                    tlsmgr_redis_key_prefix=KEY_PREFIX)
+                    tlsmgr_redis_key_prefix=KEY_PREFIX,
+                    tlsmgr_fleet_secret_file=self.secret_file)
 
     def start(self):
         hub = None
@@ -253,6 +258,9 @@ class Fleet:
             self._cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
             self.redis = Redis(directory, netns=hub.name, address=REDIS_ADDRESS)
             self._cleanup.callback(self.redis.stop)
+            self.secret_file = directory / "fleet.secret"
+            self.secret_file.write_text(new_secret_line() + "\n")
+            self.secret_file.chmod(0o600)
         first = None
         for number, name in enumerate(HOST_NAMES, 2):
             namespace = Namespace(self.namespace_name(name))
