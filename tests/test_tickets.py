@@ -1,6 +1,7 @@
 """Ticket key timing with a controllable clock: the stock two-key ring."""
 
 import itertools
+import os
 
 from tlsmgr.stores import StoreError
 from tlsmgr.tickets import KEY_SIZE, FleetTicketKeys, TicketKey, TicketKeyRing
@@ -146,3 +147,21 @@ def test_current_and_known_fleet_keys_are_answered_from_memory():
 def test_the_local_ring_never_waits():
     ring, _ = ring_with_clock()
     assert not ring.waits(b"", T) and not ring.waits(b"n" * 16, T)
+
+
+def test_a_spent_key_leaves_the_saved_ring_when_its_window_ends(tmp_path):
+    # tlsmgr_preserve_sessions: a quiet host (no tktkey request) still
+    # takes a key off the disk when it can no longer decrypt.
+    from tlsmgr.keyfile import KeyFile
+    now = [1_000_000]
+    saved = KeyFile(str(tmp_path), clock=lambda: now[0])
+    ring = TicketKeyRing(os.urandom, clock=lambda: now[0], on_change=saved.save)
+    key = ring.current(3600)                      # issues until now + 1799
+    assert saved.load(3600) == [key]
+    assert ring.drop_spent(3600) == 1799 + 1800 + 1   # when its window ends, and a second
+    now[0] += 1799 + 1800
+    assert saved.load(3600) == []                 # past the window: never loaded
+    ring.drop_spent(3600)
+    now[0] -= 3599                                # even read by a clock gone back
+    assert saved.load(3600) == [] and ring.keys == []
+    saved.close()

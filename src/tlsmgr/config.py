@@ -42,7 +42,7 @@ class Parameter(NamedTuple):
 
     name: str
     default: str
-    kind: str = "str"  # "str", "int" or "time" (converted to seconds)
+    kind: str = "str"  # "str", "int", "time" (converted to seconds) or "bool"
     min: int | None = None
     max: int | None = None
 
@@ -107,6 +107,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     # Ours: the fleet's secrets, which seal what goes to Redis (seal.py);
     # empty: stored as it is, unprotected.
     Parameter("tlsmgr_fleet_secret_file", ""),
+    # Ours: keep the caches on disk and the ticket keys across restarts.
+    Parameter("tlsmgr_preserve_sessions", "no", "bool"),
     # Ours: uvloop or asyncio.
     Parameter("tlsmgr_event_loop", "uvloop"),
     # Ours: Prometheus metrics over HTTP at [host:]port; empty is off.
@@ -164,6 +166,7 @@ class Config:
     tlsmgr_redis_password: str
     tlsmgr_redis_timeout_ms: int
     tlsmgr_fleet_secret_file: str
+    tlsmgr_preserve_sessions: bool
     tlsmgr_event_loop: str
     tlsmgr_metrics_listen: str
     # Expanded text of every known parameter and of every name main.cf or
@@ -402,10 +405,17 @@ def _seconds(text: str) -> int | None:
     return seconds if seconds <= _INT_MAX else None
 
 
-def _convert(param: Parameter, value: str) -> str | int:
+def _convert(param: Parameter, value: str) -> str | int | bool:
     """Return the typed value of a parameter, or exit with Postfix's message."""
     if param.kind == "str":
         return value
+    if param.kind == "bool":
+        # As Postfix's get_mail_conf_bool(): yes or no, in any case.
+        word = value.strip().lower()
+        if word not in ("yes", "no"):
+            log.fatal("bad boolean configuration: %s = %s (expected yes or no)",
+                      param.name, value)
+        return word == "yes"
     if param.kind == "time":
         number = _seconds(value)
         if number is None:

@@ -31,6 +31,7 @@ from . import __version__, config, log, master
 from .attr import Decoder, Message
 from .connection import WORKER_MARGIN
 from .control import Control, Sources
+from .keyfile import KeyFile, remove_saved_keys
 from .prng import Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache, logs_cache_activity
@@ -96,9 +97,14 @@ def open_caches(cfg: config.Config, uid: int,
             log.fatal("parameter %s: unsupported dictionary type: %s (expected %s)",
                       settings.database_param, kind,
                       ", ".join((MEMORY_TYPE, *FILE_TYPES, REDIS_TYPE)))
+        if kind == MEMORY_TYPE and cfg.tlsmgr_preserve_sessions:
+            log.warn("tlsmgr_preserve_sessions = yes, but %s %s is in memory: it starts "
+                     "empty at every restart (use an lmdb: table to keep it)",
+                     settings.database_param, spec)
         try:
             store = open_store("%s:%s" % (kind, name), settings.label, settings.timeout,
-                               redis_settings(cfg, seal) if kind == REDIS_TYPE else None)
+                               redis_settings(cfg, seal) if kind == REDIS_TYPE else None,
+                               preserve=cfg.tlsmgr_preserve_sessions)
         except StoreError as err:
             log.fatal("open %s TLS cache %s: %s", settings.label, spec, err)
         verbose = logs_cache_activity(settings.loglevel_param, settings.loglevel)
@@ -135,16 +141,46 @@ def read_fleet_secret(cfg: config.Config) -> Seal | None:
         log.fatal("%s %s: %s", seal.PARAMETER, path, err)
 
 
-def ticket_keys(smtpd_cache: SessionCache | None,
-                random_bytes: Callable[[int], bytes]) -> TicketKeys:
-    """This host's key ring; shared by the fleet when the smtpd cache is on Redis."""
-    ring = TicketKeyRing(random_bytes)
+def saved_keys(cfg: config.Config) -> KeyFile | None:
+    """Where the ticket key ring is kept across restarts, when it is; with
+    tlsmgr_preserve_sessions off, no key file is left from when it was on."""
+    smtpd = next(c for c in cfg.caches if c.label == "smtpd")
+    if not cfg.tlsmgr_preserve_sessions:
+        remove_saved_keys(cfg.data_directory)
+        return None
+    if not smtpd.enabled:
+        return None                           # no cache, no tickets
+    try:
+        return KeyFile(cfg.data_directory)
+    except OSError as err:
+        log.warn("tlsmgr_preserve_sessions: cannot open data_directory %s: %s; ticket "
+                 "keys will not survive a restart", cfg.data_directory, err.strerror)
+        return None
+
+
+def ticket_keys(smtpd_cache: SessionCache | None, random_bytes: Callable[[int], bytes],
+                saved: KeyFile | None = None) -> TicketKeys:
+    """This host's key ring, kept across restarts if saved; shared by the
+    fleet when the smtpd cache is on Redis."""
+    ring = TicketKeyRing(random_bytes, on_change=saved.save if saved is not None else None)
+    if saved is not None and smtpd_cache is not None:
+        ring.restore(saved.load(smtpd_cache.timeout))
     if smtpd_cache is None or not smtpd_cache.store.blocking:
         return ring                       # no store on the network: not Redis
     from .stores.redis import RedisStore, RedisTicketKeys
     if not isinstance(smtpd_cache.store, RedisStore):
         return ring
     return FleetTicketKeys(RedisTicketKeys(smtpd_cache.store), ring, random_bytes)
+
+
+def spent_key_task(tickets: TicketKeys, smtpd_cache: SessionCache | None,
+                   saved: KeyFile | None) -> list[Callable[[], float | None]]:
+    """With saved keys: a timer that removes each key from the file when
+    its decrypt window ends, so that none stays on disk longer."""
+    if saved is None or smtpd_cache is None:
+        return []
+    timeout = smtpd_cache.timeout
+    return [lambda: tickets.ring.drop_spent(timeout)]
 
 
 def build_server(cfg: config.Config, uid: int, connection_limit: int,
@@ -157,13 +193,16 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int,
     prng = Prng(cfg.tls_random_source, cfg.tls_random_bytes, exchange,
                 cfg.tls_random_reseed_period, cfg.tls_random_prng_update_period)
     caches = open_caches(cfg, uid, seal)
-    tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches},
-                    prng.random_bytes, ticket_keys(caches["smtpd"], prng.random_bytes),
+    saved = saved_keys(cfg)
+    tickets = ticket_keys(caches["smtpd"], prng.random_bytes, saved)
+    tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches}, prng.random_bytes,
+                    tickets,
                     socket_name="%s socket" % cfg.params["service_name"], stats=Stats())
     server = Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
                     cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
                     cfg.tlsmgr_client_buffer_limit,
-                    worker_deadline=cfg.tlsmgr_redis_timeout_ms / 1000 + WORKER_MARGIN)
+                    worker_deadline=cfg.tlsmgr_redis_timeout_ms / 1000 + WORKER_MARGIN,
+                    tasks=spent_key_task(tickets, caches["smtpd"], saved))
     try:
         server.control_uids.add(pwd.getpwnam(cfg.mail_owner).pw_uid)
     except KeyError:

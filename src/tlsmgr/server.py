@@ -23,7 +23,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -121,10 +121,14 @@ class Server:
     def __init__(self, tlsmgr: Tlsmgr, prng: Prng, caches: list[SessionCache],
                  ipc_timeout: int, request_size_limit: int, connection_limit: int,
                  client_buffer_limit: int, worker_deadline: float = 1.0,
-                 master: StatusChannel | None = None, watchdog: Watchdog | None = None):
+                 master: StatusChannel | None = None, watchdog: Watchdog | None = None,
+                 tasks: Sequence[Callable[[], float | None]] = ()):
         self.tlsmgr = tlsmgr
         self.prng = prng
         self.caches = caches
+        # Housekeeping besides the PRNG's and the caches': each returns the
+        # seconds until it is to run again (None: never).
+        self.tasks = [prng.reseed, prng.update_exchange, *tasks]
         # Who may send control requests: root and mail_owner (the daemon
         # adds mail_owner's uid), and whoever the daemon runs as (serve()).
         self.control_uids = {0}
@@ -242,8 +246,8 @@ class Server:
     # Housekeeping: each event mixes the time of day into the pool.
 
     def _start_housekeeping(self) -> None:
-        self._event(self._reseed)
-        self._event(self._update_exchange)
+        for task in self.tasks:
+            self._event(self._repeat, task)
         for cache in self.caches:
             self._event(self._start_cleanup, cache)
 
@@ -256,15 +260,10 @@ class Server:
             self.loop.call_later(1, self.stop, 0)
         self.prng.mix_time()
 
-    def _reseed(self) -> None:
-        delay = self.prng.reseed()
+    def _repeat(self, task: Callable[[], float | None]) -> None:
+        delay = task()
         if delay is not None:
-            self.loop.call_later(delay, self._event, self._reseed)
-
-    def _update_exchange(self) -> None:
-        delay = self.prng.update_exchange()
-        if delay is not None:
-            self.loop.call_later(delay, self._event, self._update_exchange)
+            self.loop.call_later(delay, self._event, self._repeat, task)
 
     def _start_cleanup(self, cache: SessionCache) -> None:
         if not cache.cleanup_active:

@@ -88,12 +88,32 @@ class TicketKeyRing:
     unopened = 0                 # nothing is read from elsewhere
 
     def __init__(self, random_bytes: Callable[[int], bytes],
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 on_change: Callable[[list[TicketKey]], None] | None = None):
         self._random_bytes = random_bytes
         self._clock = clock
+        self._on_change = on_change           # keyfile.py saves the ring
         self.keys: list[TicketKey] = []       # sorted: latest expiry first
         self.rotations = 0
         self.rotated_at: float | None = None  # when the current key came
+
+    def drop_spent(self, timeout: int) -> float:
+        """Forget the keys past their decrypt window, and so does the saved
+        ring (keyfile.py), however quiet the host; return the seconds until
+        the next key's window ends, when this is to run again."""
+        now = int(self._clock())
+        live = [key for key in self.keys if key.expires + timeout // 2 > now]
+        if len(live) != len(self.keys):
+            self.keys = live
+            if self._on_change is not None:
+                self._on_change(live)
+        ends = [key.expires + timeout // 2 - now for key in live]
+        return float(min(ends) if ends else timeout // 2) + 1
+
+    def restore(self, keys: list[TicketKey]) -> None:
+        """Take on keys saved by an earlier process (keyfile.py): the
+        latest goes on issuing tickets while it may."""
+        self.keys = sorted(keys, key=lambda k: k.expires, reverse=True)[:2]
 
     def current(self, timeout: int) -> TicketKey:
         """The key to issue tickets with, made anew once the last expired.
@@ -142,6 +162,8 @@ class TicketKeyRing:
         self.keys = sorted([key] + self.keys[:1], key=lambda k: k.expires, reverse=True)
         self.rotations += 1
         self.rotated_at = self._clock()
+        if self._on_change is not None:
+            self._on_change(self.keys)
 
 
 class SharedTicketKeys(Protocol):

@@ -190,7 +190,10 @@ class PostfixInstance:
     def tlsmgr_pids(self, ours: bool | None = None) -> list[int]:
         """The running tlsmgr processes of this instance: ours or the stock one."""
         ours = self.ours if ours is None else ours
-        command = OUR_COMMAND if ours else "tlsmgr"
+        return self.pids(OUR_COMMAND if ours else "tlsmgr")
+
+    def pids(self, command: str) -> list[int]:
+        """The running processes of this instance that run command."""
         pids = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():

@@ -177,18 +177,19 @@ def split_table(spec: str) -> tuple[str, str]:
 
 
 def open_store(spec: str, label: str = "", timeout: int = 0,
-               redis_settings: RedisSettings | None = None) -> Store:
+               redis_settings: RedisSettings | None = None, preserve: bool = False) -> Store:
     """Open the store for a ``type:name`` table.  Local stores start empty,
-    as the stock daemon's caches do; a Redis cache is the fleet's and is
-    kept.  ``label`` and ``timeout`` are the cache's; ``redis_settings``
-    the main.cf Redis parameters (stores/redis.py)."""
+    as the stock daemon's caches do, unless a file is to be preserved
+    (tlsmgr_preserve_sessions); a Redis cache is the fleet's and is kept.
+    ``label`` and ``timeout`` are the cache's; ``redis_settings`` the
+    main.cf Redis parameters (stores/redis.py)."""
     kind, name = split_table(spec)
     if kind == MEMORY_TYPE:
         from .memory import MemoryStore
         return MemoryStore()
     if kind in FILE_TYPES:
         from .lmdb import LmdbStore
-        return LmdbStore(name)
+        return LmdbStore(name, preserve)
     if kind == REDIS_TYPE:
         from .redis import RedisSettings, RedisStore
         return RedisStore(name, label, redis_settings or RedisSettings(), timeout)

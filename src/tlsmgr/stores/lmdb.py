@@ -6,8 +6,11 @@ by construction and readers never block the writer.  Besides the sessions
 by id, the file holds an index of the ids by age, so that the oldest entry
 is found at once for cleanup and eviction.  The file is made
 anew at start, as the stock daemon truncates its cache files, so nothing
-from a previous run (or a damaged file) is ever read.  Durability across a
-crash is not wanted, so writes are not synced.
+from a previous run (or a damaged file) is ever read; unless it is to be
+preserved (tlsmgr_preserve_sessions), when it is opened and checked, and
+a damaged one is set aside and made anew.  Durability across a crash is
+not wanted, so writes are not synced: after a crash the file holds what
+the last committed transactions wrote, which LMDB keeps consistent.
 
 Cache ids that LMDB cannot take as keys (empty, or longer than its key
 limit) are stored under a digest of the id.
@@ -18,11 +21,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import lmdb
 
+from .. import log
 from . import STAMP, Entry, Store, StoreError, pack_entry, unpack_entry
 
 T = TypeVar("T")
@@ -34,14 +39,40 @@ _DIGEST_PREFIX = b"\0sha256:"
 SUFFIX = ".lmdb"
 
 
+class _Damaged(Exception):
+    """A cache file kept from before that does not hold together."""
+
+
 class LmdbStore(Store):
 
     # Each removal rewrites pages of two B-trees (copy-on-write): with a
     # million entries, 64 in one transaction take about a millisecond.
     cleanup_batch = 64
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, preserve: bool = False):
         self.path = path + SUFFIX
+        if not preserve:
+            self._remove_files()
+        # Counted here, not asked of LMDB: the file is ours alone, and the
+        # limits are checked at every update.
+        self._count = 0
+        self._size = 0
+        try:
+            self._open()
+            if preserve:
+                self._count, self._size = self._check()
+        except (lmdb.Error, _Damaged) as err:
+            if not preserve:
+                raise StoreError("cannot open cache file %s: %s" % (self.path, err)) from None
+            self._set_aside(err)
+            try:
+                self._open()
+            except lmdb.Error as again:
+                raise StoreError("cannot open cache file %s: %s" % (self.path, again)) from None
+        self._map = _mapping(os.path.abspath(self.path))
+        self._writes = 0
+
+    def _remove_files(self) -> None:
         for stale in (self.path, self.path + "-lock"):
             try:
                 os.unlink(stale)
@@ -50,22 +81,47 @@ class LmdbStore(Store):
             except OSError as err:
                 raise StoreError("cannot remove old cache file %s: %s"
                                  % (stale, err.strerror)) from None
-        try:
-            self._env = lmdb.open(self.path, subdir=False, map_size=_INITIAL_MAP_SIZE,
-                                  sync=False, metasync=False, readahead=False,
-                                  max_dbs=2, mode=0o600)
-            # Sessions by id, and the same ids by age (timestamp + id, no value).
-            self._sessions = self._env.open_db(b"sessions")
-            self._ages = self._env.open_db(b"ages")
-        except lmdb.Error as err:
-            raise StoreError("cannot open cache file %s: %s" % (self.path, err)) from None
+
+    def _open(self) -> None:
+        self._env = lmdb.open(self.path, subdir=False, map_size=_INITIAL_MAP_SIZE,
+                              sync=False, metasync=False, readahead=False,
+                              max_dbs=2, mode=0o600)
+        # Sessions by id, and the same ids by age (timestamp + id, no value).
+        self._sessions = self._env.open_db(b"sessions")
+        self._ages = self._env.open_db(b"ages")
         self._max_key = self._env.max_key_size() - STAMP.size
-        # Counted here, not asked of LMDB: the file is ours alone, and the
-        # limits are checked at every update.
-        self._count = 0
-        self._size = 0
-        self._map = _mapping(os.path.abspath(self.path))
-        self._writes = 0
+
+    def _check(self) -> tuple[int, int]:
+        """The entries and bytes of a file kept from before, read through
+        once: every session must be an entry, and have its place in the age
+        index.  Raises _Damaged (or lmdb.Error) when the file is not sound."""
+        count = size = 0
+        with self._env.begin(buffers=True) as txn:
+            for key, value in txn.cursor(db=self._sessions):
+                if len(value) < STAMP.size or txn.get(
+                        bytes(value[:STAMP.size]) + bytes(key), db=self._ages) is None:
+                    raise _Damaged("entry %r is not in its index" % bytes(key)[:40])
+                count += 1
+                size += len(key) + len(value) - STAMP.size
+            indexed = txn.stat(self._ages)["entries"]
+        if indexed != count:
+            raise _Damaged("%d entries, %d in the age index" % (count, indexed))
+        return count, size
+
+    def _set_aside(self, err: Exception) -> None:
+        try:
+            self._env.close()
+        except AttributeError:
+            pass                                  # never opened
+        aside = "%s.damaged-%s" % (self.path, time.strftime("%Y%m%d-%H%M%S"))
+        try:
+            os.rename(self.path, aside)
+        except OSError as rename_err:
+            raise StoreError("cannot set damaged cache file %s aside: %s"
+                             % (self.path, rename_err.strerror)) from None
+        self._remove_files()
+        log.warn("cache file %s is damaged (%s): set aside as %s, starting anew",
+                 self.path, err, aside)
 
     def _key(self, cache_id: bytes) -> bytes:
         if 0 < len(cache_id) <= self._max_key and cache_id[:1] != b"\0":
