@@ -14,6 +14,11 @@ The load generator is benchmarks/loadgen.c, compiled here with gcc -O2
 into a temporary directory: one epoll loop, N persistent connections, one
 request outstanding per connection (Postfix clients never pipeline).
 
+Each cell is also measured against benchmarks/responder.c, a C server on
+the same kind of socket that answers every request with a reply made once
+at start and does nothing else: the limit of this machine, the kernel's
+and an event loop's share alone.  ``ours/limit`` says how near it we are.
+
 Prints the machine, the command line and a table; ``--json`` writes every
 raw measurement too.  Every daemon is stopped by its pid and every
 temporary directory removed at the end, whatever happened.
@@ -76,6 +81,8 @@ class Settings:
     ours_env: dict[str, str] = field(default_factory=dict)
     ours_params: dict[str, str] = field(default_factory=dict)
     ours_source: Path | None = None     # the snapshot of our package
+    responder: Path | None = None       # benchmarks/responder.c, built
+    cell: Cell | None = None            # the one being measured (for the responder)
 
 
 def matrix(args) -> list[Cell]:
@@ -183,6 +190,13 @@ def start(kind: str, workdir: Path, settings: Settings) -> harness.Daemon:
         daemon = harness.start_as_master_does(
             [harness.STOCK_TLSMGR], workdir, "stock", **harness.postfix_dirs(workdir),
             smtpd_tls_session_cache_database=STOCK_TABLE)
+    elif kind == "limit":
+        assert settings.responder is not None and settings.cell is not None
+        daemon = harness.start_as_master_does(
+            [str(settings.responder), "--lookup",
+             "miss" if settings.cell.workload == "lookup-miss" else "hit",
+             "--size", str(settings.cell.size)], workdir, "limit",
+            **harness.postfix_dirs(workdir))
     else:
         daemon = harness.start_ours_as_master_does(
             workdir, wait=False,
@@ -190,6 +204,14 @@ def start(kind: str, workdir: Path, settings: Settings) -> harness.Daemon:
             **{"smtpd_tls_session_cache_database": settings.ours_table,
                **settings.ours_params})
     return daemon
+
+
+def build_responder(directory: Path) -> Path:
+    """benchmarks/responder.c, the no-work server, compiled into directory."""
+    binary = directory / "responder"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(BENCHMARKS / "responder.c")],
+                   check=True, timeout=120)
+    return binary
 
 
 def stop(daemon: harness.Daemon) -> int:
@@ -292,20 +314,21 @@ def disturbed(result: dict) -> bool:
 
 def measure_cell(loadgen: Path, cell: Cell, settings: Settings, scratch: Path,
                  retries: int) -> dict:
-    """Both daemons under one cell's load, stock first.
+    """Both daemons under one cell's load, stock first, then the limit.
 
     The machine may be shared: when other work took CPU time during either
     measurement, the pair is measured again (up to ``retries`` times) after
     a pause.  Every attempt is kept in the raw results.
     """
     attempts = []
+    settings.cell = cell
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(2)
-        pair = {"stock": measure("stock", loadgen, cell, settings, scratch),
-                "ours": measure("ours", loadgen, cell, settings, scratch)}
+        pair = {kind: measure(kind, loadgen, cell, settings, scratch)
+                for kind in ("stock", "ours", "limit")}
         attempts.append(pair)
-        if not (disturbed(pair["stock"]) or disturbed(pair["ours"])):
+        if not any(disturbed(result) for result in pair.values()):
             break
     return {**cell.__dict__, **attempts[-1], "attempts": len(attempts),
             "earlier_attempts": attempts[:-1]}
@@ -345,22 +368,28 @@ def trouble(result: dict) -> str:
 
 COLUMNS = [("workload", "%-11s"), ("conns", "%5s"), ("size", "%5s"),
            ("stock req/s", "%11s"), ("ours req/s", "%10s"), ("ours/stock", "%10s"),
+           ("limit req/s", "%11s"), ("ours/limit", "%10s"),
            ("stock p50/p99/p99.9 us", "%22s"), ("ours p50/p99/p99.9 us", "%21s"),
            ("gen CPU st/ours", "%15s"), ("daemon CPU st/ours", "%18s"),
            ("other CPU st/ours", "%17s"), ("notes", "%s")]
 
 
-def row(cell: Cell, stock: dict, ours: dict, attempts: int = 1) -> str:
-    ratio = "-"
-    if "throughput" in stock and "throughput" in ours and stock["throughput"] > 0:
-        ratio = "%.2f" % (ours["throughput"] / stock["throughput"])
+def ratio(ours: dict, other: dict) -> str:
+    if "throughput" in other and "throughput" in ours and other["throughput"] > 0:
+        return "%.2f" % (ours["throughput"] / other["throughput"])
+    return "-"
+
+
+def row(cell: Cell, stock: dict, ours: dict, limit: dict, attempts: int = 1) -> str:
     notes = "; ".join("%s: %s" % (name, text)
-                      for name, text in (("stock", trouble(stock)), ("ours", trouble(ours)))
+                      for name, text in (("stock", trouble(stock)), ("ours", trouble(ours)),
+                                         ("limit", trouble(limit)))
                       if text)
     if attempts > 1:
         notes = "; ".join(filter(None, ["attempt %d" % attempts, notes]))
     values = [cell.workload, cell.conns, cell.size if cell.workload in SIZED else "-",
-              throughput(stock), throughput(ours), ratio, latency(stock), latency(ours),
+              throughput(stock), throughput(ours), ratio(ours, stock),
+              throughput(limit), ratio(ours, limit), latency(stock), latency(ours),
               "%s/%s" % (share(stock, "cpu_share"), share(ours, "cpu_share")),
               "%s/%s" % (share(stock, "server_cpu_share"), share(ours, "server_cpu_share")),
               "%s/%s" % (share(stock, "other_cpu_share"), share(ours, "other_cpu_share")),
@@ -465,11 +494,13 @@ def main(argv=None) -> int:
         info["ours_source"] = source_digest(settings.ours_source)
         print_machine(info, settings)
         loadgen = harness.build_loadgen(scratch)
+        settings.responder = build_responder(scratch)
         print(header(), flush=True)
         for cell in cells:
             result = measure_cell(loadgen, cell, settings, scratch, args.retries)
             results.append(result)
-            print(row(cell, result["stock"], result["ours"], result["attempts"]), flush=True)
+            print(row(cell, result["stock"], result["ours"], result["limit"],
+                      result["attempts"]), flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -489,7 +520,7 @@ def write_json(path: str, info: dict, settings: Settings, results: list) -> None
     with open(path, "w") as out:
         # (ours_source is a temporary path: the digest in info names it.)
         plain = {name: value for name, value in settings.__dict__.items()
-                 if name != "ours_source"}
+                 if name not in ("ours_source", "responder", "cell")}
         json.dump({"machine": info, "settings": plain,
                    "stock_table": STOCK_TABLE, "results": results}, out, indent=1)
         out.write("\n")
