@@ -208,6 +208,15 @@ class Decoder:
                 return []
             data = b"".join((tail, data))
         parts = data.split(_NUL)
+        # The usual case, on every request's path: one whole message, and
+        # nothing before it.  Its names are at the even places, none empty,
+        # and it ends with an empty name and the last NUL.
+        if (len(parts) & 1 == 0 and not parts[-1] and not parts[-2] and not tail
+                and not self._tokens and len(data) <= self.max_size
+                and len(parts) - 2 <= _MAX_TOKENS and all(parts[0:-2:2])):
+            del parts[-2:]
+            it = iter(parts)
+            return [tuple(zip(it, it))]
         self._tail = parts.pop()
         limit = self.max_size
         # A message's size is worked out only when this data, with what came

@@ -177,6 +177,7 @@ class Tlsmgr:
         # fleet ticket keys come with a Redis smtpd cache.
         self.any_blocking = any(
             cache is not None and cache.store.blocking for cache in caches.values())
+        self._key_reply: tuple[object, bytes] = (None, b"")   # see _tktkey()
         self._handlers = {
             b"lookup": self._lookup,
             b"update": self._update,
@@ -372,7 +373,13 @@ class Tlsmgr:
             key = self.tickets.current(timeout)
         if key is None:
             return _status_and_data(STAT_ERR, b"keybuf", name)
-        return _status_and_data(STAT_OK, b"keybuf", key.pack())
+        # Most requests ask for the current key: its reply is made once.
+        last_key, last_reply = self._key_reply
+        if key is last_key:
+            return last_reply
+        reply = _status_and_data(STAT_OK, b"keybuf", key.pack())
+        self._key_reply = (key, reply)
+        return reply
 
     def _seed(self, message: Message) -> bytes:
         [size] = self.scan(message, 1, _SIZE)
