@@ -129,10 +129,15 @@ class Pool:
         with self._lock:
             if self._times:
                 self._update(self._take_times())
-            key, value = self._key, self._value
+            value = self._value
+            # One keyed HMAC, copied for each block: with OpenSSL 3, keying
+            # (and finding SHA-256) anew per block costs half as much again.
+            keyed = hmac.new(self._key, digestmod="sha256")
             blocks = []
             for _ in range(-(-n // 32)):
-                value = hmac.digest(key, value, "sha256")
+                block = keyed.copy()
+                block.update(value)
+                value = block.digest()
                 blocks.append(value)
             self._value = value
             # Moving the key on means that whoever steals the state later
