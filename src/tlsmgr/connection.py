@@ -239,6 +239,7 @@ class Connection(asyncio.Protocol):
         client_input = self.input
         pending = client_input.pending
         replies = []
+        answered: list[Message] = []       # for the latency figures
         reply_bytes = 0
         sliced = False
         while self.in_worker is None and not flow.write_paused:
@@ -249,6 +250,7 @@ class Connection(asyncio.Protocol):
                 else:
                     reply = tlsmgr.handle(message, self)
                     replies.append(reply)
+                    answered.append(message)
                     if reply.close:              # nothing after a hang-up
                         break
                     reply_bytes += len(reply.data)
@@ -256,7 +258,9 @@ class Connection(asyncio.Protocol):
                         # Written now, so that a client not reading them
                         # pauses us (pause_writing) before more are made.
                         self._send(replies)
-                        replies, reply_bytes = [], 0
+                        shared.stats.replied(answered, client_input.last_active,
+                                             time.monotonic())
+                        replies, answered, reply_bytes = [], [], 0
             elif client_input.unread:
                 if sliced:
                     shared.loop.call_soon(self._serve)      # the next slice, later
@@ -273,6 +277,7 @@ class Connection(asyncio.Protocol):
                 break
         if replies:
             self._send(replies)
+            shared.stats.replied(answered, client_input.last_active, time.monotonic())
             shared.served()
         if flow.read_paused or flow.write_paused or self.in_worker is not None \
                 or client_input.unread:
@@ -302,17 +307,20 @@ class Connection(asyncio.Protocol):
         self.in_worker = future
         late = shared.loop.call_later(shared.worker_deadline, self._worker_late,
                                       future, message)
-        future.add_done_callback(lambda done: self._worker_done(done, late))
+        since = self.input.last_active
+        future.add_done_callback(lambda done: self._worker_done(done, late, message, since))
 
-    def _worker_done(self, future: asyncio.Future[Reply], late: asyncio.TimerHandle) -> None:
+    def _worker_done(self, future: asyncio.Future[Reply], late: asyncio.TimerHandle,
+                     message: Message, since: float) -> None:
         late.cancel()
         if future.cancelled() or future is not self.in_worker:
             return                   # shutting down, or answered at the deadline
-        self._worker_answered(future.result())
+        self._worker_answered(future.result(), message, since)
 
     def _worker_late(self, future: asyncio.Future[Reply], message: Message) -> None:
         if future is not self.in_worker:
             return
+        since = time.monotonic() - self.shared.worker_deadline
         shared = self.shared
         shared.stats.errors["store_timeout"] += 1
         request = message[0][1].decode(errors="replace")
@@ -320,13 +328,14 @@ class Connection(asyncio.Protocol):
             "%s request of %s not answered by the session store within %.0f ms "
             "(tlsmgr_redis_timeout_ms + %d ms): answered as failed", request,
             self.peer(), shared.worker_deadline * 1000, WORKER_MARGIN * 1000)
-        self._worker_answered(shared.tlsmgr.unanswered(message))
+        self._worker_answered(shared.tlsmgr.unanswered(message), message, since)
 
-    def _worker_answered(self, reply: Reply) -> None:
+    def _worker_answered(self, reply: Reply, message: Message, since: float) -> None:
         self.in_worker = None
         if self.transport.is_closing():
             return
         self._send([reply])
+        self.shared.stats.replied([message], since, time.monotonic())
         self.shared.served()
         self._serve()
 

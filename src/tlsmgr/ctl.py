@@ -23,8 +23,9 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
-from . import config, install, log
+from . import config, install, log, watch
 from .client import ClientError, TlsmgrClient
 
 
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     tktkey.add_argument("name", metavar="NAME", nargs="?", type=keyname, default=b"")
     stats = commands.add_parser("stats", help="what the daemon has done (root or mail_owner)")
     stats.add_argument("--json", action="store_true", help="print the JSON the daemon sends")
+    stats.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
+                       help="the counters as rates, refreshed every SECONDS (default 1) "
+                       "until Ctrl-C; plain lines when the output is not a terminal")
+    stats.add_argument("--count", type=int, metavar="N",
+                       help="with --watch: stop after N refreshes")
     flush = commands.add_parser("flush", help="remove every entry of a cache (root or mail_owner)")
     flush.add_argument("cache_type", metavar="TYPE")
     commands.add_parser("rotate-keys", help="a new session ticket key now; the last one "
@@ -132,6 +138,16 @@ def run(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
 
 
 def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
+    if args.watch is not None:
+        if args.watch <= 0:
+            raise ClientError("--watch wants a number of seconds above 0, not %g" % args.watch)
+
+        def fetch() -> dict[str, Any]:
+            status, found = client.stats()
+            if found is None:
+                raise ClientError("the stats request was answered with status %d" % status)
+            return found
+        return watch.watch(fetch, args.watch, args.count), ""
     status, stats = client.stats()
     if stats is None:
         return status, "status=%d" % status
@@ -151,6 +167,14 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
     lines.append("ticket keys: %d%s; %d made or taken on%s%s" % (
         keys["count"], age, keys["rotations"], " (shared by the fleet)" if keys["shared"] else "",
         "; %d from Redis did not open" % keys["unopened"] if keys["unopened"] else ""))
+    if keys["lookups"]:
+        lines.append("tktkey: %s" % ", ".join("%s %d" % item for item in keys["lookups"].items()))
+    for label, health in [(label, cache["redis"]) for label, cache in stats["caches"].items()
+                          if "redis" in cache] + ([("tickets", keys["redis"])]
+                                                  if "redis" in keys else []):
+        lines.append("%s on redis: %s; %d failures, %d recoveries%s" % (
+            label, watch.redis_state(health), health["failures"], health["recoveries"],
+            "; last error: %s" % health["last_error"] if health["last_error"] else ""))
     lines.append("prng: %d reseeds, %d exchange file updates"
                  % (stats["prng"]["reseeds"], stats["prng"]["exchange_updates"]))
     lines.append("connections: %d open, %d in all"
@@ -158,7 +182,22 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
     for title in ("requests", "errors"):
         counts = ", ".join("%s %d" % item for item in stats[title].items())
         lines.append("%s: %s" % (title, counts or "none"))
+    if stats["latency"]:
+        lines.append("latency, p50/p99 (upper bound of its bucket): " + ", ".join(
+            "%s %s/%s" % (name, quantile(histogram, 0.5), quantile(histogram, 0.99))
+            for name, histogram in stats["latency"].items()))
     return status, "\n".join(lines)
+
+
+def quantile(histogram: dict[str, Any], q: float) -> str:
+    """The upper bound of the bucket that holds the q-quantile, readable."""
+    wanted = q * histogram["count"]
+    for bound, cumulative in histogram["buckets"]:
+        if cumulative >= wanted:
+            if bound == "+Inf":
+                return ">1s"
+            return "%gms" % (bound * 1000) if bound >= 0.001 else "%gus" % (bound * 1e6)
+    return "-"
 
 
 def flush_cache(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:

@@ -208,6 +208,7 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int,
     except KeyError:
         pass                # stand-alone, for a mail_owner this host does not have
     tlsmgr.control = Control(Sources(tlsmgr, server.caches, prng, server.connections))
+    tlsmgr.stats.known_requests(Control.requests)
     return server, tlsmgr.control
 
 

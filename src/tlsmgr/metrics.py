@@ -16,7 +16,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from . import log
 from .control import Control, snapshot
@@ -105,6 +110,12 @@ class Collector:
             yield GaugeMetricFamily("tlsmgr_ticket_key_age_seconds",
                                     "Age of the current session ticket key",
                                     value=keys["current_age"])
+        lookups = CounterMetricFamily(
+            "tlsmgr_ticket_key_lookups", "tktkey requests: the current key, or how a "
+            "lookup by name went", labels=["outcome"])
+        for outcome, count in keys["lookups"].items():
+            lookups.add_metric([outcome], count)
+        yield lookups
         yield CounterMetricFamily("tlsmgr_ticket_keys_unopened",
                                   "Ticket keys read from Redis whose seal did not open",
                                   value=keys["unopened"])
@@ -128,6 +139,52 @@ class Collector:
         for kind, count in stats["errors"].items():
             errors.add_metric([kind], count)
         yield errors
+        durations = HistogramMetricFamily(
+            "tlsmgr_request_duration_seconds",
+            "From a request read whole to its reply written, by request name",
+            labels=["request"])
+        for request, histogram in stats["latency"].items():
+            add_histogram(durations, [request], histogram)
+        yield durations
+        yield from redis_health(stats)
+
+
+def add_histogram(family: HistogramMetricFamily, labels: list[str],
+                  histogram: dict[str, Any]) -> None:
+    family.add_metric(labels, [(bound if bound == "+Inf" else repr(bound), count)
+                               for bound, count in histogram["buckets"]],
+                      sum_value=histogram["sum"])
+
+
+def redis_health(stats: dict[str, Any]) -> Iterator[Metric]:
+    """The fleet's Redis, for each cache on it and for the ticket keys."""
+    users = {label: cache["redis"] for label, cache in stats["caches"].items()
+             if "redis" in cache}
+    if "redis" in stats["ticket_keys"]:
+        users["tickets"] = stats["ticket_keys"]["redis"]
+    if not users:
+        return
+    info = GaugeMetricFamily("tlsmgr_redis_endpoint", "The Redis endpoint in use (1)",
+                             labels=["cache", "endpoint"])
+    paused = GaugeMetricFamily("tlsmgr_redis_paused", "1 while Redis is not asked "
+                               "(unreachable; probed every second)", labels=["cache"])
+    since = GaugeMetricFamily("tlsmgr_redis_paused_since_seconds", "When the pause began "
+                              "(Unix time), while paused", labels=["cache"])
+    failures = CounterMetricFamily("tlsmgr_redis_failures", "Times Redis became "
+                                   "unreachable", labels=["cache"])
+    recoveries = CounterMetricFamily("tlsmgr_redis_recoveries", "Times a probe found "
+                                     "Redis back", labels=["cache"])
+    trips = HistogramMetricFamily("tlsmgr_redis_round_trip_seconds", "Each Redis command, "
+                                  "from asking to its answer", labels=["cache"])
+    for label, health in users.items():
+        info.add_metric([label, health["endpoint"]], 1)
+        paused.add_metric([label], int(health["paused"]))
+        if health["paused_since"] is not None:
+            since.add_metric([label], health["paused_since"])
+        failures.add_metric([label], health["failures"])
+        recoveries.add_metric([label], health["recoveries"])
+        add_histogram(trips, [label], health["round_trips"])
+    yield from (info, paused, since, failures, recoveries, trips)
 
 
 def start(listen: str, control: Control, server: Server) -> None:

@@ -186,6 +186,7 @@ class Tlsmgr:
             b"seed": self._seed,
             b"policy": self._policy,
         }
+        self.stats.known_requests(self._handlers)
 
     # The message layer.
 
@@ -368,9 +369,11 @@ class Tlsmgr:
         if from_memory:
             key = self.tickets.at_hand(name, timeout)
         elif name:
-            key = self.tickets.find(name, timeout)
+            key, outcome = self.tickets.lookup(name, timeout)
+            self.stats.ticket_lookups[outcome] += 1
         else:
             key = self.tickets.current(timeout)
+            self.stats.ticket_lookups["current"] += 1
         if key is None:
             return _status_and_data(STAT_ERR, b"keybuf", name)
         # Most requests ask for the current key: its reply is made once.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from . import log
 from .stores import CannotOpen, Entry, Limits, Store, StoreError, Trimmed
@@ -187,7 +188,7 @@ class SessionCache:
             self._store_error("cannot list %s TLS session cache: %s", err)
             return []
 
-    def stats(self) -> dict[str, float | None]:
+    def stats(self) -> dict[str, Any]:
         """Counts for the stats request; the store is asked for its size."""
         try:
             entries, size = len(self.store), self.store.size
@@ -195,10 +196,15 @@ class SessionCache:
             self._store_error("cannot count %s TLS session cache: %s", err)
             entries = size = -1
         lookups = self.hits + self.misses
-        return {"entries": entries, "bytes": size, "hits": self.hits, "misses": self.misses,
+        found: dict[str, Any] = {
+                "entries": entries, "bytes": size, "hits": self.hits, "misses": self.misses,
                 "updates": self.updates, "deletes": self.deletes, "expired": self.expired,
                 "evicted": self.evicted, "unopened": self.unopened,
                 "hit_ratio": self.hits / lookups if lookups else 0.0}
+        health = self.store.health()
+        if health is not None:
+            found["redis"] = health
+        return found
 
     def start_cleanup(self) -> None:
         """Begin a cleanup pass, unless one is still running."""

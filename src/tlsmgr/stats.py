@@ -10,9 +10,45 @@ record and hands it to both.  The caches keep their own counts
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from .attr import Message
+
+# Upper bounds of the latency buckets, in seconds: 10 µs to 1 s, in steps
+# of 1, 2.5 and 5 (Prometheus's "le": a bucket counts what is at most it).
+LATENCY_BOUNDS = tuple(m * 10.0 ** e for e in range(-5, 0) for m in (1, 2.5, 5)) + (1.0,)
+
+
+class Histogram:
+    """Counts of durations by bucket, and their sum, in seconds."""
+
+    __slots__ = ("counts", "lock", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BOUNDS) + 1)     # the last: over 1 s
+        self.sum = 0.0
+        self.lock = threading.Lock()      # for those observed in worker threads
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        self.sum += seconds
+
+    def observe_locked(self, seconds: float) -> None:
+        with self.lock:
+            self.observe(seconds)
+
+    def snapshot(self) -> dict[str, object]:
+        """The buckets as Prometheus has them: cumulative, by upper bound."""
+        buckets, total = [], 0
+        for bound, count in zip((*LATENCY_BOUNDS, float("inf")), self.counts):
+            total += count
+            buckets.append([bound if bound != float("inf") else "+Inf", total])
+        return {"count": total, "sum": round(self.sum, 6), "buckets": buckets}
 
 
 @dataclass
@@ -21,3 +57,25 @@ class Stats:
     accepted: int = 0                                   # connections, in all
     requests: Counter[bytes] = field(default_factory=Counter)    # by request name
     errors: Counter[str] = field(default_factory=Counter)        # by kind
+    # tktkey requests: "current" (no name), or how a lookup by name went
+    # (tickets.OUTCOMES).
+    ticket_lookups: Counter[str] = field(default_factory=Counter)
+    # From a request read whole to its reply written, by request name (the
+    # names the handler knows; any other is b"unknown").
+    latency: dict[bytes, Histogram] = field(default_factory=dict)
+
+    def known_requests(self, names: Iterable[bytes]) -> None:
+        for name in (*names, b"unknown"):
+            self.latency.setdefault(name, Histogram())
+
+    def replied(self, messages: list[Message], since: float, now: float) -> None:
+        """Requests read at since were answered at now."""
+        # On every request's path: Histogram.observe() written out, once.
+        latency, seconds = self.latency, now - since
+        bucket = bisect.bisect_left(LATENCY_BOUNDS, seconds)
+        for message in messages:
+            histogram = latency.get(message[0][1]) if message else None
+            if histogram is None:
+                histogram = latency[b"unknown"]
+            histogram.counts[bucket] += 1
+            histogram.sum += seconds

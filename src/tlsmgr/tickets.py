@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import log
 from .stores import CannotOpen, StoreError
@@ -49,6 +49,14 @@ class TicketKey:
         return cls(*_LAYOUT.unpack(data))
 
 
+# How a lookup of a key by name went (the stats, docs/OPERATIONS.md): the
+# current key or the one before it, one only the fleet's Redis had, a
+# name no host has (hosts disagree on keys, or keys rotate too fast), one
+# past its decrypt window, or Redis could not be asked.
+OUTCOMES = ("found_current", "found_previous", "found_fleet", "unknown", "expired",
+            "unavailable")
+
+
 class TicketKeys(Protocol):
     """What the request handlers and control requests ask of ticket keys:
     this host's ring alone, or the fleet's keys in front of it."""
@@ -66,6 +74,9 @@ class TicketKeys(Protocol):
     def find(self, name: bytes, timeout: int) -> TicketKey | None:
         """The key of that name while it may decrypt."""
 
+    def lookup(self, name: bytes, timeout: int) -> tuple[TicketKey | None, str]:
+        """find(), and how it went: one of OUTCOMES."""
+
     def at_hand(self, name: bytes, timeout: int) -> TicketKey | None:
         """The answer for name (empty: the current key) from memory alone."""
 
@@ -75,6 +86,9 @@ class TicketKeys(Protocol):
     @property
     def unopened(self) -> int:
         """Keys read from the fleet's Redis that did not open (seal.py)."""
+
+    def health(self) -> dict[str, Any] | None:
+        """How the fleet's Redis is doing for the keys; None for the ring."""
 
 
 class TicketKeyRing:
@@ -137,11 +151,19 @@ class TicketKeyRing:
 
     def find(self, name: bytes, timeout: int) -> TicketKey | None:
         """The key of that name while it may still decrypt tickets."""
-        now = int(self._clock())
-        for key in self.keys:
-            if key.name == name:
-                return key if key.expires + timeout // 2 > now else None
+        return self.lookup(name, timeout)[0]
+
+    def health(self) -> dict[str, Any] | None:
         return None
+
+    def lookup(self, name: bytes, timeout: int) -> tuple[TicketKey | None, str]:
+        now = int(self._clock())
+        for index, key in enumerate(self.keys):
+            if key.name == name:
+                if key.expires + timeout // 2 <= now:
+                    return None, "expired"
+                return key, "found_previous" if index else "found_current"
+        return None, "unknown"
 
     @property
     def ring(self) -> TicketKeyRing:
@@ -176,6 +198,9 @@ class SharedTicketKeys(Protocol):
     def find(self, name: bytes) -> bytes | None:
         """The packed key of that name, if the fleet has it."""
 
+    def health(self) -> dict[str, Any]:
+        """What Breaker.health() says (stores/redis.py)."""
+
 
 class FleetTicketKeys:
     """Ticket keys shared by every host of a fleet through Redis.
@@ -205,6 +230,9 @@ class FleetTicketKeys:
     @property
     def ring(self) -> TicketKeyRing:
         return self.local
+
+    def health(self) -> dict[str, Any]:
+        return self.fleet.health()
 
     def _make(self, expires: int) -> bytes:
         return TicketKey(self._random_bytes(NAME_LENGTH), self._random_bytes(CIPHER_KEY_LENGTH),
@@ -242,19 +270,24 @@ class FleetTicketKeys:
         return self.local.find(name, timeout) if name else self._current_at_hand(timeout)
 
     def find(self, name: bytes, timeout: int) -> TicketKey | None:
+        return self.lookup(name, timeout)[0]
+
+    def lookup(self, name: bytes, timeout: int) -> tuple[TicketKey | None, str]:
         # The current and previous keys are in memory: no need to ask Redis.
-        key = self.local.find(name, timeout)
-        if key is not None:
-            return key
+        key, outcome = self.local.lookup(name, timeout)
+        if key is not None or outcome == "expired":
+            return key, outcome
         try:
             packed = self.fleet.find(name)
             if packed is None:
-                return None
+                return None, "unknown"
             key = self._unpack(packed, name)
         except StoreError as err:
             self._failed(err)
-            return None
-        return key if key.expires + timeout // 2 > int(self._clock()) else None
+            return None, "unavailable"
+        if key.expires + timeout // 2 <= int(self._clock()):
+            return None, "expired"
+        return key, "found_fleet"
 
     @staticmethod
     def _unpack(packed: bytes, name: bytes | None = None) -> TicketKey:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from .redis import RedisSettings
@@ -143,6 +143,11 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release files and connections."""
+
+    def health(self) -> dict[str, Any] | None:
+        """How a store on the network is doing (stores/redis.py), for the
+        stats; None for a local store."""
+        return None
 
     # True when a request may wait on the network: the server then answers
     # it in a worker thread, so that other clients do not wait with it.

@@ -58,6 +58,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..seal import NotOpened, Seal
+from ..stats import Histogram
 from . import (
     STAMP,
     CannotOpen,
@@ -220,6 +221,24 @@ class RedisLink:
     def name(self) -> str:
         return self.endpoint.name
 
+    def where(self) -> str:
+        """The endpoint in use, as the client last knew it (no I/O): the
+        master a Sentinel named, or the nodes of a Cluster."""
+        client = self._client
+        if client is None:
+            return self.name
+        try:
+            if self.endpoint.kind == "sentinel":
+                master = client.connection_pool.master_address
+                if master:
+                    return "%s (master %s:%d)" % (self.name, master[0], master[1])
+            elif self.endpoint.kind == "cluster":
+                return "%s (nodes %s)" % (self.name, ",".join(
+                    sorted(node.name for node in client.get_nodes())))
+        except Exception:
+            pass                     # what the library knows is only for show
+        return self.name
+
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
@@ -286,7 +305,11 @@ class Breaker:
         self.probe = probe
         self.clock = clock
         self.opened_at: float | None = None        # None: closed, calls go through
+        self.paused_since: float | None = None     # the same, in wall time
         self.last_error = ""
+        self.failures = 0                          # times it opened
+        self.recoveries = 0                        # times a probe closed it
+        self.round_trips = Histogram()             # every command through it
         self.lock = threading.Lock()
 
     def call(self, operation: Callable[[Any], Any]) -> Any:
@@ -294,10 +317,14 @@ class Breaker:
             raise Unreachable("Redis %s is unreachable (%s); it is probed every second"
                               % (self.link.name, self.last_error))
         client = None
+        started = time.monotonic()
         try:
             client = self.link.client()
-            return operation(client)
+            result = operation(client)
+            self.round_trips.observe_locked(time.monotonic() - started)
+            return result
         except Exception as err:
+            self.round_trips.observe_locked(time.monotonic() - started)
             text = "Redis %s: %s" % (self.link.name, describe_error(err))
             if _is_unreachable(err):
                 self.link.reset(client)
@@ -313,6 +340,8 @@ class Breaker:
             if self.opened_at is not None:
                 return
             self.opened_at = self.clock()
+            self.paused_since = time.time()
+            self.failures += 1
         threading.Thread(target=self._probe, daemon=True,
                          name="tlsmgr-redis-probe").start()
 
@@ -329,8 +358,18 @@ class Breaker:
                     self.link.reset(client)
                     continue
             with self.lock:
-                self.opened_at = None
+                self.opened_at = self.paused_since = None
+                self.recoveries += 1
             return
+
+    def health(self) -> dict[str, Any]:
+        """Whether Redis is asked now, since when not, and what went wrong
+        last (the stats; docs/OPERATIONS.md)."""
+        return {"endpoint": self.link.where(), "paused": self.opened_at is not None,
+                "paused_since": None if self.paused_since is None else round(self.paused_since),
+                "last_error": self.last_error, "failures": self.failures,
+                "recoveries": self.recoveries,
+                "round_trips": self.round_trips.snapshot()}
 
 
 # Every script gets the cache's keys and this function, which removes one
@@ -510,6 +549,9 @@ class RedisStore(Store):
     def size(self) -> int:
         return int(self.breaker.call(lambda client: client.get(self._total)) or 0)
 
+    def health(self) -> dict[str, Any]:
+        return self.breaker.health()
+
     def close(self) -> None:
         self.link.close()
 
@@ -570,6 +612,9 @@ class RedisTicketKeys:
             if found is None:
                 raise
         return open_from(self._seal, bytes(found), period_key, "the ticket key")
+
+    def health(self) -> dict[str, Any]:
+        return self.breaker.health()
 
     def find(self, name: bytes) -> bytes | None:
         name_key = self._by_name(name)

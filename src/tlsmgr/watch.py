@@ -1,0 +1,116 @@
+"""``tlsmgr-ctl stats --watch``: the daemon's counters as rates, refreshed.
+
+Every interval the stats request is sent again, and what each counter
+gained since the last one is shown per second, like top(1) or
+varnishstat(1).  On a terminal the figures are redrawn in place, on the
+alternate screen with the cursor hidden, and the terminal is given back as
+it was however the command ends (Ctrl-C, the daemon gone, an error).  When
+the output is not a terminal, one plain line per interval is printed, for
+logs and scripts.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
+
+# Terminal control (xterm, and what every terminal emulator follows).
+_ENTER = "\x1b[?1049h\x1b[?25l"     # the alternate screen; hide the cursor
+_LEAVE = "\x1b[?25h\x1b[?1049l"     # show the cursor; back to the main screen
+_HOME = "\x1b[H\x1b[2J"             # the top left, the screen cleared
+
+
+def counters(stats: dict[str, Any]) -> dict[str, float]:
+    """The counters of a stats snapshot, by a flat name."""
+    found: dict[str, float] = {}
+    for name, count in stats["requests"].items():
+        found["requests." + name] = count
+    for kind, count in stats["errors"].items():
+        found["errors." + kind] = count
+    for label, cache in stats["caches"].items():
+        for key in ("hits", "misses", "updates", "deletes", "expired", "evicted", "unopened"):
+            found["%s.%s" % (label, key)] = cache.get(key, 0)
+        if "redis" in cache:
+            found["%s.redis_failures" % label] = cache["redis"]["failures"]
+    for outcome, count in stats["ticket_keys"]["lookups"].items():
+        found["tktkey." + outcome] = count
+    found["connections.accepted"] = stats["connections"]["total"]
+    return found
+
+
+def rates(before: dict[str, float], after: dict[str, float],
+          seconds: float) -> dict[str, float]:
+    """Per second, what each counter gained (new counters from zero)."""
+    return {name: (value - before.get(name, 0)) / seconds
+            for name, value in sorted(after.items()) if seconds > 0}
+
+
+def screen(stats: dict[str, Any], per_second: dict[str, float], interval: float) -> str:
+    """One refresh on a terminal: the state, then the rates that moved."""
+    lines = ["tlsmgr: up %d s, %d connections open; every %g s (Ctrl-C to stop)"
+             % (stats["uptime"], stats["connections"]["now"], interval), ""]
+    for label, cache in stats["caches"].items():
+        text = "%-6s %8d entries %10d bytes  hit ratio %.2f" % (
+            label, cache["entries"], cache["bytes"], cache["hit_ratio"])
+        if "redis" in cache:
+            text += "  redis " + redis_state(cache["redis"])
+        lines.append(text)
+    lines.append("")
+    lines.append("%-28s %12s" % ("per second", ""))
+    for name, rate in per_second.items():
+        if rate:
+            lines.append("%-28s %12.1f" % (name, rate))
+    return "\n".join(lines) + "\n"
+
+
+def redis_state(health: dict[str, Any]) -> str:
+    if not health["paused"]:
+        return "reachable (%s)" % health["endpoint"]
+    return "PAUSED since %s: %s" % (
+        time.strftime("%H:%M:%S", time.localtime(health["paused_since"])),
+        health["last_error"])
+
+
+def plain_line(per_second: dict[str, float]) -> str:
+    moved = " ".join("%s=%.1f" % item for item in per_second.items() if item[1])
+    return "%s %s" % (time.strftime("%Y-%m-%dT%H:%M:%S"), moved or "idle")
+
+
+def snapshots(fetch: Callable[[], dict[str, Any]], interval: float,
+              sleep: Callable[[float], None] = time.sleep) -> Iterator[
+                  tuple[dict[str, Any], dict[str, float]]]:
+    """(stats, rates) every interval, the first after one interval."""
+    last, last_at = counters(fetch()), time.monotonic()
+    while True:
+        sleep(interval)
+        stats = fetch()
+        now = time.monotonic()
+        current = counters(stats)
+        yield stats, rates(last, current, now - last_at)
+        last, last_at = current, now
+
+
+def watch(fetch: Callable[[], dict[str, Any]], interval: float, count: int | None = None,
+          out: TextIO = sys.stdout) -> int:
+    """Show the rates until Ctrl-C (or count refreshes); exit status 0."""
+    on_terminal = out.isatty()
+    if on_terminal:
+        out.write(_ENTER)
+    try:
+        for number, (stats, per_second) in enumerate(snapshots(fetch, interval), 1):
+            if on_terminal:
+                out.write(_HOME + screen(stats, per_second, interval))
+            else:
+                out.write(plain_line(per_second) + "\n")
+            out.flush()
+            if count is not None and number >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if on_terminal:
+            out.write(_LEAVE)
+            out.flush()
+    return 0
