@@ -34,3 +34,12 @@ def stop_the_daemons_a_test_started():
     for daemon in harness.started[before:]:
         daemon.stop()
     del harness.started[before:]
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory):
+    """A private redis-server on a UNIX socket (helpers.harness.Redis)."""
+    require(harness.redis_available(), "redis-server (apt-get install redis-server)")
+    server = harness.Redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -9,7 +9,7 @@ import os
 
 import pytest
 from conftest import require
-from helpers.harness import Redis, redis_available, start_ours
+from helpers.harness import start_ours
 
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.seal import new_secret_line
@@ -17,14 +17,6 @@ from tlsmgr.seal import new_secret_line
 pytestmark = pytest.mark.redis
 
 SESSION = b"SESSION-MASTER-SECRET:" + os.urandom(24).hex().encode()
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory):
-    require(redis_available(), "redis-server (apt-get install redis-server)")
-    server = Redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 def secret_file(path, *lines):

@@ -14,9 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-from conftest import require, require_command
-from helpers.harness import Redis, free_tcp_port, redis_available, start_ours, wait_for
+from conftest import require_command
+from helpers.harness import free_tcp_port, start_ours, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from tlsmgr.client import TlsmgrClient
@@ -25,14 +24,6 @@ from tlsmgr.tickets import TicketKey
 
 ROOT = Path(__file__).resolve().parent.parent
 CTL = [sys.executable, "-m", "tlsmgr.ctl"]
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory):
-    require(redis_available(), "redis-server (apt-get install redis-server)")
-    server = Redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 def daemon_with(tmp_path, **params):

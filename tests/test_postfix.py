@@ -23,7 +23,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from conftest import require, require_command
 from helpers.harness import build_loadgen, free_tcp_port, loadgen_burst, wait_for
-from helpers.postfix_instance import PostfixInstance, available
+from helpers.postfix_instance import PostfixInstance, available, handshake
 from helpers.smtp_tls import TLS12, TLS13, ResumingClients, client_context, starttls
 
 pytestmark = pytest.mark.postfix
@@ -40,15 +40,6 @@ def instance(request):
         yield made
     finally:
         made.destroy()
-
-
-def handshake(instance, *args) -> str:
-    """Run s_client; return openssl's New/Reused line."""
-    output = instance.s_client(*args)
-    line = next((text for text in output.splitlines()
-                 if text.startswith(("New,", "Reused,"))), "")
-    assert line, output
-    return line
 
 
 def smtpd_pids(instance) -> list[int]:

@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import require
 from helpers.harness import wait_for
-from helpers.postfix_instance import PostfixInstance, available
+from helpers.postfix_instance import PostfixInstance, available, handshake
 
 pytestmark = pytest.mark.postfix
 
@@ -43,14 +43,6 @@ def default():
         yield made
     finally:
         made.destroy()
-
-
-def handshake(instance, *args) -> str:
-    output = instance.s_client(*args)
-    line = next((text for text in output.splitlines()
-                 if text.startswith(("New,", "Reused,"))), "")
-    assert line, output
-    return line
 
 
 def sessions_made(instance, tmp_path) -> dict:

@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 from conftest import require
-from helpers.harness import Redis, redis_available, start_ours, wait_for
+from helpers.harness import redis_available, start_ours, wait_for
 
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.stores import Entry, Limits, StoreError
@@ -25,14 +25,6 @@ from tlsmgr.stores.redis import (
 )
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory):
-    require(redis_available(), "redis-server (apt-get install redis-server)")
-    server = Redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 def fleet_params(redis_server, data, **extra):

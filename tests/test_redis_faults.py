@@ -101,6 +101,18 @@ def test_cluster_master_killed_then_hung_under_load(tmp_path, cluster):
         wait_for(load.saving_again, timeout=15, what="sessions to be saved again")
     assert load.slowest < BOUND, "a request took %.2f s" % load.slowest
     assert "Traceback" not in daemon.log
+    # The stats name the nodes the client knows, and count the outage.
+    health = redis_health(daemon)
+    assert health["failures"] >= 1 and health["recoveries"] == health["failures"]
+    nodes = health["endpoint"].split("(nodes ")[1].rstrip(")").split(",")
+    assert len(nodes) >= 3 and all(re.fullmatch(r"127\.0\.0\.1:\d+", node) for node in nodes)
+
+
+def redis_health(daemon) -> dict:
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        status, stats = client.stats()
+    assert status == 0
+    return stats["caches"]["smtpd"]["redis"]
 
 
 # Sentinel.
@@ -125,6 +137,10 @@ def test_sentinel_master_killed_then_hung_under_load(tmp_path, sentinels):
     assert load.slowest < BOUND, "a request took %.2f s" % load.slowest
     warnings = [line for line in daemon.log.splitlines() if "warning:" in line]
     assert warnings and all(len(line) < 300 for line in warnings), warnings
+    # The stats name the master the sentinels gave, the new one.
+    health = redis_health(daemon)
+    assert health["endpoint"].endswith("(master 127.0.0.1:%d)" % sentinels.replica.port)
+    assert health["failures"] >= 1 and not health["paused"]
 
 
 def test_sentinel_first_listed_down_or_all_silent(tmp_path, sentinels):

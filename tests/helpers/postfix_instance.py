@@ -246,3 +246,12 @@ class PostfixInstance:
 
     def wait(self, seconds: float):
         time.sleep(seconds)
+
+
+def handshake(instance, *args) -> str:
+    """Run s_client on an instance; return openssl's New/Reused line."""
+    output = instance.s_client(*args)
+    line = next((text for text in output.splitlines()
+                 if text.startswith(("New,", "Reused,"))), "")
+    assert line, output
+    return line
