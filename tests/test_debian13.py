@@ -5,7 +5,8 @@ are run there against that release's own postfix, python3 and openssl,
 with CI=true, so that none of them may skip: the byte-for-byte comparison
 with its stock tlsmgr, real Postfix with chroot=n and chroot=y (resumption,
 reload, the smtp and lmtp clients, tlsproxy, a request burst), install and
-uninstall, and the daemon as master(8) runs it.
+uninstall, the daemon as master(8) runs it, and resumption kept across
+"postfix reload" and kill -9 (tlsmgr_preserve_sessions).
 """
 
 import os
@@ -19,7 +20,7 @@ from helpers import debian13
 pytestmark = [pytest.mark.postfix, pytest.mark.timeout(3000)]
 
 INSIDE = ["tests/test_stock_compat.py", "tests/test_postfix.py", "tests/test_install.py",
-          "tests/test_master.py"]
+          "tests/test_master.py", "tests/test_preserve_postfix.py"]
 
 
 @pytest.fixture(scope="module")

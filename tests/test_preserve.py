@@ -13,7 +13,7 @@ from helpers.harness import start_ours
 
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.keyfile import NAME, KeyFile
-from tlsmgr.tickets import TicketKey
+from tlsmgr.tickets import TicketKey, TicketKeyRing
 
 TIMEOUT = 3600
 
@@ -210,3 +210,25 @@ def test_a_bad_value_is_one_fatal_line(tmp_path):
     assert daemon.process.wait(20) == 1
     assert "fatal: bad boolean configuration: tlsmgr_preserve_sessions = sometimes " \
            "(expected yes or no)" in daemon.log
+
+
+def test_saves_that_meet_leave_the_latest_ring_in_the_file(tmp_path):
+    # Fleet keys are taken on in worker threads while the event loop drops
+    # spent ones: whatever the order, the file ends as the ring does.
+    import threading
+    saved = KeyFile(str(tmp_path))
+    ring = TicketKeyRing(os.urandom, on_change=saved.save_ring)
+
+    def rotate():
+        for _ in range(40):
+            ring.rotate(TIMEOUT)
+
+    threads = [threading.Thread(target=rotate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(saved.load(TIMEOUT), key=lambda k: k.name) == \
+        sorted(ring.keys, key=lambda k: k.name)
+    assert not list(tmp_path.glob("*.new")) and not list(tmp_path.glob("*.damaged-*"))
+    saved.close()

@@ -155,7 +155,7 @@ def test_a_spent_key_leaves_the_saved_ring_when_its_window_ends(tmp_path):
     from tlsmgr.keyfile import KeyFile
     now = [1_000_000]
     saved = KeyFile(str(tmp_path), clock=lambda: now[0])
-    ring = TicketKeyRing(os.urandom, clock=lambda: now[0], on_change=saved.save)
+    ring = TicketKeyRing(os.urandom, clock=lambda: now[0], on_change=saved.save_ring)
     key = ring.current(3600)                      # issues until now + 1799
     assert saved.load(3600) == [key]
     assert ring.drop_spent(3600) == 1799 + 1800 + 1   # when its window ends, and a second

@@ -162,7 +162,8 @@ def ticket_keys(smtpd_cache: SessionCache | None, random_bytes: Callable[[int], 
                 saved: KeyFile | None = None) -> TicketKeys:
     """This host's key ring, kept across restarts if saved; shared by the
     fleet when the smtpd cache is on Redis."""
-    ring = TicketKeyRing(random_bytes, on_change=saved.save if saved is not None else None)
+    ring = TicketKeyRing(random_bytes,
+                         on_change=saved.save_ring if saved is not None else None)
     if saved is not None and smtpd_cache is not None:
         ring.restore(saved.load(smtpd_cache.timeout))
     if smtpd_cache is None or not smtpd_cache.store.blocking:

@@ -103,7 +103,7 @@ class TicketKeyRing:
 
     def __init__(self, random_bytes: Callable[[int], bytes],
                  clock: Callable[[], float] = time.time,
-                 on_change: Callable[[list[TicketKey]], None] | None = None):
+                 on_change: Callable[[TicketKeyRing], None] | None = None):
         self._random_bytes = random_bytes
         self._clock = clock
         self._on_change = on_change           # keyfile.py saves the ring
@@ -120,7 +120,7 @@ class TicketKeyRing:
         if len(live) != len(self.keys):
             self.keys = live
             if self._on_change is not None:
-                self._on_change(live)
+                self._on_change(self)
         ends = [key.expires + timeout // 2 - now for key in live]
         return float(min(ends) if ends else timeout // 2) + 1
 
@@ -185,7 +185,7 @@ class TicketKeyRing:
         self.rotations += 1
         self.rotated_at = self._clock()
         if self._on_change is not None:
-            self._on_change(self.keys)
+            self._on_change(self)
 
 
 class SharedTicketKeys(Protocol):
