@@ -75,13 +75,15 @@ def snapshot(sources: Sources) -> dict[str, Any]:
             "rotations": ring.rotations,
             "shared": tlsmgr.tickets.shared,
             "unopened": tlsmgr.tickets.unopened,
-            "lookups": dict(sorted(stats.ticket_lookups.items())),
+            "lookups": {outcome: count for outcome, count in sorted(stats.ticket_lookups.items())
+                        if count},
             **({"redis": health} if (health := tlsmgr.tickets.health()) is not None else {}),
         },
         "prng": {"reseeds": sources.prng.reseeds,
                  "exchange_updates": sources.prng.exchange_updates},
         "connections": {"now": len(sources.connections), "total": stats.accepted},
-        "requests": {name.decode(): count for name, count in sorted(stats.requests.items())},
+        "requests": {name.decode(): count for name, count in sorted(stats.requests.items())
+                     if count},
         "errors": dict(sorted(errors.items())),
         "latency": {name.decode(): histogram.snapshot()
                     for name, histogram in sorted(stats.latency.items())

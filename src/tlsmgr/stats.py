@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .attr import Message
+from .tickets import OUTCOMES
 
 # Upper bounds of the latency buckets, in seconds: 10 µs to 1 s, in steps
 # of 1, 2.5 and 5 (Prometheus's "le": a bucket counts what is at most it).
@@ -55,17 +56,22 @@ class Histogram:
 class Stats:
     started: float = field(default_factory=time.monotonic)
     accepted: int = 0                                   # connections, in all
-    requests: Counter[bytes] = field(default_factory=Counter)    # by request name
+    # By request name: a plain dict, with a zero for every name the handler
+    # knows (known_requests()), since a Counter costs twice as much to count
+    # into, on every request's path.
+    requests: dict[bytes, int] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)        # by kind
     # tktkey requests: "current" (no name), or how a lookup by name went
-    # (tickets.OUTCOMES).
-    ticket_lookups: Counter[str] = field(default_factory=Counter)
+    # (tickets.OUTCOMES); zeros too, as for requests.
+    ticket_lookups: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("current", *OUTCOMES), 0))
     # From a request read whole to its reply written, by request name (the
     # names the handler knows; any other is b"unknown").
     latency: dict[bytes, Histogram] = field(default_factory=dict)
 
     def known_requests(self, names: Iterable[bytes]) -> None:
         for name in (*names, b"unknown"):
+            self.requests.setdefault(name, 0)
             self.latency.setdefault(name, Histogram())
 
     def replied(self, messages: list[Message], since: float, now: float) -> None:
