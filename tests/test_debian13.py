@@ -5,8 +5,9 @@ are run there against that release's own postfix, python3 and openssl,
 with CI=true, so that none of them may skip: the byte-for-byte comparison
 with its stock tlsmgr, real Postfix with chroot=n and chroot=y (resumption,
 reload, the smtp and lmtp clients, tlsproxy, a request burst), install and
-uninstall, the daemon as master(8) runs it, and resumption kept across
-"postfix reload" and kill -9 (tlsmgr_preserve_sessions).
+uninstall, the daemon as master(8) runs it, resumption kept across
+"postfix reload" and kill -9 (tlsmgr_preserve_sessions), and the fleet's
+seal and its secret file.
 """
 
 import os
@@ -20,7 +21,8 @@ from helpers import debian13
 pytestmark = [pytest.mark.postfix, pytest.mark.timeout(3000)]
 
 INSIDE = ["tests/test_stock_compat.py", "tests/test_postfix.py", "tests/test_install.py",
-          "tests/test_master.py", "tests/test_preserve_postfix.py"]
+          "tests/test_master.py", "tests/test_preserve_postfix.py", "tests/test_preserve.py",
+          "tests/test_seal.py"]
 
 
 @pytest.fixture(scope="module")
