@@ -76,7 +76,7 @@ class KeyFile:
             self._set_aside()
             return []
         now = int(self._clock())
-        return [key for key in keys if key.expires + timeout // 2 > now]
+        return [key for key in keys if key.decrypts_until(timeout) > now]
 
     @staticmethod
     def _parse(data: bytes) -> list[TicketKey] | None:

@@ -44,6 +44,12 @@ class TicketKey:
     def pack(self) -> bytes:
         return _LAYOUT.pack(self.name, self.cipher_key, self.hmac_key, self.expires)
 
+    def decrypts_until(self, timeout: int) -> int:
+        """The end of its decrypt window: half the smtpd session cache
+        timeout after it stops issuing tickets.  At that second it no
+        longer decrypts."""
+        return self.expires + timeout // 2
+
     @classmethod
     def unpack(cls, data: bytes) -> TicketKey:
         return cls(*_LAYOUT.unpack(data))
@@ -116,12 +122,12 @@ class TicketKeyRing:
         ring (keyfile.py), however quiet the host; return the seconds until
         the next key's window ends, when this is to run again."""
         now = int(self._clock())
-        live = [key for key in self.keys if key.expires + timeout // 2 > now]
+        live = [key for key in self.keys if key.decrypts_until(timeout) > now]
         if len(live) != len(self.keys):
             self.keys = live
             if self._on_change is not None:
                 self._on_change(self)
-        ends = [key.expires + timeout // 2 - now for key in live]
+        ends = [key.decrypts_until(timeout) - now for key in live]
         return float(min(ends) if ends else timeout // 2) + 1
 
     def restore(self, keys: list[TicketKey]) -> None:
@@ -160,7 +166,7 @@ class TicketKeyRing:
         now = int(self._clock())
         for index, key in enumerate(self.keys):
             if key.name == name:
-                if key.expires + timeout // 2 <= now:
+                if key.decrypts_until(timeout) <= now:
                     return None, "expired"
                 return key, "found_previous" if index else "found_current"
         return None, "unknown"
@@ -260,7 +266,7 @@ class FleetTicketKeys:
         # hosts keep agreeing; a key of this host's own would decrypt nowhere
         # else, and comes only after that.
         last = self._current
-        if last is not None and last.expires + timeout // 2 > int(self._clock()):
+        if last is not None and last.decrypts_until(timeout) > int(self._clock()):
             return last
         return self.local.current(timeout)
 
@@ -285,7 +291,7 @@ class FleetTicketKeys:
         except StoreError as err:
             self._failed(err)
             return None, "unavailable"
-        if key.expires + timeout // 2 <= int(self._clock()):
+        if key.decrypts_until(timeout) <= int(self._clock()):
             return None, "expired"
         return key, "found_fleet"
 
