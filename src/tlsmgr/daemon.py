@@ -122,6 +122,15 @@ def redis_settings(cfg: config.Config, seal: Seal | None = None) -> RedisSetting
                          cfg.tlsmgr_redis_timeout_ms, seal)
 
 
+def mail_owner_uid(cfg: config.Config) -> int | None:
+    """mail_owner's uid; None stand-alone, for a mail_owner this host does
+    not have."""
+    try:
+        return pwd.getpwnam(cfg.mail_owner).pw_uid
+    except KeyError:
+        return None
+
+
 def read_fleet_secret(cfg: config.Config) -> Seal | None:
     """The seal of tlsmgr_fleet_secret_file, if set: read as root, before
     the privilege drop and the jail.  A file that is not private, or not
@@ -130,11 +139,7 @@ def read_fleet_secret(cfg: config.Config) -> Seal | None:
     if not path:
         return None
     from . import seal
-    owners = {0, os.geteuid()}
-    try:
-        owners.add(pwd.getpwnam(cfg.mail_owner).pw_uid)
-    except KeyError:
-        pass
+    owners = {uid for uid in (0, os.geteuid(), mail_owner_uid(cfg)) if uid is not None}
     try:
         return seal.read_secret_file(path, owners)
     except seal.SecretFileError as err:
@@ -204,10 +209,9 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int,
                     cfg.tlsmgr_client_buffer_limit,
                     worker_deadline=cfg.tlsmgr_redis_timeout_ms / 1000 + WORKER_MARGIN,
                     tasks=spent_key_task(tickets, caches["smtpd"], saved))
-    try:
-        server.control_uids.add(pwd.getpwnam(cfg.mail_owner).pw_uid)
-    except KeyError:
-        pass                # stand-alone, for a mail_owner this host does not have
+    owner = mail_owner_uid(cfg)
+    if owner is not None:
+        server.control_uids.add(owner)
     tlsmgr.control = Control(Sources(tlsmgr, server.caches, prng, server.connections))
     tlsmgr.stats.known_requests(Control.requests)
     return server, tlsmgr.control
