@@ -19,30 +19,27 @@ TLS12 = ("-tls1_2", "-no_ticket")
 TLS13 = ("-tls1_3",)
 
 
-def make_instance(preserve: str):
+def instance_with(preserve: str):
+    """A Postfix instance with tlsmgr_preserve_sessions = preserve, for a
+    module fixture to yield from; destroyed whatever happens."""
     require(available(), "Debian's postfix package and root (apt-get install postfix; "
                          "run the tests as root)")
     made = PostfixInstance(ours=True, chroot=True, tlsmgr_preserve_sessions=preserve)
-    made.start()
-    return made
+    try:
+        made.start()
+        yield made
+    finally:
+        made.destroy()
 
 
 @pytest.fixture(scope="module")
 def preserving():
-    made = make_instance("yes")
-    try:
-        yield made
-    finally:
-        made.destroy()
+    yield from instance_with("yes")
 
 
 @pytest.fixture(scope="module")
 def default():
-    made = make_instance("no")
-    try:
-        yield made
-    finally:
-        made.destroy()
+    yield from instance_with("no")
 
 
 def sessions_made(instance, tmp_path) -> dict:
