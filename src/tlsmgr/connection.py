@@ -30,6 +30,7 @@ from typing import cast
 
 from . import log
 from .attr import Decoder, Message, MessageTooLarge
+from .fastpath import Answer
 from .limits import ClientMemory, ConnectionTable
 from .protocol import HANDSHAKE, PROTOCOL_ERROR, Reply, Tlsmgr
 from .stats import Stats
@@ -80,6 +81,7 @@ class Shared:
     ipc_timeout: int
     request_size_limit: int
     worker_deadline: float             # seconds a request in a worker may take
+    answer: Answer | None = None       # the compiled path (fastpath.py), if built
     late_warning: log.RateLimitedWarning = field(default_factory=log.RateLimitedWarning)
 
 
@@ -195,6 +197,10 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport            # from connection_made()
         self.flow: FlowControl                       # from connection_made()
         self.privileged = False
+        # Nothing of this client's is unanswered, held or paused: a read
+        # that is one whole request may go to the compiled path.
+        self.between_requests = True
+        self.write: Callable[[bytes], object]        # the transport's, from connection_made()
         self.held = 0                      # bytes held for it, as ClientMemory knows
         self.idle_timer: asyncio.TimerHandle | None = None
         self.in_worker: asyncio.Future[Reply] | None = None
@@ -203,6 +209,7 @@ class Connection(asyncio.Protocol):
         # A stream server's transports are read-write ones.
         self.transport = transport = cast(asyncio.Transport, transport)
         self.flow = FlowControl(transport)
+        self.write = transport.write
         # May it send control requests (control.py)?  Asked once: the
         # peer's credentials are those it had when it connected.
         credentials = peer_credentials(transport.get_extra_info("socket"))
@@ -221,10 +228,17 @@ class Connection(asyncio.Protocol):
         self.input.forget()                # whatever it left unanswered goes with it
 
     def data_received(self, data: bytes) -> None:
-        if self.input.receive(data, time.monotonic()):
+        now = time.monotonic()
+        shared = self.shared
+        if self.between_requests and shared.answer is not None \
+                and shared.answer(data, self.write, now):
+            self.input.last_active = now
+            shared.served()
+            shared.mix_time()
+        elif self.input.receive(data, now):
             self._serve()
         else:
-            self._send([self.shared.tlsmgr.handle_trigger(data[:-1])])
+            self._send([shared.tlsmgr.handle_trigger(data[:-1])])
 
     def _serve(self) -> None:
         """Decode and answer until all that came is answered, a request
@@ -282,6 +296,8 @@ class Connection(asyncio.Protocol):
         if flow.read_paused or flow.write_paused or self.in_worker is not None \
                 or client_input.unread:
             self._update_reading()
+        self.between_requests = self.in_worker is None and not flow.write_paused \
+            and not pending and not client_input.unread and client_input.decoder.idle
         shared.mix_time()
 
     def _refuse(self, err: MessageTooLarge) -> None:
@@ -354,6 +370,7 @@ class Connection(asyncio.Protocol):
     # not read from; nor is one whose request is in a worker thread, nor
     # one whose earlier input is still being answered.
     def pause_writing(self) -> None:
+        self.between_requests = False
         self.flow.writing(True, time.monotonic())
         self._account()
         self._update_reading()

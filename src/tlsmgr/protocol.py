@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import log
 from .attr import (
@@ -177,7 +177,7 @@ class Tlsmgr:
         # fleet ticket keys come with a Redis smtpd cache.
         self.any_blocking = any(
             cache is not None and cache.store.blocking for cache in caches.values())
-        self._key_reply: tuple[object, bytes] = (None, b"")   # see _tktkey()
+        self._key_reply: tuple[object, bytes] = (None, b"")   # see key_reply()
         self._handlers = {
             b"lookup": self._lookup,
             b"update": self._update,
@@ -220,14 +220,14 @@ class Tlsmgr:
             try:
                 return Reply(handler(message))
             except Exception as err:
-                return Reply(self._failure(request, err))
+                return Reply(self.failure(request, err))
         if request == WAKEUP:
             return HANG_UP
         self.stats.requests[b"unknown"] += 1
         self._client_error('unknown request "%s" from %s', printable(request), self.socket_name)
         return Reply(PROTOCOL_ERROR)
 
-    def _failure(self, request: bytes, err: Exception) -> bytes:
+    def failure(self, request: bytes, err: Exception) -> bytes:
         """The one place where a request fails: a bad request (already
         logged) or a bug, answered with status -2 in the request's shape,
         so that the client gets an answer and the connection stays in step."""
@@ -247,7 +247,7 @@ class Tlsmgr:
             try:
                 return Reply(self._tktkey(message, from_memory=True))
             except Exception as err:
-                return Reply(self._failure(request, err))
+                return Reply(self.failure(request, err))
         return Reply(failed_reply(request, STAT_ERR))
 
     def _client_error(self, text: str, *args: object) -> None:
@@ -325,30 +325,40 @@ class Tlsmgr:
 
     def _lookup(self, message: Message) -> bytes:
         cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
-        cache = self.caches.get(cache_type)
-        if cache is None:
-            self._no_cache(cache_type, "lookup")
-        found = cache.lookup(cache_id)
-        return _LOOKUP_MISS if found is None else _status_and_data(STAT_OK, b"session", found)
+        return self.lookup_reply(self._enabled(cache_type, "lookup"), cache_id)
 
     def _update(self, message: Message) -> bytes:
         cache_type, cache_id, session = self.scan(message, 1, _UPDATE)
-        cache = self.caches.get(cache_type)
-        if cache is None:
-            self._no_cache(cache_type, "update")
-        return _STATUS[STAT_OK if cache.update(cache_id, session) else STAT_ERR]
+        return self.update_reply(self._enabled(cache_type, "update"), cache_id, session)
 
     def _delete(self, message: Message) -> bytes:
         cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
-        cache = self.caches.get(cache_type)
-        if cache is None:
-            self._no_cache(cache_type, "delete")
+        return self.delete_reply(self._enabled(cache_type, "delete"), cache_id)
+
+    # The replies to requests already read: the compiled path (fastpath.py)
+    # reads the common requests itself and calls these.
+
+    @staticmethod
+    def lookup_reply(cache: SessionCache, cache_id: bytes) -> bytes:
+        found = cache.lookup(cache_id)
+        return _LOOKUP_MISS if found is None else _status_and_data(STAT_OK, b"session", found)
+
+    @staticmethod
+    def update_reply(cache: SessionCache, cache_id: bytes, session: bytes) -> bytes:
+        return _STATUS[STAT_OK if cache.update(cache_id, session) else STAT_ERR]
+
+    @staticmethod
+    def delete_reply(cache: SessionCache, cache_id: bytes) -> bytes:
         return _STATUS[STAT_OK if cache.delete(cache_id) else STAT_ERR]
 
-    def _no_cache(self, cache_type: bytes, request: str) -> NoReturn:
-        # An unknown type (with a warning) or a disabled cache: status -2.
-        self.cache(cache_type, request)
-        raise BadRequest
+    def _enabled(self, cache_type: bytes, request: str) -> SessionCache:
+        """The cache of a type; an unknown type (with a warning) or a
+        disabled cache is a BadRequest, status -2."""
+        cache = self.caches.get(cache_type)
+        if cache is None:
+            self.cache(cache_type, request)
+            raise BadRequest
+        return cache
 
     def _tktkey(self, message: Message, from_memory: bool = False) -> bytes:
         # Like the stock daemon (Postfix 3.7), a name not found is echoed in
@@ -363,6 +373,11 @@ class Tlsmgr:
         if len(name) not in (0, NAME_LENGTH):
             self._client_error("invalid session ticket key name length: %d", len(name))
             raise BadRequest
+        return self.key_reply(name, from_memory)
+
+    def key_reply(self, name: bytes, from_memory: bool = False) -> bytes:
+        """The reply to a tktkey request for a name of a valid length
+        (empty: the current key)."""
         timeout = self.timeouts[b"smtpd"]
         if timeout <= 0:
             return failed_reply(b"tktkey", STAT_ERR)     # no tickets without the cache
@@ -389,6 +404,10 @@ class Tlsmgr:
         if not 0 < size <= SEED_MAX:
             self._client_error('bogus seed length "%d" in "seed" request', size)
             raise BadRequest
+        return self.seed_reply(size)
+
+    def seed_reply(self, size: int) -> bytes:
+        """The reply to a seed request of a valid size."""
         try:
             seed = self.random_bytes(size)
         except OSError as err:

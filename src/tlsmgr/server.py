@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import log
+from . import fastpath, log
 from .connection import Connection, Shared
 from .limits import ClientMemory, ConnectionTable
 from .master import StatusChannel, Watchdog
@@ -161,7 +161,8 @@ class Server:
         shared = Shared(self.tlsmgr, self.tlsmgr.stats, self.loop, self.workers,
                         self.connections, self.memory, self.served, self.prng.mix_time,
                         self.control_uids, self.ipc_timeout, self.request_size_limit,
-                        self.worker_deadline)
+                        self.worker_deadline,
+                        fastpath.answerer(self.tlsmgr, self.request_size_limit))
         self.loop.set_exception_handler(_log_loop_error)
         self.control_uids.add(os.geteuid())        # after any privilege drop
         self._stopped = asyncio.Event()

@@ -1,0 +1,562 @@
+/*
+ * _fastpath: the common requests, read, answered and counted in one call.
+ *
+ * A client of tlsmgr sends one request and waits for its reply, so that
+ * nearly every read from a connection is one whole message: a lookup, an
+ * update, a delete, a tktkey or a seed request, well formed.  For such a
+ * read, FastPath.answer() does what the pure path (connection.py, attr.py,
+ * protocol.py) does in a dozen Python calls: it splits the message, checks
+ * that each attribute is the one expected, converts the values, counts the
+ * request, calls the same reply function of protocol.Tlsmgr that the pure
+ * path calls, writes the reply and records its latency.
+ *
+ * It answers nothing it is not sure of.  Anything else (two messages, part
+ * of one, an attribute out of place, a value the pure path would warn
+ * about, a cache it was not given, a base64 or decimal text that is not
+ * in its plainest form) makes answer() return False having done nothing,
+ * and the pure path reads the same bytes from the start, with its warnings
+ * and its replies.  tests/test_fastpath.py holds the two paths to the same
+ * replies, counts and log lines.
+ *
+ * Hazards, for whoever changes this file:
+ *   - every reply function may run any Python code, so nothing borrowed
+ *     (a pointer into the data, a borrowed reference) is used after one;
+ *   - the objects it counts into (the request counts, each request's
+ *     histogram and its list of buckets) are held from the start: whoever
+ *     replaces one of them in Python must build a new FastPath.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+#include <time.h>
+
+enum { LOOKUP, UPDATE, DELETE, TKTKEY, SEED, N_REQUESTS };
+
+#define MAX_VALUES 3            /* update's cache_type, cache_id, session */
+#define MAX_CACHES 8
+#define MAX_BOUNDS 64
+#define KEY_NAME_LENGTH 16      /* tickets.NAME_LENGTH */
+#define SEED_MAX 255            /* protocol.SEED_MAX */
+
+/* What each request reads after its name, in order (protocol.py's Wanted). */
+static const struct shape {
+    const char *request;
+    int count;
+    const char *names[MAX_VALUES];
+} shapes[N_REQUESTS] = {
+    [LOOKUP] = {"lookup", 2, {"cache_type", "cache_id"}},
+    [UPDATE] = {"update", 3, {"cache_type", "cache_id", "session"}},
+    [DELETE] = {"delete", 2, {"cache_type", "cache_id"}},
+    [TKTKEY] = {"tktkey", 1, {"keyname"}},
+    [SEED] = {"seed", 1, {"size"}},
+};
+
+typedef struct {
+    const char *start;
+    Py_ssize_t length;
+} Text;
+
+typedef struct {
+    PyObject *name;             /* bytes, as the counts and the handler name it */
+    PyObject *reply;            /* the reply function, or NULL: not answered here */
+    PyObject *histogram;        /* stats.Histogram of its latency */
+    PyObject *buckets;          /* that histogram's list of counts */
+} Request;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t size_limit;
+    PyObject *counts;           /* stats.requests: name -> int */
+    PyObject *failure;          /* failure(name, exception) -> reply bytes */
+    Request requests[N_REQUESTS];
+    int ncaches;
+    PyObject *cache_types[MAX_CACHES];      /* bytes */
+    PyObject *caches[MAX_CACHES];
+    int nbounds;
+    double bounds[MAX_BOUNDS];
+} FastPath;
+
+static PyObject *sum_name;      /* "sum", interned */
+static PyObject *one;
+
+/* One whole message of at most 1 + MAX_VALUES attributes, and nothing
+ * after it: the request's name and its values, which must have the names
+ * of the request's shape.  Returns the request, or -1. */
+static int
+split_request(const char *data, Py_ssize_t size, Text values[MAX_VALUES])
+{
+    const char *end = data + size, *p = data;
+    Text names[1 + MAX_VALUES], texts[1 + MAX_VALUES];
+    int count = 0;
+
+    while (p < end && *p) {                 /* an empty name ends the message */
+        if (count == 1 + MAX_VALUES)
+            return -1;
+        const char *nul = memchr(p, 0, end - p);
+        if (nul == NULL)
+            return -1;
+        names[count] = (Text){p, nul - p};
+        p = nul + 1;
+        nul = memchr(p, 0, end - p);
+        if (nul == NULL)
+            return -1;
+        texts[count++] = (Text){p, nul - p};
+        p = nul + 1;
+    }
+    if (p != end - 1 || count == 0)         /* not whole, or more follows */
+        return -1;
+    if (names[0].length != 7 || memcmp(names[0].start, "request", 7))
+        return -1;
+    for (int kind = 0; kind < N_REQUESTS; kind++) {
+        const struct shape *shape = &shapes[kind];
+        if ((size_t) texts[0].length != strlen(shape->request)
+            || memcmp(texts[0].start, shape->request, texts[0].length))
+            continue;
+        if (count != 1 + shape->count)
+            return -1;
+        for (int i = 0; i < shape->count; i++) {
+            if ((size_t) names[i + 1].length != strlen(shape->names[i])
+                || memcmp(names[i + 1].start, shape->names[i], names[i + 1].length))
+                return -1;
+            values[i] = texts[i + 1];
+        }
+        return kind;
+    }
+    return -1;
+}
+
+static const signed char base64_value[256] = {
+    ['A'] = 1, ['B'] = 2, ['C'] = 3, ['D'] = 4, ['E'] = 5, ['F'] = 6, ['G'] = 7,
+    ['H'] = 8, ['I'] = 9, ['J'] = 10, ['K'] = 11, ['L'] = 12, ['M'] = 13, ['N'] = 14,
+    ['O'] = 15, ['P'] = 16, ['Q'] = 17, ['R'] = 18, ['S'] = 19, ['T'] = 20, ['U'] = 21,
+    ['V'] = 22, ['W'] = 23, ['X'] = 24, ['Y'] = 25, ['Z'] = 26, ['a'] = 27, ['b'] = 28,
+    ['c'] = 29, ['d'] = 30, ['e'] = 31, ['f'] = 32, ['g'] = 33, ['h'] = 34, ['i'] = 35,
+    ['j'] = 36, ['k'] = 37, ['l'] = 38, ['m'] = 39, ['n'] = 40, ['o'] = 41, ['p'] = 42,
+    ['q'] = 43, ['r'] = 44, ['s'] = 45, ['t'] = 46, ['u'] = 47, ['v'] = 48, ['w'] = 49,
+    ['x'] = 50, ['y'] = 51, ['z'] = 52, ['0'] = 53, ['1'] = 54, ['2'] = 55, ['3'] = 56,
+    ['4'] = 57, ['5'] = 58, ['6'] = 59, ['7'] = 60, ['8'] = 61, ['9'] = 62, ['+'] = 63,
+    ['/'] = 64,
+};                              /* each letter's value plus one; 0: not a letter */
+
+/* Padded base64 in its plainest form (letters, then "=" or "==" at the
+ * very end), decoded; NULL, without an exception, for any other text,
+ * which attr.decode_data() reads (or refuses) as Postfix does. */
+static PyObject *
+decode_base64(Text text, int *malformed)
+{
+    const unsigned char *in = (const unsigned char *) text.start;
+    Py_ssize_t length = text.length, padding = 0;
+
+    *malformed = 1;
+    if (length % 4)
+        return NULL;
+    if (length && in[length - 1] == '=')
+        padding = in[length - 2] == '=' ? 2 : 1;
+    for (Py_ssize_t i = 0; i < length - padding; i++)
+        if (!base64_value[in[i]])
+            return NULL;
+    *malformed = 0;
+    PyObject *decoded = PyBytes_FromStringAndSize(NULL, length / 4 * 3 - padding);
+    if (decoded == NULL)
+        return NULL;
+    unsigned char *out = (unsigned char *) PyBytes_AS_STRING(decoded);
+    Py_ssize_t left = PyBytes_GET_SIZE(decoded);
+    for (Py_ssize_t i = 0; left > 0; i += 4) {
+        unsigned long group = 0;
+        for (int j = 0; j < 4; j++)          /* "=" counts as 0, like Postfix */
+            group = group << 6 | (in[i + j] == '=' ? 0 : base64_value[in[i + j]] - 1);
+        for (int j = 0; j < 3 && left > 0; j++, left--)
+            *out++ = (unsigned char) (group >> (16 - 8 * j));
+    }
+    return decoded;
+}
+
+/* A seed size in its plainest form (1 to 255, no sign, space or leading
+ * zero); 0 for any other text, which the pure path reads or warns about. */
+static long
+seed_size(Text text)
+{
+    long size = 0;
+
+    if (text.length < 1 || text.length > 3 || text.start[0] == '0')
+        return 0;
+    for (Py_ssize_t i = 0; i < text.length; i++) {
+        if (text.start[i] < '0' || text.start[i] > '9')
+            return 0;
+        size = size * 10 + (text.start[i] - '0');
+    }
+    return size <= SEED_MAX ? size : 0;
+}
+
+static PyObject *
+find_cache(FastPath *self, Text type)
+{
+    for (int i = 0; i < self->ncaches; i++) {
+        PyObject *name = self->cache_types[i];
+        if (PyBytes_GET_SIZE(name) == type.length
+            && !memcmp(PyBytes_AS_STRING(name), type.start, type.length))
+            return self->caches[i];
+    }
+    return NULL;
+}
+
+/* The reply function's arguments, or 0 (no exception) when the pure path
+ * is to read this request; -1 with an exception when memory ran out. */
+static int
+arguments(FastPath *self, int kind, Text values[], PyObject *args[MAX_VALUES])
+{
+    int malformed;
+
+    switch (kind) {
+    case LOOKUP:
+    case UPDATE:
+    case DELETE:
+        if ((args[0] = find_cache(self, values[0])) == NULL)
+            return 0;
+        Py_INCREF(args[0]);
+        if ((args[1] = PyBytes_FromStringAndSize(values[1].start, values[1].length)) == NULL)
+            return -1;
+        if (kind != UPDATE)
+            return 2;
+        if ((args[2] = decode_base64(values[2], &malformed)) == NULL)
+            return malformed ? 0 : -1;
+        return 3;
+    case TKTKEY:
+        if ((args[0] = decode_base64(values[0], &malformed)) == NULL)
+            return malformed ? 0 : -1;
+        if (PyBytes_GET_SIZE(args[0]) && PyBytes_GET_SIZE(args[0]) != KEY_NAME_LENGTH)
+            return 0;                        /* the pure path warns */
+        return 1;
+    case SEED: {
+        long size = seed_size(values[0]);
+        if (size == 0)
+            return 0;
+        return (args[0] = PyLong_FromLong(size)) == NULL ? -1 : 1;
+    }
+    }
+    return 0;
+}
+
+static int
+count_request(FastPath *self, PyObject *name)
+{
+    PyObject *count = PyDict_GetItemWithError(self->counts, name);
+    if (count == NULL)
+        return PyErr_Occurred() ? -1 : PyDict_SetItem(self->counts, name, one);
+    PyObject *more = PyNumber_Add(count, one);
+    if (more == NULL)
+        return -1;
+    int status = PyDict_SetItem(self->counts, name, more);
+    Py_DECREF(more);
+    return status;
+}
+
+/* As protocol.Tlsmgr.handle(): a reply function that raises an Exception
+ * is answered by Tlsmgr.failure(), which logs it; anything else (a
+ * SystemExit from the PRNG) goes on up. */
+static PyObject *
+failed(FastPath *self, PyObject *name)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *error = PyErr_GetRaisedException();
+#else
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    PyErr_NormalizeException(&type, &error, &traceback);
+    if (traceback != NULL)
+        PyException_SetTraceback(error, traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+#endif
+    PyObject *reply = PyObject_CallFunctionObjArgs(self->failure, name, error, NULL);
+    Py_DECREF(error);
+    return reply;
+}
+
+/* stats.Stats.replied(), for one request. */
+static int
+observe(FastPath *self, Request *request, double since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);   /* time.monotonic()'s clock */
+    double seconds = (double) now.tv_sec + now.tv_nsec * 1e-9 - since;
+    int bucket = 0;
+    while (bucket < self->nbounds && self->bounds[bucket] < seconds)
+        bucket++;                           /* bisect_left over 16 bounds */
+
+    PyObject *count = PyList_GET_ITEM(request->buckets, bucket);
+    PyObject *more = PyNumber_Add(count, one);
+    if (more == NULL)
+        return -1;
+    PyList_SET_ITEM(request->buckets, bucket, more);
+    Py_DECREF(count);
+
+    PyObject *sum = PyObject_GetAttr(request->histogram, sum_name);
+    if (sum == NULL)
+        return -1;
+    double total = PyFloat_AsDouble(sum);
+    Py_DECREF(sum);
+    if (total == -1.0 && PyErr_Occurred())
+        return -1;
+    PyObject *new_sum = PyFloat_FromDouble(total + seconds);
+    if (new_sum == NULL)
+        return -1;
+    int status = PyObject_SetAttr(request->histogram, sum_name, new_sum);
+    Py_DECREF(new_sum);
+    return status;
+}
+
+PyDoc_STRVAR(answer_doc,
+"answer(data, write, since) -> bool\n\n"
+"If data is one whole request of those given reply functions, answer it:\n"
+"count it, write its reply with write(reply) and record its latency from\n"
+"since (time.monotonic()); True.  Otherwise do nothing: False.");
+
+static PyObject *
+FastPath_answer(FastPath *self, PyObject *const *argv, Py_ssize_t argc)
+{
+    if (argc != 3) {
+        PyErr_SetString(PyExc_TypeError, "answer() takes data, write and since");
+        return NULL;
+    }
+    PyObject *data = argv[0], *write = argv[1];
+    double since = PyFloat_AsDouble(argv[2]);
+    if (since == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) > self->size_limit)
+        Py_RETURN_FALSE;
+
+    Text values[MAX_VALUES];
+    int kind = split_request(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), values);
+    if (kind < 0 || self->requests[kind].reply == NULL)
+        Py_RETURN_FALSE;
+    Request *request = &self->requests[kind];
+
+    PyObject *args[MAX_VALUES] = {NULL};
+    int nargs = arguments(self, kind, values, args);
+    PyObject *result = NULL, *reply = NULL;
+    if (nargs <= 0) {
+        if (nargs == 0)
+            result = Py_NewRef(Py_False);
+        goto done;
+    }
+    /* From here on, it is answered here. */
+    if (count_request(self, request->name) < 0)
+        goto done;
+    reply = PyObject_Vectorcall(request->reply, args, nargs, NULL);
+    if (reply == NULL && (reply = failed(self, request->name)) == NULL)
+        goto done;
+    if (!PyBytes_Check(reply)) {
+        PyErr_Format(PyExc_TypeError, "a %s reply must be bytes, not %.100s",
+                     shapes[kind].request, Py_TYPE(reply)->tp_name);
+        goto done;
+    }
+    PyObject *written = PyObject_CallOneArg(write, reply);
+    if (written == NULL)
+        goto done;
+    Py_DECREF(written);
+    if (observe(self, request, since) == 0)
+        result = Py_NewRef(Py_True);
+done:
+    for (int i = 0; i < MAX_VALUES; i++)
+        Py_XDECREF(args[i]);
+    Py_XDECREF(reply);
+    return result;
+}
+
+static int
+FastPath_traverse(FastPath *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->counts);
+    Py_VISIT(self->failure);
+    for (int i = 0; i < N_REQUESTS; i++) {
+        Py_VISIT(self->requests[i].name);
+        Py_VISIT(self->requests[i].reply);
+        Py_VISIT(self->requests[i].histogram);
+        Py_VISIT(self->requests[i].buckets);
+    }
+    for (int i = 0; i < self->ncaches; i++) {
+        Py_VISIT(self->cache_types[i]);
+        Py_VISIT(self->caches[i]);
+    }
+    return 0;
+}
+
+static int
+FastPath_clear(FastPath *self)
+{
+    Py_CLEAR(self->counts);
+    Py_CLEAR(self->failure);
+    for (int i = 0; i < N_REQUESTS; i++) {
+        Py_CLEAR(self->requests[i].name);
+        Py_CLEAR(self->requests[i].reply);
+        Py_CLEAR(self->requests[i].histogram);
+        Py_CLEAR(self->requests[i].buckets);
+    }
+    for (int i = 0; i < self->ncaches; i++) {
+        Py_CLEAR(self->cache_types[i]);
+        Py_CLEAR(self->caches[i]);
+    }
+    self->ncaches = 0;
+    return 0;
+}
+
+static void
+FastPath_dealloc(FastPath *self)
+{
+    PyObject_GC_UnTrack(self);
+    FastPath_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *) self);
+}
+
+static int
+take_caches(FastPath *self, PyObject *caches)
+{
+    PyObject *type, *cache;
+    Py_ssize_t position = 0;
+
+    if (!PyDict_Check(caches)) {
+        PyErr_SetString(PyExc_TypeError, "caches must be a dict");
+        return -1;
+    }
+    if (PyDict_GET_SIZE(caches) > MAX_CACHES) {
+        PyErr_Format(PyExc_ValueError, "at most %d caches", MAX_CACHES);
+        return -1;
+    }
+    while (PyDict_Next(caches, &position, &type, &cache)) {
+        if (!PyBytes_Check(type)) {
+            PyErr_SetString(PyExc_TypeError, "cache types must be bytes");
+            return -1;
+        }
+        self->cache_types[self->ncaches] = Py_NewRef(type);
+        self->caches[self->ncaches++] = Py_NewRef(cache);
+    }
+    return 0;
+}
+
+static int
+take_bounds(FastPath *self, PyObject *bounds)
+{
+    PyObject *sequence = PySequence_Fast(bounds, "bounds must be a sequence");
+    if (sequence == NULL)
+        return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(sequence);
+    int status = 0;
+    if (count > MAX_BOUNDS) {
+        PyErr_Format(PyExc_ValueError, "at most %d bounds", MAX_BOUNDS);
+        status = -1;
+    }
+    for (Py_ssize_t i = 0; status == 0 && i < count; i++) {
+        self->bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(sequence, i));
+        if (self->bounds[i] == -1.0 && PyErr_Occurred())
+            status = -1;
+    }
+    self->nbounds = (int) count;
+    Py_DECREF(sequence);
+    return status;
+}
+
+static int
+take_request(FastPath *self, int kind, PyObject *reply, PyObject *latency)
+{
+    Request *request = &self->requests[kind];
+    PyObject *buckets_name = PyUnicode_FromString("counts");
+
+    if (buckets_name == NULL)
+        return -1;
+    request->name = PyBytes_FromString(shapes[kind].request);
+    request->reply = Py_NewRef(reply);
+    if (request->name != NULL)
+        request->histogram = PyObject_GetItem(latency, request->name);
+    if (request->histogram != NULL)
+        request->buckets = PyObject_GetAttr(request->histogram, buckets_name);
+    Py_DECREF(buckets_name);
+    if (request->buckets == NULL)
+        return -1;
+    if (!PyList_CheckExact(request->buckets)
+        || PyList_GET_SIZE(request->buckets) != self->nbounds + 1) {
+        PyErr_Format(PyExc_ValueError, "the %s histogram must have a list of %d counts",
+                     shapes[kind].request, self->nbounds + 1);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"size_limit", "counts", "latency", "bounds", "caches",
+                               "replies", "failure", NULL};
+    PyObject *counts, *latency, *bounds, *caches, *replies, *failure;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nO!OOOO!O:FastPath", keywords,
+                                     &self->size_limit, &PyDict_Type, &counts, &latency,
+                                     &bounds, &caches, &PyDict_Type, &replies, &failure))
+        return -1;
+    FastPath_clear(self);
+    self->counts = Py_NewRef(counts);
+    self->failure = Py_NewRef(failure);
+    if (take_bounds(self, bounds) < 0 || take_caches(self, caches) < 0)
+        return -1;
+    for (int kind = 0; kind < N_REQUESTS; kind++) {
+        PyObject *reply = PyDict_GetItemString(replies, shapes[kind].request);
+        if (reply != NULL && take_request(self, kind, reply, latency) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static PyMethodDef FastPath_methods[] = {
+    {"answer", (PyCFunction) (void (*)(void)) FastPath_answer, METH_FASTCALL, answer_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(FastPath_doc,
+"FastPath(size_limit, counts, latency, bounds, caches, replies, failure)\n\n"
+"The common requests answered in one call (see answer()).  counts and\n"
+"latency are stats.Stats's requests and latency, bounds its buckets'\n"
+"upper bounds; caches maps the cache types answered here to their\n"
+"SessionCache; replies maps request names (lookup, update, delete, tktkey,\n"
+"seed) to protocol.Tlsmgr's reply functions; failure is Tlsmgr.failure.");
+
+static PyTypeObject FastPath_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tlsmgr._fastpath.FastPath",
+    .tp_basicsize = sizeof(FastPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = FastPath_doc,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc) FastPath_init,
+    .tp_dealloc = (destructor) FastPath_dealloc,
+    .tp_traverse = (traverseproc) FastPath_traverse,
+    .tp_clear = (inquiry) FastPath_clear,
+    .tp_methods = FastPath_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "tlsmgr._fastpath",
+    .m_doc = "The common tlsmgr requests answered in C (see fastpath.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__fastpath(void)
+{
+    if (PyType_Ready(&FastPath_type) < 0)
+        return NULL;
+    if ((sum_name = PyUnicode_InternFromString("sum")) == NULL
+        || (one = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "FastPath", (PyObject *) &FastPath_type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,54 @@
+"""The common requests answered in one compiled call, where it is built.
+
+Nearly every read from a tlsmgr client is one whole, well-formed lookup,
+update, delete, tktkey or seed request.  _fastpath.c reads such a request,
+counts it, calls the reply function of protocol.Tlsmgr that the pure path
+calls too, writes the reply and records its latency, all in one call from
+Connection.data_received(): a dozen Python calls fewer per request.  What
+it is not sure of, it leaves untouched to the pure path (connection.py,
+attr.py, protocol.py), which reads the same bytes from the start.
+
+``pip install .`` compiles it where a C compiler and Python's headers are
+at hand, and leaves it out otherwise (setup.py); the daemon then runs on
+the pure path alone, with the same replies, counts and log lines
+(tests/test_fastpath.py holds the two to that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .protocol import Tlsmgr
+from .stats import LATENCY_BOUNDS
+
+# answer(data, write, since): True if data was one whole request, answered
+# (its reply given to write(), its latency counted from since); False if
+# nothing was done, and the pure path is to read data.
+Answer = Callable[[bytes, Callable[[bytes], object], float], bool]
+
+try:
+    from ._fastpath import FastPath
+except ImportError:               # not built: the pure path alone
+    COMPILED = False
+else:
+    COMPILED = True
+
+
+def answerer(tlsmgr: Tlsmgr, size_limit: int) -> Answer | None:
+    """The compiled answer() for tlsmgr's requests, or None when it is not
+    built.  Requests that may wait on the network are left to the pure
+    path, which hands them to a worker thread: those on a cache whose
+    store may block (Redis), and tktkey when any may (the fleet's keys)."""
+    if not COMPILED:
+        return None
+    caches = {cache_type: cache for cache_type, cache in tlsmgr.caches.items()
+              if cache is not None and not cache.store.blocking}
+    replies: dict[str, Callable[..., bytes]] = {
+        "lookup": tlsmgr.lookup_reply, "update": tlsmgr.update_reply,
+        "delete": tlsmgr.delete_reply, "seed": tlsmgr.seed_reply}
+    if not tlsmgr.any_blocking:
+        replies["tktkey"] = tlsmgr.key_reply
+    stats = tlsmgr.stats
+    path = FastPath(size_limit, stats.requests, stats.latency, LATENCY_BOUNDS, caches,
+                    replies, tlsmgr.failure)
+    return path.answer
