@@ -136,29 +136,34 @@ def git_head() -> str:
         return "unknown"
 
 
-def snapshot_source(scratch: Path) -> Path:
-    """Copy our package for this run's daemons to import (PYTHONPATH).
+def snapshot_source(scratch: Path, pure: bool) -> tuple[Path, bool]:
+    """Copy our package for this run's daemons to import (PYTHONPATH);
+    return where, and whether its compiled path (fastpath.py) is in it.
 
     It is installed in editable mode, so a daemon imports src/ as it is
     the moment it starts; others edit src/ while a run goes on, and a run
     must measure one version of the code from its first row to its last.
+    ``pure`` leaves the compiled path out.
     """
     import tlsmgr
     root = scratch / "src"
+    left_out = ["__pycache__"] + (["_fastpath.*.so"] if pure else [])
     shutil.copytree(Path(tlsmgr.__file__).parent, root / "tlsmgr",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    found = subprocess.run([harness.PYTHON, "-c", "import tlsmgr; print(tlsmgr.__file__)"],
-                           env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
-                           text=True, check=True, timeout=60).stdout.strip()
-    if not found.startswith(str(root)):
-        raise RuntimeError("the snapshot is not what Python imports: %s" % found)
-    return root
+                    ignore=shutil.ignore_patterns(*left_out))
+    found = subprocess.run(
+        [harness.PYTHON, "-c",
+         "import tlsmgr.fastpath as f; print(f.__file__); print(f.COMPILED)"],
+        env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
+        text=True, check=True, timeout=60).stdout.split()
+    if not found[0].startswith(str(root)):
+        raise RuntimeError("the snapshot is not what Python imports: %s" % found[0])
+    return root, found[1] == "True"
 
 
 def source_digest(root: Path) -> str:
     """A digest of the package's source files, to tell versions apart."""
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.c")]):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -408,8 +413,9 @@ def print_machine(info: dict, settings: Settings) -> None:
         info["python"], "installed" if info["uvloop"] else "not installed", info["postfix"]))
     print("command: %s" % info["command"])
     print("load:    %s (1/5/15 min averages before the run)" % info["loadavg_at_start"])
-    print("ours:    git %s; snapshot of src/tlsmgr taken at the start, digest %s"
-          % (info["git_head"], info["ours_source"]))
+    print("ours:    git %s; snapshot of src/tlsmgr taken at the start, digest %s; %s"
+          % (info["git_head"], info["ours_source"],
+             "compiled path in" if info["compiled"] else "pure path alone"))
     print("tables:  stock %s, ours %s%s%s" % (
         STOCK_TABLE, settings.ours_table,
         "".join("; main.cf %s = %s" % item for item in settings.ours_params.items()),
@@ -455,6 +461,8 @@ def parse_args(argv=None):
     parser.add_argument("--retries", type=int, default=2,
                         help="measure a cell again when other work took more than "
                         "%.2f of a CPU during it (default 2 more times)" % DISTURBED)
+    parser.add_argument("--pure", action="store_true",
+                        help="run ours without its compiled path (fastpath.py)")
     parser.add_argument("--json", metavar="FILE", help="write the raw results here")
     args = parser.parse_args(argv)
     for workload in args.workloads or ():
@@ -490,7 +498,7 @@ def main(argv=None) -> int:
     info = machine()
     began = time.monotonic()
     try:
-        settings.ours_source = snapshot_source(scratch)
+        settings.ours_source, info["compiled"] = snapshot_source(scratch, args.pure)
         info["ours_source"] = source_digest(settings.ours_source)
         print_machine(info, settings)
         loadgen = harness.build_loadgen(scratch)

@@ -1,7 +1,8 @@
 """Instructions per request, through the connection code, in process.
 
     .venv/bin/python benchmarks/instructions.py [--requests 5000] [--src DIR]
-                                                [--kinds hit miss update tktkey]
+                                                [--kinds hit miss update tktkey seed]
+                                                [--paths pure compiled]
 
 Wall time on this shared two-core machine moves by 10 % between two runs
 of the same code; instruction counts do not.  Each request kind (a lookup
@@ -14,8 +15,11 @@ instructions of a run of N requests and of one of 2N, with one hash seed;
 the difference divided by N is what one more request costs, start-up
 excluded.
 
-``--src`` measures another checkout's src/ (for before and after); the
-connection setup used here must exist there.
+``--paths`` says which of the Connection's paths to measure: the pure one,
+and the compiled one (fastpath.py, where it is built).  ``--src`` measures
+another checkout's src/ (for before and after); the connection setup used
+here (tests/helpers/connection_fakes.py, which needs fastpath.py) must
+work with it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import tempfile
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
-KINDS = ("hit", "miss", "update", "tktkey")
+KINDS = ("hit", "miss", "update", "tktkey", "seed")
+PATHS = ("pure", "compiled")
 
 
 def requests(kind: str) -> list[tuple[str, str | bytes]]:
@@ -40,17 +45,18 @@ def requests(kind: str) -> list[tuple[str, str | bytes]]:
         "update": [("request", "update"), ("cache_type", "smtpd"), ("cache_id", "id2"),
                    ("session", b"x" * 300)],
         "tktkey": [("request", "tktkey"), ("keyname", b"")],
+        "seed": [("request", "seed"), ("size", 32)],
     }[kind]
 
 
-def run_loop(kind: str, count: int) -> None:
+def run_loop(path: str, kind: str, count: int) -> None:
     """The measured program: count requests of a kind through a Connection."""
     sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
     from helpers.connection_fakes import connect  # noqa: PLC0415
 
     from tlsmgr.attr import encode  # noqa: PLC0415
 
-    _, connection, transport = connect(high_water=1 << 30)
+    _, connection, transport = connect(high_water=1 << 30, path=path)
     wire = encode(requests(kind))
     if kind == "hit":
         connection.data_received(encode(requests("update")[:2] + [
@@ -63,12 +69,12 @@ def run_loop(kind: str, count: int) -> None:
         transport.writes.clear()
 
 
-def instructions(src: Path, kind: str, count: int) -> int:
+def instructions(src: Path, path: str, kind: str, count: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED="0")
         subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % out,
-                        sys.executable, __file__, "--loop", kind, str(count)],
+                        sys.executable, __file__, "--loop", path, kind, str(count)],
                        env=env, check=True, capture_output=True)
         match = re.search(r"^summary: (\d+)", out.read_text(), re.MULTILINE)
         assert match, "no summary line in callgrind's output"
@@ -80,17 +86,22 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--src", type=Path, default=BENCHMARKS.parent / "src")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=KINDS)
-    parser.add_argument("--loop", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=PATHS)
+    parser.add_argument("--loop", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loop:
-        run_loop(args.loop[0], int(args.loop[1]))
+        run_loop(args.loop[0], args.loop[1], int(args.loop[2]))
         return
     print("instructions per request (callgrind, %d vs %d requests), src=%s"
           % (args.requests, 2 * args.requests, args.src))
+    print("%-7s %s" % ("", "".join("%10s" % path for path in args.paths)))
     for kind in args.kinds:
-        once = instructions(args.src, kind, args.requests)
-        twice = instructions(args.src, kind, 2 * args.requests)
-        print("%-7s %8.0f" % (kind, (twice - once) / args.requests))
+        counts = []
+        for path in args.paths:
+            once = instructions(args.src, path, kind, args.requests)
+            twice = instructions(args.src, path, kind, 2 * args.requests)
+            counts.append((twice - once) / args.requests)
+        print("%-7s %s" % (kind, "".join("%10.0f" % count for count in counts)))
 
 
 if __name__ == "__main__":

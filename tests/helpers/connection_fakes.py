@@ -4,6 +4,7 @@ and applies flow control as asyncio's do.  Used by tests/test_server.py and
 benchmarks/instructions.py."""
 
 from helpers.request_strategies import invariants
+from tlsmgr import fastpath
 from tlsmgr.connection import Connection, Shared
 from tlsmgr.limits import ClientMemory, ConnectionTable
 
@@ -43,10 +44,16 @@ class FakeLoop:
             callback(*args)
 
 
-def make_shared():
+# The paths a Connection may answer on: the pure one, and the compiled one
+# (fastpath.py) where it is built.
+PATHS = ("pure", "compiled") if fastpath.COMPILED else ("pure",)
+
+
+def make_shared(path="pure"):
     """The state a Connection shares with others, around a FakeLoop and
-    the request handler of fuzz/invariants.py.  The budgets are real but
-    never reached: the limits are not under test here."""
+    the request handler of fuzz/invariants.py, answering on the path named
+    (PATHS).  The budgets are real but never reached: the limits are not
+    under test here."""
     tlsmgr = invariants.make_tlsmgr()
     return Shared(
         tlsmgr, tlsmgr.stats, FakeLoop(),
@@ -55,7 +62,8 @@ def make_shared():
         memory=ClientMemory(1 << 62, tlsmgr.stats),
         served=lambda: None, mix_time=lambda: None,
         control_uids=set(),             # nobody may send control requests
-        ipc_timeout=3600, request_size_limit=CONNECTION_SIZE_LIMIT, worker_deadline=1.0)
+        ipc_timeout=3600, request_size_limit=CONNECTION_SIZE_LIMIT, worker_deadline=1.0,
+        answer=fastpath.answerer(tlsmgr, CONNECTION_SIZE_LIMIT) if path == "compiled" else None)
 
 
 class FakeTransport:
@@ -109,9 +117,9 @@ class FakeTransport:
         return None
 
 
-def connect(high_water):
+def connect(high_water, path="pure"):
     """A Connection on a FakeTransport: (its Shared, it, the transport)."""
-    shared = make_shared()
+    shared = make_shared(path)
     connection = Connection(shared)
     transport = FakeTransport(high_water)
     transport.protocol = connection
