@@ -6,7 +6,7 @@ fuzz/invariants.py)."""
 
 
 import pytest
-from helpers.connection_fakes import CONNECTION_SIZE_LIMIT, connect
+from helpers.connection_fakes import CONNECTION_SIZE_LIMIT, PATHS, connect
 from helpers.request_strategies import (
     REQUEST_TYPES,
     invariants,
@@ -64,10 +64,11 @@ chunks = st.one_of(
     st.sampled_from([2, 63, 64, 65, 171, 250]).map(SEED_REQUEST.__mul__))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(chunks, st.booleans()), max_size=10), high_waters, st.booleans())
-def test_connection_survives_any_bytes(received, high_water, then_oversized):
-    server, connection, transport = connect(high_water)
+def test_connection_survives_any_bytes(path, received, high_water, then_oversized):
+    server, connection, transport = connect(high_water, path)
     with invariants.recording_internal_errors() as errors:
         for data, drain_after in received:
             if transport.closing:
@@ -95,6 +96,7 @@ def test_connection_survives_any_bytes(received, high_water, then_oversized):
 
 
 # Several slices of input at once, written freely or a reply at a time.
+@pytest.mark.parametrize("path", PATHS)
 @example(requests=[((b"request", b"seed"), (b"size", b"8"))], rounds=500, cuts=[],
          high_water=10**9)
 @example(requests=[((b"request", b"seed"), (b"size", b"8"))], rounds=500, cuts=[5000],
@@ -103,7 +105,7 @@ def test_connection_survives_any_bytes(received, high_water, then_oversized):
 @given(st.lists(st.one_of(well_shaped_requests(sorted(REQUEST_TYPES)), mangled_requests())
                 .filter(lambda message: invariants.requested(message) != b"W"), max_size=40),
        st.integers(1, 100), st.lists(st.integers(0, 20_000), max_size=12), high_waters)
-def test_connection_answers_pipelined_requests_as_tlsmgr_does(requests, rounds, cuts,
+def test_connection_answers_pipelined_requests_as_tlsmgr_does(path, requests, rounds, cuts,
                                                               high_water):
     # Each message starts with its "request" name, so no piece of the
     # stream is taken for a master(8) trigger, and the server's replies are
@@ -114,7 +116,7 @@ def test_connection_answers_pipelined_requests_as_tlsmgr_does(requests, rounds, 
                 and invariants.wire_size(message) <= CONNECTION_SIZE_LIMIT] * rounds
     reference = invariants.make_tlsmgr()
     stream = b"".join(map(invariants.wire_bytes, requests))
-    server, connection, transport = connect(high_water)
+    server, connection, transport = connect(high_water, path)
     with invariants.recording_internal_errors() as errors:
         expected = b"".join(reference.handle(message).data for message in requests)
         edges = [0, *sorted(cut for cut in cuts if cut < len(stream)), len(stream)]

@@ -6,8 +6,9 @@ with CI=true, so that none of them may skip: the byte-for-byte comparison
 with its stock tlsmgr, real Postfix with chroot=n and chroot=y (resumption,
 reload, the smtp and lmtp clients, tlsproxy, a request burst), install and
 uninstall, the daemon as master(8) runs it, resumption kept across
-"postfix reload" and kill -9 (tlsmgr_preserve_sessions), and the fleet's
-seal and its secret file.
+"postfix reload" and kill -9 (tlsmgr_preserve_sessions), the fleet's
+seal and its secret file, and the compiled path, built there with its
+gcc and Python 3.13's headers, against the pure one.
 """
 
 import os
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.postfix, pytest.mark.timeout(3000)]
 
 INSIDE = ["tests/test_stock_compat.py", "tests/test_postfix.py", "tests/test_install.py",
           "tests/test_master.py", "tests/test_preserve_postfix.py", "tests/test_preserve.py",
-          "tests/test_seal.py"]
+          "tests/test_seal.py", "tests/test_fastpath.py"]
 
 
 @pytest.fixture(scope="module")

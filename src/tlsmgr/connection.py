@@ -235,7 +235,9 @@ class Connection(asyncio.Protocol):
             self.input.last_active = now
             shared.served()
             shared.mix_time()
-        elif self.input.receive(data, now):
+            return
+        self.between_requests = False          # until _serve() has answered all
+        if self.input.receive(data, now):
             self._serve()
         else:
             self._send([shared.tlsmgr.handle_trigger(data[:-1])])
@@ -297,7 +299,8 @@ class Connection(asyncio.Protocol):
                 or client_input.unread:
             self._update_reading()
         self.between_requests = self.in_worker is None and not flow.write_paused \
-            and not pending and not client_input.unread and client_input.decoder.idle
+            and not pending and not client_input.unread and client_input.decoder.idle \
+            and not transport.is_closing()
         shared.mix_time()
 
     def _refuse(self, err: MessageTooLarge) -> None:

@@ -33,8 +33,8 @@ from pathlib import Path
 SOURCE = Path(__file__).resolve().parents[2]
 ROOT = Path(os.environ.get("TLSMGR_DEBIAN13_ROOT", "/var/cache/tlsmgr-tests/debian13"))
 SUITE = "trixie"
-PACKAGES = ["postfix", "python3", "python3-venv", "openssl", "ca-certificates",
-            "gcc", "libc6-dev"]
+PACKAGES = ["postfix", "python3", "python3-venv", "python3-dev", "openssl",
+            "ca-certificates", "gcc", "libc6-dev"]
 VENV = "/opt/tlsmgr-venv"
 STAMP = ROOT / "etc" / "tlsmgr-test-root"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -106,7 +106,8 @@ def pip_paths() -> list[Path]:
 
 # The package, copied out of the read-only /src to be built and installed.
 _COPY_PACKAGE = ("rm -rf /tmp/tlsmgr-src && mkdir /tmp/tlsmgr-src && "
-                 "cp -r /src/pyproject.toml /src/README.md /src/src /src/man /tmp/tlsmgr-src")
+                 "cp -r /src/pyproject.toml /src/setup.py /src/README.md /src/src /src/man "
+                 "/tmp/tlsmgr-src && rm -f /tmp/tlsmgr-src/src/tlsmgr/*.so")
 
 
 def install_package() -> str:
