@@ -10,7 +10,8 @@ that hits, one that misses, an update, a tktkey) is sent one request per
 data_received() to a connection.Connection on a transport that only keeps
 what is written, with a memory store, as a client that never pipelines
 does, with the cyclic garbage collector off (as good as the daemon's
-frozen, seldom-run one).  valgrind --tool=callgrind counts the
+frozen, seldom-run one), and the daemon's PRNG (seed replies, and the
+time mixed in after every event).  valgrind --tool=callgrind counts the
 instructions of a run of N requests and of one of 2N, with one hash seed;
 the difference divided by N is what one more request costs, start-up
 excluded.
@@ -56,7 +57,14 @@ def run_loop(path: str, kind: str, count: int) -> None:
 
     from tlsmgr.attr import encode  # noqa: PLC0415
 
-    _, connection, transport = connect(high_water=1 << 30, path=path)
+    from tlsmgr.prng import Prng  # noqa: PLC0415
+
+    shared, connection, transport = connect(high_water=1 << 30, path=path)
+    # The daemon's PRNG, for seed replies and the time mixed in after
+    # every event, rather than the fakes' fixed bytes.
+    prng = Prng("dev:/dev/urandom", 32, "", 3600, 3600)
+    shared.tlsmgr.random_bytes = prng.random_bytes
+    shared.mix_time = prng.mix_time
     wire = encode(requests(kind))
     if kind == "hit":
         connection.data_received(encode(requests("update")[:2] + [

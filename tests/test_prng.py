@@ -436,3 +436,15 @@ def test_small_requests_come_from_a_block_used_once_and_dropped_by_a_mix(tmp_pat
     other.mix(b"new entropy")
     assert other.random_bytes(32) != before_mix
     assert len(prng.random_bytes(1024)) == 1024
+
+
+def test_small_requests_are_aes_ctr_keystream_under_a_key_from_the_pool():
+    # The construction of docs/PRNG.md, known-answer style: the key is the
+    # pool's next 32 bytes, the counter starts at zero, nothing repeats.
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    prng = Prng("", 32, "", 3600, 3600, pool=Pool.from_seed(b"seed"))
+    key = Pool.from_seed(b"seed").random_bytes(32)
+    stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(64))
+    assert prng.random_bytes(32) + prng.random_bytes(32) == stream
+    assert key not in b"".join(prng.random_bytes(255) for _ in range(40))
