@@ -6,15 +6,15 @@
 
 Wall time on this shared two-core machine moves by 10 % between two runs
 of the same code; instruction counts do not.  Each request kind (a lookup
-that hits, one that misses, an update, a tktkey) is sent one request per
+that hits, one that misses, an update, a tktkey, a seed) is sent one request per
 data_received() to a connection.Connection on a transport that only keeps
 what is written, with a memory store, as a client that never pipelines
 does, with the cyclic garbage collector off (as good as the daemon's
 frozen, seldom-run one), and the daemon's PRNG (seed replies, and the
-time mixed in after every event).  valgrind --tool=callgrind counts the
-instructions of a run of N requests and of one of 2N, with one hash seed;
-the difference divided by N is what one more request costs, start-up
-excluded.
+time mixed in after each turn of the event loop: here, each request).
+valgrind --tool=callgrind counts the instructions of a run of N requests
+and of one of 2N, with one hash seed; the difference divided by N is what
+one more request costs, start-up excluded.
 
 ``--paths`` says which of the Connection's paths to measure: the pure one,
 and the compiled one (fastpath.py, where it is built).  ``--src`` measures
@@ -56,15 +56,15 @@ def run_loop(path: str, kind: str, count: int) -> None:
     from helpers.connection_fakes import connect  # noqa: PLC0415
 
     from tlsmgr.attr import encode  # noqa: PLC0415
-
     from tlsmgr.prng import Prng  # noqa: PLC0415
 
     shared, connection, transport = connect(high_water=1 << 30, path=path)
-    # The daemon's PRNG, for seed replies and the time mixed in after
-    # every event, rather than the fakes' fixed bytes.
+    # The daemon's PRNG, for seed replies and the time mixed in after each
+    # turn of the event loop (here, each request), rather than the fakes'
+    # fixed bytes.
     prng = Prng("dev:/dev/urandom", 32, "", 3600, 3600)
     shared.tlsmgr.random_bytes = prng.random_bytes
-    shared.mix_time = prng.mix_time
+    shared.served = shared.active = prng.mix_time
     wire = encode(requests(kind))
     if kind == "hit":
         connection.data_received(encode(requests("update")[:2] + [

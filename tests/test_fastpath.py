@@ -12,6 +12,7 @@ package, on the pure path alone.
 import base64
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -210,11 +211,19 @@ def test_an_exit_from_inside_a_request_is_not_swallowed():
 
 
 def test_the_package_installs_and_works_without_a_compiler(tmp_path):
-    # A compiler that always fails, as on a machine without gcc.
+    # What a source release holds (the work tree may be read-only, and has
+    # the compiled path built in it), built with a compiler that always
+    # fails, as on a machine without gcc.
+    source = tmp_path / "source"
+    shutil.copytree(SOURCE / "src", source / "src",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.egg-info"))
+    shutil.copytree(SOURCE / "man", source / "man")
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copyfile(SOURCE / name, source / name)
     env = dict(os.environ, CC="false", LDSHARED="false")
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "wheels"),
-         str(SOURCE)],
+         str(source)],
         env=env, capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout + build.stderr
     [wheel] = (tmp_path / "wheels").glob("tlsmgr-*.whl")

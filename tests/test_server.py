@@ -55,3 +55,36 @@ def test_requests_are_answered_while_a_long_cleanup_runs(tmp_path):
     left_when_answered = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert left_when_answered > 0               # answered before the pass ended
     assert len(cache.store) == 0                # and the pass did finish
+
+
+def test_time_and_master_status_come_once_per_turn_of_the_loop(tmp_path):
+    # As the stock daemon's loop callback: however many connections a turn
+    # served, one time mix and one status pair for master(8) after it.
+    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
+    mixed, told = [], []
+    prng.mix_time = lambda: mixed.append(1)
+
+    class Master:
+        def served(self):
+            told.append(1)
+
+    tlsmgr = Tlsmgr({"smtpd": None, "smtp": None, "lmtp": None},
+                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
+                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
+    server = Server(tlsmgr, prng, [], ipc_timeout=60, request_size_limit=65536,
+                    connection_limit=100, client_buffer_limit=1 << 20, master=Master())
+
+    async def turns():
+        server.loop = asyncio.get_running_loop()
+        for _ in range(8):                  # eight connections answered in one turn
+            server.served()
+        server.active()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert (len(mixed), len(told)) == (1, 1)
+        server.active()                     # input, no reply: the time only
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert (len(mixed), len(told)) == (2, 1)
+
+    asyncio.run(turns())

@@ -75,8 +75,8 @@ class Shared:
     workers: Executor                  # for requests that may wait on the network
     connections: ConnectionTable
     memory: ClientMemory
-    served: Callable[[], None]         # requests were answered (for master(8))
-    mix_time: Callable[[], None]       # an event, for the PRNG pool
+    served: Callable[[], None]         # requests were answered (for master(8)),
+    active: Callable[[], None]         # or input came (the PRNG mixes the time after)
     control_uids: Container[int]       # whose connections may send control requests
     ipc_timeout: int
     request_size_limit: int
@@ -234,7 +234,6 @@ class Connection(asyncio.Protocol):
                 and shared.answer(data, self.write, now):
             self.input.last_active = now
             shared.served()
-            shared.mix_time()
             return
         self.between_requests = False          # until _serve() has answered all
         if self.input.receive(data, now):
@@ -295,13 +294,14 @@ class Connection(asyncio.Protocol):
             self._send(replies)
             shared.stats.replied(answered, client_input.last_active, time.monotonic())
             shared.served()
+        else:
+            shared.active()
         if flow.read_paused or flow.write_paused or self.in_worker is not None \
                 or client_input.unread:
             self._update_reading()
         self.between_requests = self.in_worker is None and not flow.write_paused \
             and not pending and not client_input.unread and client_input.decoder.idle \
             and not transport.is_closing()
-        shared.mix_time()
 
     def _refuse(self, err: MessageTooLarge) -> None:
         self.shared.stats.errors["oversized"] += 1

@@ -9,9 +9,9 @@ tls_random_exchange_name are then stirred in, never trusted.
 
 Nothing here schedules anything.  The server calls one method per event of
 the stock daemon (:meth:`Prng.reseed`, :meth:`Prng.update_exchange`, and
-:meth:`Prng.mix_time` after every event) and sleeps for the delay returned.
-:class:`MustExit` asks it to pause for a second and exit, so that master(8)
-starts a fresh process that can reopen what was lost.
+:meth:`Prng.mix_time` after each turn of the event loop) and sleeps for the
+delay returned.  :class:`MustExit` asks it to pause for a second and exit,
+so that master(8) starts a fresh process that can reopen what was lost.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Pool:
     def mix_time(self) -> None:
         """Stir in the wall clock and the monotonic clock, in nanoseconds.
 
-        This runs after every event, so it must be cheap: the times are
+        This runs after every turn of the event loop, so it must be cheap: the times are
         gathered, and stirred in together before the pool next gives out
         bytes, or once a batch has gathered.
         """

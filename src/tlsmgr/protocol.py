@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
+from binascii import b2a_base64
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -136,6 +137,11 @@ def _status_and_data(status: int, name: bytes, data: bytes) -> bytes:
 
 
 _LOOKUP_MISS = _status_and_data(STAT_ERR, b"session", b"")
+# What comes before and after the data of a lookup hit and of a seed: those
+# replies are joined from parts, without a call to make them.
+_FOUND = b"status\0%s\0session\0" % encode_int(STAT_OK)
+_SEED = b"status\0%s\0seed\0" % encode_int(STAT_OK)
+_END = b"\0\0"
 
 
 class Client(Protocol):
@@ -341,7 +347,8 @@ class Tlsmgr:
     @staticmethod
     def lookup_reply(cache: SessionCache, cache_id: bytes) -> bytes:
         found = cache.lookup(cache_id)
-        return _LOOKUP_MISS if found is None else _status_and_data(STAT_OK, b"session", found)
+        return _LOOKUP_MISS if found is None else b"".join(
+            (_FOUND, b2a_base64(found, newline=False), _END))
 
     @staticmethod
     def update_reply(cache: SessionCache, cache_id: bytes, session: bytes) -> bytes:
@@ -414,7 +421,7 @@ class Tlsmgr:
             # As Postfix since July 2026: no bytes, no seed, never garbage.
             log.warn("cannot generate %d random bytes for a seed request: %s", size, err)
             return failed_reply(b"seed", STAT_ERR)
-        return _status_and_data(STAT_OK, b"seed", seed)
+        return b"".join((_SEED, b2a_base64(seed, newline=False), _END))
 
     def _policy(self, message: Message) -> bytes:
         [cache_type] = self.scan(message, 1, _CACHE_TYPE)

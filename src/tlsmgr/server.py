@@ -6,8 +6,8 @@ at once and none waits for another, within the budgets of limits.py.
 Timers drive the housekeeping of the stock daemon: PRNG reseeds and
 exchange-file updates at random intervals, and per cache a cleanup pass
 once per cache timeout, run in small steps between requests.  The time of
-day is mixed into the PRNG pool after every event, as the stock daemon
-does.
+day is mixed into the PRNG pool once per turn of the event loop that had
+an event, as the stock daemon does in its loop callback.
 
 SIGTERM (what master(8) sends on "postfix stop" and "postfix reload") and
 SIGINT save the PRNG state and end the process with status 0.
@@ -140,7 +140,8 @@ class Server:
         self.connections = ConnectionTable(connection_limit, stats)
         self.memory = ClientMemory(client_buffer_limit, stats)
         self.master = master
-        self._status_due = False           # a status message to master is on its way
+        self._turn_due = False             # _after_turn() is on its way
+        self._status_due = False           # ... and will tell master that requests were served
         self.watchdog = watchdog
         # For requests that may wait on the network; threads start on demand.
         self.workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tlsmgr-worker")
@@ -159,7 +160,7 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.memory.loop = self.loop
         shared = Shared(self.tlsmgr, self.tlsmgr.stats, self.loop, self.workers,
-                        self.connections, self.memory, self.served, self.prng.mix_time,
+                        self.connections, self.memory, self.served, self.active,
                         self.control_uids, self.ipc_timeout, self.request_size_limit,
                         self.worker_deadline,
                         fastpath.answerer(self.tlsmgr, self.request_size_limit))
@@ -195,17 +196,27 @@ class Server:
         return self.exit_status or 0
 
     def served(self) -> None:
-        """Tell master(8) that requests were served, as Postfix's servers
-        do around each request: once per turn of the event loop, however
-        many connections it served."""
-        if self.master is not None and not self._status_due:
-            self._status_due = True
-            self.loop.call_soon(self._tell_master)
+        """Requests were answered: master(8) is told, as Postfix's servers
+        tell it around each request, once per turn of the event loop
+        however many connections it served."""
+        self._status_due = True
+        self.active()
 
-    def _tell_master(self) -> None:
-        self._status_due = False
-        if self.master is not None:
-            self.master.served()
+    def active(self) -> None:
+        """An event: the time is mixed into the PRNG pool after this turn
+        of the event loop, however many events it had, as the stock daemon
+        does in its loop callback (tlsmgr_loop)."""
+        if not self._turn_due:
+            self._turn_due = True
+            self.loop.call_soon(self._after_turn)
+
+    def _after_turn(self) -> None:
+        self._turn_due = False
+        self.prng.mix_time()
+        if self._status_due:
+            self._status_due = False
+            if self.master is not None:
+                self.master.served()
 
     def _master_gone(self) -> None:
         # As the stock daemon: master(8) knows why, and says so if need be.
@@ -259,7 +270,7 @@ class Server:
             # The PRNG state is saved; pause so that master(8) does not
             # restart us in a tight loop, then exit to reopen the source.
             self.loop.call_later(1, self.stop, 0)
-        self.prng.mix_time()
+        self.active()
 
     def _repeat(self, task: Callable[[], float | None]) -> None:
         delay = task()

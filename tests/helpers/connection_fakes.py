@@ -60,7 +60,7 @@ def make_shared(path="pure"):
         workers=None,                   # memory caches never go to a worker
         connections=ConnectionTable(1 << 30, tlsmgr.stats),
         memory=ClientMemory(1 << 62, tlsmgr.stats),
-        served=lambda: None, mix_time=lambda: None,
+        served=lambda: None, active=lambda: None,
         control_uids=set(),             # nobody may send control requests
         ipc_timeout=3600, request_size_limit=CONNECTION_SIZE_LIMIT, worker_deadline=1.0,
         answer=fastpath.answerer(tlsmgr, CONNECTION_SIZE_LIMIT) if path == "compiled" else None)

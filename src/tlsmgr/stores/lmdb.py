@@ -150,13 +150,15 @@ class LmdbStore(Store):
         return result
 
     def get(self, cache_id: bytes) -> Entry | None:
-        # Every lookup comes here: written out, without _read's closure.
+        # Every lookup comes here: written out, without _read's closure, and
+        # read as bytes (a copy of a few hundred bytes costs less than
+        # LMDB's buffer and a copy out of it).
         try:
-            with self._env.begin(db=self._sessions, buffers=True) as txn:
+            with self._env.begin(db=self._sessions) as txn:
                 value = txn.get(self._key(cache_id))
-                return None if value is None else unpack_entry(value)
         except lmdb.Error as err:
             raise StoreError("%s: %s" % (self.path, err)) from None
+        return None if value is None else unpack_entry(value)
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         key = self._key(cache_id)
