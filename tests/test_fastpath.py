@@ -10,6 +10,7 @@ package, on the pure path alone.
 """
 
 import base64
+import binascii
 import logging
 import os
 import shutil
@@ -242,3 +243,12 @@ def test_the_package_installs_and_works_without_a_compiler(tmp_path):
     assert check.returncode == 0, check.stderr
     where, compiled = check.stdout.split()
     assert where.startswith(str(tmp_path / "site")) and compiled == "False"
+
+
+@pytest.mark.usefixtures("compiled")
+@given(st.binary(max_size=3000))
+def test_the_compiled_base64_encoder_is_binascii(data):
+    from tlsmgr._fastpath import encode_base64
+
+    assert encode_base64(data) == binascii.b2a_base64(data, newline=False)
+    assert encode_base64(bytearray(data)) == encode_base64(memoryview(data))

@@ -4,6 +4,8 @@ from typing import Any
 from .scache import SessionCache
 from .stats import Histogram
 
+def encode_base64(data: bytes) -> bytes: ...
+
 class FastPath:
     def __init__(self, size_limit: int, counts: dict[bytes, int],
                  latency: Mapping[bytes, Histogram], bounds: Sequence[float],

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import re
-from binascii import b2a_base64
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -348,7 +347,7 @@ class Tlsmgr:
     def lookup_reply(cache: SessionCache, cache_id: bytes) -> bytes:
         found = cache.lookup(cache_id)
         return _LOOKUP_MISS if found is None else b"".join(
-            (_FOUND, b2a_base64(found, newline=False), _END))
+            (_FOUND, encode_data(found), _END))
 
     @staticmethod
     def update_reply(cache: SessionCache, cache_id: bytes, session: bytes) -> bytes:
@@ -421,7 +420,7 @@ class Tlsmgr:
             # As Postfix since July 2026: no bytes, no seed, never garbage.
             log.warn("cannot generate %d random bytes for a seed request: %s", size, err)
             return failed_reply(b"seed", STAT_ERR)
-        return b"".join((_SEED, b2a_base64(seed, newline=False), _END))
+        return b"".join((_SEED, encode_data(seed), _END))
 
     def _policy(self, message: Message) -> bytes:
         [cache_type] = self.scan(message, 1, _CACHE_TYPE)
