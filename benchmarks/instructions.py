@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/instructions.py [--requests 5000] [--src DIR]
                                                 [--kinds hit miss update tktkey seed]
                                                 [--paths pure compiled]
+                                                [--store memory|lmdb]
 
 Wall time on this shared two-core machine moves by 10 % between two runs
 of the same code; instruction counts do not.  Each request kind (a lookup
 that hits, one that misses, an update, a tktkey, a seed) is sent one request per
 data_received() to a connection.Connection on a transport that only keeps
-what is written, with a memory store, as a client that never pipelines
+what is written, with a memory store (or ``--store lmdb``, the daemon's
+file store), as a client that never pipelines
 does, with the cyclic garbage collector off (as good as the daemon's
 frozen, seldom-run one), and the daemon's PRNG (seed replies, and the
 time mixed in after each turn of the event loop: here, each request).
@@ -50,15 +52,19 @@ def requests(kind: str) -> list[tuple[str, str | bytes]]:
     }[kind]
 
 
-def run_loop(path: str, kind: str, count: int) -> None:
+def run_loop(path: str, store: str, kind: str, count: int) -> None:
     """The measured program: count requests of a kind through a Connection."""
     sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
     from helpers.connection_fakes import connect  # noqa: PLC0415
 
     from tlsmgr.attr import encode  # noqa: PLC0415
     from tlsmgr.prng import Prng  # noqa: PLC0415
+    from tlsmgr.stores.lmdb import LmdbStore  # noqa: PLC0415
 
     shared, connection, transport = connect(high_water=1 << 30, path=path)
+    if store == "lmdb":
+        shared.tlsmgr.caches[b"smtpd"].store = LmdbStore(
+            os.path.join(tempfile.mkdtemp(prefix="tlsmgr-instructions-"), "smtpd_scache"))
     # The daemon's PRNG, for seed replies and the time mixed in after each
     # turn of the event loop (here, each request), rather than the fakes'
     # fixed bytes.
@@ -77,12 +83,12 @@ def run_loop(path: str, kind: str, count: int) -> None:
         transport.writes.clear()
 
 
-def instructions(src: Path, path: str, kind: str, count: int) -> int:
+def instructions(src: Path, path: str, store: str, kind: str, count: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED="0")
         subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % out,
-                        sys.executable, __file__, "--loop", path, kind, str(count)],
+                        sys.executable, __file__, "--loop", path, store, kind, str(count)],
                        env=env, check=True, capture_output=True)
         match = re.search(r"^summary: (\d+)", out.read_text(), re.MULTILINE)
         assert match, "no summary line in callgrind's output"
@@ -95,19 +101,20 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=BENCHMARKS.parent / "src")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=KINDS)
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=PATHS)
-    parser.add_argument("--loop", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--store", choices=("memory", "lmdb"), default="memory")
+    parser.add_argument("--loop", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loop:
-        run_loop(args.loop[0], args.loop[1], int(args.loop[2]))
+        run_loop(args.loop[0], args.loop[1], args.loop[2], int(args.loop[3]))
         return
-    print("instructions per request (callgrind, %d vs %d requests), src=%s"
-          % (args.requests, 2 * args.requests, args.src))
+    print("instructions per request (callgrind, %d vs %d requests), %s store, src=%s"
+          % (args.requests, 2 * args.requests, args.store, args.src))
     print("%-7s %s" % ("", "".join("%10s" % path for path in args.paths)))
     for kind in args.kinds:
         counts = []
         for path in args.paths:
-            once = instructions(args.src, path, kind, args.requests)
-            twice = instructions(args.src, path, kind, 2 * args.requests)
+            once = instructions(args.src, path, args.store, kind, args.requests)
+            twice = instructions(args.src, path, args.store, kind, 2 * args.requests)
             counts.append((twice - once) / args.requests)
         print("%-7s %s" % (kind, "".join("%10.0f" % count for count in counts)))
 

@@ -17,7 +17,7 @@ from conftest import require
 from helpers.harness import free_tcp_port, postfix_dirs, start_ours, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from tlsmgr import log
+from tlsmgr import fastpath, log
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.metrics import Collector, parse_listen
@@ -89,6 +89,8 @@ def test_stats_reads_well(daemon):
            "2 updates, 1 deletes; 0 expired, 0 evicted" in out
     assert "requests: delete 1, lookup 5, seed 3, stats 1, tktkey 1, update 2" in out
     assert "errors: protocol 1" in out
+    # Which path answers the common requests: the compiled one where built.
+    assert "fast path: %s" % ("compiled" if fastpath.COMPILED else "pure") in out
 
 
 def test_list_shows_ids_and_ages_never_sessions_and_flush_empties(daemon):

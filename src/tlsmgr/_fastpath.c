@@ -7,8 +7,11 @@
  * read, FastPath.answer() does what the pure path (connection.py, attr.py,
  * protocol.py) does in a dozen Python calls: it splits the message, checks
  * that each attribute is the one expected, converts the values, counts the
- * request, calls the same reply function of protocol.Tlsmgr that the pure
- * path calls, writes the reply and records its latency.
+ * request, answers it, writes the reply and records its latency.  It
+ * answers as protocol.Tlsmgr does, with what Tlsmgr gives it: a cache
+ * request by the cache's own lookup(), update() or delete(), its reply
+ * joined from the parts that protocol.py makes (CACHE_REPLIES); tktkey and
+ * seed by the same reply function of Tlsmgr that the pure path calls.
  *
  * It answers nothing it is not sure of.  Anything else (two messages, part
  * of one, an attribute out of place, a value the pure path would warn
@@ -59,10 +62,15 @@ typedef struct {
 
 typedef struct {
     PyObject *name;             /* bytes, as the counts and the handler name it */
-    PyObject *reply;            /* the reply function, or NULL: not answered here */
+    /* What answers it: for a cache request, the name of the cache's method
+     * (str); for the others, Tlsmgr's reply function; NULL: not answered here. */
+    PyObject *reply;
     PyObject *histogram;        /* stats.Histogram of its latency */
     PyObject *buckets;          /* that histogram's list of counts */
 } Request;
+
+/* The replies to cache requests, or their parts (protocol.CACHE_REPLIES). */
+enum { FOUND, MISSED, DONE, NOT_DONE, N_CACHE_REPLIES };
 
 typedef struct {
     PyObject_HEAD
@@ -70,6 +78,7 @@ typedef struct {
     PyObject *counts;           /* stats.requests: name -> int */
     PyObject *failure;          /* failure(name, exception) -> reply bytes */
     Request requests[N_REQUESTS];
+    PyObject *cache_replies[N_CACHE_REPLIES];   /* bytes */
     int ncaches;
     PyObject *cache_types[MAX_CACHES];      /* bytes */
     PyObject *caches[MAX_CACHES];
@@ -79,6 +88,64 @@ typedef struct {
 
 static PyObject *sum_name;      /* "sum", interned */
 static PyObject *one;
+
+static const char base64_letters[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+PyDoc_STRVAR(encode_base64_doc,
+"encode_base64(data) -> bytes\n\n"
+"Padded base64, without a newline: binascii.b2a_base64(data, newline=False),\n"
+"three bytes at a time rather than one (a session is hundreds of bytes,\n"
+"encoded on every lookup that finds it).");
+
+/* The length of the base64 text of length bytes; -1 (an exception set)
+ * when that is more than memory can hold. */
+static Py_ssize_t
+base64_length(Py_ssize_t length)
+{
+    if (length > (PY_SSIZE_T_MAX - 2) / 4 * 3) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return (length + 2) / 3 * 4;
+}
+
+static void
+base64_into(char *out, const unsigned char *in, Py_ssize_t length)
+{
+    Py_ssize_t i = 0;
+
+    for (; i + 2 < length; i += 3, out += 4) {
+        unsigned long group = (unsigned long) in[i] << 16 | in[i + 1] << 8 | in[i + 2];
+        out[0] = base64_letters[group >> 18];
+        out[1] = base64_letters[group >> 12 & 63];
+        out[2] = base64_letters[group >> 6 & 63];
+        out[3] = base64_letters[group & 63];
+    }
+    if (i < length) {                       /* one or two bytes left */
+        unsigned long group = (unsigned long) in[i] << 16
+            | (i + 1 < length ? in[i + 1] << 8 : 0);
+        out[0] = base64_letters[group >> 18];
+        out[1] = base64_letters[group >> 12 & 63];
+        out[2] = i + 1 < length ? base64_letters[group >> 6 & 63] : '=';
+        out[3] = '=';
+    }
+}
+
+static PyObject *
+encode_base64(PyObject *Py_UNUSED(module), PyObject *data)
+{
+    Py_buffer view;
+
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *encoded = NULL;
+    Py_ssize_t length = base64_length(view.len);
+    if (length >= 0 && (encoded = PyBytes_FromStringAndSize(NULL, length)) != NULL)
+        base64_into(PyBytes_AS_STRING(encoded), view.buf, view.len);
+    PyBuffer_Release(&view);
+    return encoded;
+}
 
 /* One whole message of at most 1 + MAX_VALUES attributes, and nothing
  * after it: the request's name and its values, which must have the names
@@ -276,6 +343,56 @@ failed(FastPath *self, PyObject *name)
     return reply;
 }
 
+/* The reply to a cache request, from what the cache's method returned:
+ * for a lookup, the session found (found: the parts around its base64
+ * text) or None (missed); for an update or a delete, whether it took. */
+static PyObject *
+cache_reply(FastPath *self, int kind, PyObject *result)
+{
+    if (kind != LOOKUP) {
+        int done = PyObject_IsTrue(result);
+        return done < 0 ? NULL : Py_NewRef(self->cache_replies[done ? DONE : NOT_DONE]);
+    }
+    if (result == Py_None)
+        return Py_NewRef(self->cache_replies[MISSED]);
+    if (!PyBytes_Check(result)) {
+        PyErr_Format(PyExc_TypeError, "a cache lookup must give bytes, not %.100s",
+                     Py_TYPE(result)->tp_name);
+        return NULL;
+    }
+    PyObject *found = self->cache_replies[FOUND];
+    Py_ssize_t prefix = PyBytes_GET_SIZE(found), text = base64_length(PyBytes_GET_SIZE(result));
+    if (text < 0 || text > PY_SSIZE_T_MAX - prefix - 2) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject *reply = PyBytes_FromStringAndSize(NULL, prefix + text + 2);
+    if (reply == NULL)
+        return NULL;
+    char *out = PyBytes_AS_STRING(reply);
+    memcpy(out, PyBytes_AS_STRING(found), prefix);
+    base64_into(out + prefix, (const unsigned char *) PyBytes_AS_STRING(result),
+                PyBytes_GET_SIZE(result));
+    memcpy(out + prefix + text, "\0\0", 2);     /* the value's end, the message's */
+    return reply;
+}
+
+/* The reply to a request of the kind, its arguments read. */
+static PyObject *
+reply_to(FastPath *self, int kind, PyObject *args[], int nargs)
+{
+    Request *request = &self->requests[kind];
+
+    if (kind != LOOKUP && kind != UPDATE && kind != DELETE)
+        return PyObject_Vectorcall(request->reply, args, nargs, NULL);
+    PyObject *result = PyObject_VectorcallMethod(request->reply, args, nargs, NULL);
+    if (result == NULL)
+        return NULL;
+    PyObject *reply = cache_reply(self, kind, result);
+    Py_DECREF(result);
+    return reply;
+}
+
 /* stats.Stats.replied(), for one request. */
 static int
 observe(FastPath *self, Request *request, double since)
@@ -346,7 +463,7 @@ FastPath_answer(FastPath *self, PyObject *const *argv, Py_ssize_t argc)
     /* From here on, it is answered here. */
     if (count_request(self, request->name) < 0)
         goto done;
-    reply = PyObject_Vectorcall(request->reply, args, nargs, NULL);
+    reply = reply_to(self, kind, args, nargs);
     if (reply == NULL && (reply = failed(self, request->name)) == NULL)
         goto done;
     if (!PyBytes_Check(reply)) {
@@ -378,6 +495,8 @@ FastPath_traverse(FastPath *self, visitproc visit, void *arg)
         Py_VISIT(self->requests[i].histogram);
         Py_VISIT(self->requests[i].buckets);
     }
+    for (int i = 0; i < N_CACHE_REPLIES; i++)
+        Py_VISIT(self->cache_replies[i]);
     for (int i = 0; i < self->ncaches; i++) {
         Py_VISIT(self->cache_types[i]);
         Py_VISIT(self->caches[i]);
@@ -396,6 +515,8 @@ FastPath_clear(FastPath *self)
         Py_CLEAR(self->requests[i].histogram);
         Py_CLEAR(self->requests[i].buckets);
     }
+    for (int i = 0; i < N_CACHE_REPLIES; i++)
+        Py_CLEAR(self->cache_replies[i]);
     for (int i = 0; i < self->ncaches; i++) {
         Py_CLEAR(self->cache_types[i]);
         Py_CLEAR(self->caches[i]);
@@ -486,74 +607,60 @@ take_request(FastPath *self, int kind, PyObject *reply, PyObject *latency)
 }
 
 static int
-FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs)
+take_cache_replies(FastPath *self, PyObject *replies)
 {
-    static char *keywords[] = {"size_limit", "counts", "latency", "bounds", "caches",
-                               "replies", "failure", NULL};
-    PyObject *counts, *latency, *bounds, *caches, *replies, *failure;
-
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nO!OOOO!O:FastPath", keywords,
-                                     &self->size_limit, &PyDict_Type, &counts, &latency,
-                                     &bounds, &caches, &PyDict_Type, &replies, &failure))
+    if (PyTuple_GET_SIZE(replies) != N_CACHE_REPLIES) {
+        PyErr_Format(PyExc_ValueError, "cache_replies must be %d bytes", N_CACHE_REPLIES);
         return -1;
-    FastPath_clear(self);
-    self->counts = Py_NewRef(counts);
-    self->failure = Py_NewRef(failure);
-    if (take_bounds(self, bounds) < 0 || take_caches(self, caches) < 0)
-        return -1;
-    for (int kind = 0; kind < N_REQUESTS; kind++) {
-        PyObject *reply = PyDict_GetItemString(replies, shapes[kind].request);
-        if (reply != NULL && take_request(self, kind, reply, latency) < 0)
+    }
+    for (int i = 0; i < N_CACHE_REPLIES; i++) {
+        PyObject *reply = PyTuple_GET_ITEM(replies, i);
+        if (!PyBytes_Check(reply)) {
+            PyErr_Format(PyExc_TypeError, "cache_replies must be %d bytes", N_CACHE_REPLIES);
             return -1;
+        }
+        self->cache_replies[i] = Py_NewRef(reply);
     }
     return 0;
 }
 
-static const char base64_letters[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-PyDoc_STRVAR(encode_base64_doc,
-"encode_base64(data) -> bytes\n\n"
-"Padded base64, without a newline: binascii.b2a_base64(data, newline=False),\n"
-"three bytes at a time rather than one (a session is hundreds of bytes,\n"
-"encoded on every lookup that finds it).");
-
-static PyObject *
-encode_base64(PyObject *Py_UNUSED(module), PyObject *data)
+static int
+FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs)
 {
-    Py_buffer view;
+    static char *keywords[] = {"size_limit", "counts", "latency", "bounds", "caches",
+                               "cache_replies", "replies", "failure", NULL};
+    PyObject *counts, *latency, *bounds, *caches, *cache_replies, *replies, *failure;
 
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    const unsigned char *in = view.buf;
-    Py_ssize_t length = view.len, i = 0;
-    PyObject *encoded = NULL;
-    if (length > (PY_SSIZE_T_MAX - 2) / 4 * 3)
-        PyErr_NoMemory();
-    else
-        encoded = PyBytes_FromStringAndSize(NULL, (length + 2) / 3 * 4);
-    if (encoded == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nO!OOOO!O!O:FastPath", keywords,
+                                     &self->size_limit, &PyDict_Type, &counts, &latency,
+                                     &bounds, &caches, &PyTuple_Type, &cache_replies,
+                                     &PyDict_Type, &replies, &failure))
+        return -1;
+    FastPath_clear(self);
+    self->counts = Py_NewRef(counts);
+    self->failure = Py_NewRef(failure);
+    if (take_bounds(self, bounds) < 0 || take_caches(self, caches) < 0
+        || take_cache_replies(self, cache_replies) < 0)
+        return -1;
+    for (int kind = 0; kind < N_REQUESTS; kind++) {
+        PyObject *reply;
+        if (kind == LOOKUP || kind == UPDATE || kind == DELETE) {
+            if (self->ncaches == 0)
+                continue;
+            /* The cache's method of the request's own name (scache.py). */
+            if ((reply = PyUnicode_InternFromString(shapes[kind].request)) == NULL)
+                return -1;
+        } else if ((reply = PyDict_GetItemString(replies, shapes[kind].request)) == NULL) {
+            continue;
+        } else {
+            Py_INCREF(reply);
+        }
+        int status = take_request(self, kind, reply, latency);
+        Py_DECREF(reply);
+        if (status < 0)
+            return -1;
     }
-    char *out = PyBytes_AS_STRING(encoded);
-    for (; i + 2 < length; i += 3, out += 4) {
-        unsigned long group = (unsigned long) in[i] << 16 | in[i + 1] << 8 | in[i + 2];
-        out[0] = base64_letters[group >> 18];
-        out[1] = base64_letters[group >> 12 & 63];
-        out[2] = base64_letters[group >> 6 & 63];
-        out[3] = base64_letters[group & 63];
-    }
-    if (i < length) {                       /* one or two bytes left */
-        unsigned long group = (unsigned long) in[i] << 16
-            | (i + 1 < length ? in[i + 1] << 8 : 0);
-        out[0] = base64_letters[group >> 18];
-        out[1] = base64_letters[group >> 12 & 63];
-        out[2] = i + 1 < length ? base64_letters[group >> 6 & 63] : '=';
-        out[3] = '=';
-    }
-    PyBuffer_Release(&view);
-    return encoded;
+    return 0;
 }
 
 static PyMethodDef module_functions[] = {
@@ -567,12 +674,14 @@ static PyMethodDef FastPath_methods[] = {
 };
 
 PyDoc_STRVAR(FastPath_doc,
-"FastPath(size_limit, counts, latency, bounds, caches, replies, failure)\n\n"
+"FastPath(size_limit, counts, latency, bounds, caches, cache_replies, replies,\n"
+"         failure)\n\n"
 "The common requests answered in one call (see answer()).  counts and\n"
 "latency are stats.Stats's requests and latency, bounds its buckets'\n"
 "upper bounds; caches maps the cache types answered here to their\n"
-"SessionCache; replies maps request names (lookup, update, delete, tktkey,\n"
-"seed) to protocol.Tlsmgr's reply functions; failure is Tlsmgr.failure.");
+"SessionCache, whose lookup(), update() and delete() answer; cache_replies\n"
+"is protocol.CACHE_REPLIES; replies maps tktkey and seed, if answered\n"
+"here, to protocol.Tlsmgr's reply functions; failure is Tlsmgr.failure.");
 
 static PyTypeObject FastPath_type = {
     PyVarObject_HEAD_INIT(NULL, 0)

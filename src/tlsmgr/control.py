@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import log
+from . import fastpath, log
 from .attr import Message, encode
 from .protocol import INT, STAT_ERR, STAT_OK, STR, Wanted, failed_reply
 
@@ -68,6 +68,8 @@ def snapshot(sources: Sources) -> dict[str, Any]:
         errors["store"] = store_errors
     return {
         "uptime": round(time.monotonic() - stats.started, 3),
+        # Whether the common requests are answered in one compiled call.
+        "fast_path": "compiled" if fastpath.COMPILED else "pure",
         "caches": caches,
         "ticket_keys": {
             "count": len(ring.keys),

@@ -153,7 +153,7 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
         return status, "status=%d" % status
     if args.json:
         return status, json.dumps(stats, indent=2)
-    lines = ["uptime: %d seconds" % stats["uptime"]]
+    lines = ["uptime: %d seconds" % stats["uptime"], "fast path: %s" % stats["fast_path"]]
     for label, cache in stats["caches"].items():
         lines.append("%s cache: %d entries, %d bytes; %d hits, %d misses (hit ratio %.2f); "
                      "%d updates, %d deletes; %d expired, %d evicted%s"

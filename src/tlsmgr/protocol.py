@@ -141,6 +141,11 @@ _LOOKUP_MISS = _status_and_data(STAT_ERR, b"session", b"")
 _FOUND = b"status\0%s\0session\0" % encode_int(STAT_OK)
 _SEED = b"status\0%s\0seed\0" % encode_int(STAT_OK)
 _END = b"\0\0"
+# The compiled path's replies to cache requests (fastpath.py), in the order
+# it takes them: what comes before a session found (its base64 text and
+# _END follow), a lookup that found none, and an update or a delete that
+# did or did not take.
+CACHE_REPLIES = (_FOUND, _LOOKUP_MISS, _STATUS[STAT_OK], _STATUS[STAT_ERR])
 
 
 class Client(Protocol):
@@ -340,8 +345,10 @@ class Tlsmgr:
         cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
         return self.delete_reply(self._enabled(cache_type, "delete"), cache_id)
 
-    # The replies to requests already read: the compiled path (fastpath.py)
-    # reads the common requests itself and calls these.
+    # The replies to requests already read.  The compiled path (fastpath.py)
+    # reads the common requests itself and calls key_reply() and
+    # seed_reply(); it answers cache requests as the first three do, from
+    # CACHE_REPLIES.
 
     @staticmethod
     def lookup_reply(cache: SessionCache, cache_id: bytes) -> bytes:

@@ -200,7 +200,8 @@ class Server:
         tell it around each request, once per turn of the event loop
         however many connections it served."""
         self._status_due = True
-        self.active()
+        if not self._turn_due:           # seldom: on every request's path
+            self.active()
 
     def active(self) -> None:
         """An event: the time is mixed into the PRNG pool after this turn

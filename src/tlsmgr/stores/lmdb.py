@@ -150,12 +150,15 @@ class LmdbStore(Store):
         return result
 
     def get(self, cache_id: bytes) -> Entry | None:
-        # Every lookup comes here: written out, without _read's closure, and
-        # read as bytes (a copy of a few hundred bytes costs less than
-        # LMDB's buffer and a copy out of it).
+        # Every lookup comes here: written out, without _read's closure or
+        # the transaction's context manager, and read as bytes (a copy of a
+        # few hundred bytes costs less than LMDB's buffer and a copy out of it).
         try:
-            with self._env.begin(db=self._sessions) as txn:
+            txn = self._env.begin(db=self._sessions)
+            try:
                 value = txn.get(self._key(cache_id))
+            finally:
+                txn.abort()                  # a read-only one: nothing to commit
         except lmdb.Error as err:
             raise StoreError("%s: %s" % (self.path, err)) from None
         return None if value is None else unpack_entry(value)
