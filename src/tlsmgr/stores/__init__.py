@@ -44,7 +44,11 @@ def pack_entry(entry: Entry) -> bytes:
 
 
 def unpack_entry(value: bytes | memoryview) -> Entry:
-    return Entry(STAMP.unpack_from(value)[0], bytes(value[STAMP.size:]))
+    session = value[STAMP.size:]
+    # On every lookup that finds an entry: bytes(session) costs as much
+    # again when it is bytes already.
+    return Entry(STAMP.unpack_from(value)[0],
+                 session if type(session) is bytes else bytes(session))
 
 
 class Limits(NamedTuple):
