@@ -268,8 +268,10 @@ find_cache(FastPath *self, Text type)
     return NULL;
 }
 
-/* The reply function's arguments, or 0 (no exception) when the pure path
- * is to read this request; -1 with an exception when memory ran out. */
+/* The arguments of what answers the request (for a cache request, the
+ * cache first: its method is called), and how many; or 0 (no exception)
+ * when the pure path is to read it; -1 with an exception when memory ran
+ * out. */
 static int
 arguments(FastPath *self, int kind, Text values[], PyObject *args[MAX_VALUES])
 {
@@ -428,7 +430,7 @@ observe(FastPath *self, Request *request, double since)
 
 PyDoc_STRVAR(answer_doc,
 "answer(data, write, since) -> bool\n\n"
-"If data is one whole request of those given reply functions, answer it:\n"
+"If data is one whole request of those this path answers, answer it:\n"
 "count it, write its reply with write(reply) and record its latency from\n"
 "since (time.monotonic()); True.  Otherwise do nothing: False.");
 

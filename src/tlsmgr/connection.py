@@ -11,6 +11,10 @@ Three parts, so that each can be read, and tested, alone:
 * ``Connection``, the asyncio protocol that joins them to a transport and
   to ``Shared``, the little the connections share of the server.
 
+A read that is one whole common request, arriving between requests, is
+first offered to the compiled path (fastpath.py), which answers it in one
+call or leaves it untouched to the rest of this module.
+
 A request that may wait on the network (a Redis cache) is answered in a
 worker thread, bounded by a deadline; the requests after it on this
 connection wait for it, while other connections go on being served.
