@@ -80,9 +80,6 @@ class SessionCache:
         self._store_warning = log.RateLimitedWarning()
         self._unopened_warning = log.RateLimitedWarning()   # a writer may cause it at will
 
-    def _expired(self, entry: Entry, now: int) -> bool:
-        return entry.timestamp + self.timeout < now
-
     def lookup(self, cache_id: bytes) -> bytes | None:
         """The session saved under cache_id, unless absent or expired."""
         if self.verbose:
@@ -104,7 +101,7 @@ class SessionCache:
         if self.verbose:
             log.info("read %s TLS cache entry %s: time=%d [data %d bytes]", self.label,
                      cache_id.decode(errors="replace"), entry.timestamp, len(entry.session))
-        if self._expired(entry, int(self.clock())):
+        if entry.timestamp + self.timeout < int(self.clock()):        # expired
             self.misses += 1
             if self._remove(cache_id):
                 self.expired += 1
