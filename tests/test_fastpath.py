@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tlsmgr import fastpath
-from tlsmgr.attr import encode
+from tlsmgr.attr import Decoder, MessageTooLarge, encode
 
 SOURCE = Path(__file__).resolve().parents[1]
 KEY_NAME = base64.b64encode(invariants.FIRST_TICKET_KEY_NAME)
@@ -143,6 +143,23 @@ def run_both(reads, prepare=lambda tlsmgr: None):
 @pytest.mark.usefixtures("compiled")
 def test_the_compiled_path_answers_as_the_pure_one(reads):
     found = run_both(reads)
+    assert found["compiled"] == found["pure"]
+
+
+REQUESTS_CORPUS = sorted((SOURCE / "fuzz" / "corpus" / "requests").iterdir())
+
+
+@pytest.mark.usefixtures("compiled")
+@pytest.mark.parametrize("corpus_file", REQUESTS_CORPUS, ids=lambda path: path.name)
+def test_the_fuzz_corpus_is_answered_alike(corpus_file):
+    # The fuzzers' streams, a message per read, so that the compiled path
+    # meets each message that fits the connection's limit.
+    decoder = Decoder(invariants.REQUEST_SIZE_LIMIT)
+    try:
+        messages = decoder.feed(corpus_file.read_bytes())
+    except MessageTooLarge:
+        messages = []
+    found = run_both([invariants.wire_bytes(message) for message in messages])
     assert found["compiled"] == found["pure"]
 
 
