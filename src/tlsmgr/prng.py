@@ -3,7 +3,8 @@ exchange file that carries its state across restarts.
 
 smtpd(8) and smtp(8) ask tlsmgr for seed bytes; this module produces them.
 The pool is an HMAC_DRBG (NIST SP 800-90A) seeded from the kernel, so its
-output is unpredictable even when every configured source is bad.  The
+output is unpredictable even when every configured source is bad; small
+requests are cut from AES-256-CTR keystream under keys it draws.  The
 source named by tls_random_source and the file named by
 tls_random_exchange_name are then stirred in, never trusted.
 
