@@ -36,6 +36,9 @@
 
 enum { LOOKUP, UPDATE, DELETE, TKTKEY, SEED, N_REQUESTS };
 
+/* Answered by a cache's own method, which has the request's name. */
+#define IS_CACHE_REQUEST(kind) ((kind) <= DELETE)
+
 #define MAX_VALUES 3            /* update's cache_type, cache_id, session */
 #define MAX_CACHES 8
 #define MAX_BOUNDS 64
@@ -385,7 +388,7 @@ reply_to(FastPath *self, int kind, PyObject *args[], int nargs)
 {
     Request *request = &self->requests[kind];
 
-    if (kind != LOOKUP && kind != UPDATE && kind != DELETE)
+    if (!IS_CACHE_REQUEST(kind))
         return PyObject_Vectorcall(request->reply, args, nargs, NULL);
     PyObject *result = PyObject_VectorcallMethod(request->reply, args, nargs, NULL);
     if (result == NULL)
@@ -646,10 +649,10 @@ FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs)
         return -1;
     for (int kind = 0; kind < N_REQUESTS; kind++) {
         PyObject *reply;
-        if (kind == LOOKUP || kind == UPDATE || kind == DELETE) {
+        if (IS_CACHE_REQUEST(kind)) {
             if (self->ncaches == 0)
                 continue;
-            /* The cache's method of the request's own name (scache.py). */
+            /* The name of the cache's method (scache.py). */
             if ((reply = PyUnicode_InternFromString(shapes[kind].request)) == NULL)
                 return -1;
         } else if ((reply = PyDict_GetItemString(replies, shapes[kind].request)) == NULL) {

@@ -335,34 +335,19 @@ class Tlsmgr:
 
     def _lookup(self, message: Message) -> bytes:
         cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
-        return self.lookup_reply(self._enabled(cache_type, "lookup"), cache_id)
-
-    def _update(self, message: Message) -> bytes:
-        cache_type, cache_id, session = self.scan(message, 1, _UPDATE)
-        return self.update_reply(self._enabled(cache_type, "update"), cache_id, session)
-
-    def _delete(self, message: Message) -> bytes:
-        cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
-        return self.delete_reply(self._enabled(cache_type, "delete"), cache_id)
-
-    # The replies to requests already read.  The compiled path (fastpath.py)
-    # reads the common requests itself and calls key_reply() and
-    # seed_reply(); it answers cache requests as the first three do, from
-    # CACHE_REPLIES.
-
-    @staticmethod
-    def lookup_reply(cache: SessionCache, cache_id: bytes) -> bytes:
-        found = cache.lookup(cache_id)
+        found = self._enabled(cache_type, "lookup").lookup(cache_id)
         return _LOOKUP_MISS if found is None else b"".join(
             (_FOUND, encode_data(found), _END))
 
-    @staticmethod
-    def update_reply(cache: SessionCache, cache_id: bytes, session: bytes) -> bytes:
-        return _STATUS[STAT_OK if cache.update(cache_id, session) else STAT_ERR]
+    def _update(self, message: Message) -> bytes:
+        cache_type, cache_id, session = self.scan(message, 1, _UPDATE)
+        saved = self._enabled(cache_type, "update").update(cache_id, session)
+        return _STATUS[STAT_OK if saved else STAT_ERR]
 
-    @staticmethod
-    def delete_reply(cache: SessionCache, cache_id: bytes) -> bytes:
-        return _STATUS[STAT_OK if cache.delete(cache_id) else STAT_ERR]
+    def _delete(self, message: Message) -> bytes:
+        cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
+        removed = self._enabled(cache_type, "delete").delete(cache_id)
+        return _STATUS[STAT_OK if removed else STAT_ERR]
 
     def _enabled(self, cache_type: bytes, request: str) -> SessionCache:
         """The cache of a type; an unknown type (with a warning) or a
@@ -387,6 +372,10 @@ class Tlsmgr:
             self._client_error("invalid session ticket key name length: %d", len(name))
             raise BadRequest
         return self.key_reply(name, from_memory)
+
+    # key_reply() and seed_reply(): the replies to requests already read,
+    # which the compiled path (fastpath.py) calls too.  It answers cache
+    # requests as the three above do, from CACHE_REPLIES.
 
     def key_reply(self, name: bytes, from_memory: bool = False) -> bytes:
         """The reply to a tktkey request for a name of a valid length
