@@ -119,9 +119,9 @@ class Pool:
     def mix_time(self) -> None:
         """Stir in the wall clock and the monotonic clock, in nanoseconds.
 
-        This runs after every turn of the event loop, so it must be cheap: the times are
-        gathered, and stirred in together before the pool next gives out
-        bytes, or once a batch has gathered.
+        This runs after every turn of the event loop, so it must be cheap:
+        the times are gathered, and stirred in together before the pool
+        next gives out bytes, or once a batch has gathered.
         """
         self._times += _TIMES.pack(time.time_ns(), time.monotonic_ns())
         if len(self._times) >= _TIMES_BATCH:

@@ -200,7 +200,7 @@ class Server:
         tell it around each request, once per turn of the event loop
         however many connections it served."""
         self._status_due = True
-        if not self._turn_due:           # seldom: on every request's path
+        if not self._turn_due:           # once a turn: served() is on every request's path
             self.active()
 
     def active(self) -> None:
