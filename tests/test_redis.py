@@ -14,7 +14,7 @@ from conftest import require
 from helpers.harness import redis_available, start_ours, wait_for
 
 from tlsmgr.client import TlsmgrClient
-from tlsmgr.stores import Entry, Limits, StoreError
+from tlsmgr.stores import Entry, Limits, StoreError, pack_entry
 from tlsmgr.stores.redis import (
     RedisLink,
     RedisSettings,
@@ -45,7 +45,7 @@ def host(tmp_path, name, redis_server, **extra):
 def test_store_put_get_delete_and_ttl(redis_server):
     store = RedisStore(redis_server.url, "smtpd", RedisSettings("unit:"), timeout=3600)
     store.put(b"id\0binary", Entry(1000, b"session bytes"))
-    assert store.get(b"id\0binary") == Entry(1000, b"session bytes")
+    assert store.get(b"id\0binary") == pack_entry(Entry(1000, b"session bytes"))
     assert len(store) == 1 and store.size == len(b"id\0binary") + len(b"session bytes")
     ttl = redis_server.client().ttl(b"{unit:smtpd}:s:id\0binary")
     assert 3595 <= ttl <= 3601                     # Redis expires it by itself
@@ -90,7 +90,7 @@ def test_a_full_redis_refuses_writes_and_still_serves_reads(redis_server):
             with pytest.raises(Refused, match=r"^Redis unix://\S+: OutOfMemoryError: "
                                r"command not allowed when used memory > 'maxmemory'$"):
                 store.put(b"new", Entry(2, b"session"))
-            assert store.get(b"kept") == Entry(1, b"session")
+            assert store.get(b"kept") == pack_entry(Entry(1, b"session"))
     finally:
         redis_server.client().config_set("maxmemory", 0)
 
@@ -357,7 +357,7 @@ def test_sentinel_url_finds_the_master(tmp_path):
         store = RedisStore("redis+sentinel://127.0.0.1:%d/pool/0" % sentinel_port, "smtpd",
                            RedisSettings("sentinel:"), timeout=3600)
         wait_for(lambda: _works(store), timeout=20, what="the sentinel to name the master")
-        assert store.get(b"a") == Entry(1, b"s")
+        assert store.get(b"a") == pack_entry(Entry(1, b"s"))
     finally:
         for process in (sentinel, master):
             process.terminate()

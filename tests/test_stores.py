@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from tlsmgr.scache import SessionCache
-from tlsmgr.stores import Entry, Limits, StoreError, open_store, split_table
+from tlsmgr.stores import Entry, Limits, StoreError, open_store, pack_entry, split_table
 from tlsmgr.stores.lmdb import LmdbStore
 from tlsmgr.stores.memory import MemoryStore
 
@@ -26,13 +26,16 @@ def test_put_get_replace_delete(store):
     assert store.get(b"a") is None
     store.put(b"a", Entry(10, b"one"))
     store.put(b"b", Entry(11, b"two"))
-    assert store.get(b"a") == Entry(10, b"one")
+    assert store.get(b"a") == pack_entry(Entry(10, b"one"))
     store.put(b"a", Entry(12, b"three"))
-    assert store.get(b"a") == Entry(12, b"three")
+    assert store.get(b"a") == pack_entry(Entry(12, b"three"))
     assert len(store) == 2
     assert store.delete(b"a") is True
+    assert store.get(b"a") is None
     assert store.delete(b"a") is False
     assert len(store) == 1
+    store.clear()
+    assert store.get(b"b") is None
 
 
 def test_awkward_ids_and_values(store):
@@ -40,10 +43,10 @@ def test_awkward_ids_and_values(store):
     store.put(long_id, Entry(1, b"long"))
     store.put(b"", Entry(2, b"empty id"))
     store.put(b"\0nul", Entry(3, b"\0" * 10000))
-    assert store.get(long_id) == Entry(1, b"long")
+    assert store.get(long_id) == pack_entry(Entry(1, b"long"))
     assert store.get(b"smtp&" + b"x" * 4999) is None
-    assert store.get(b"") == Entry(2, b"empty id")
-    assert store.get(b"\0nul") == Entry(3, b"\0" * 10000)
+    assert store.get(b"") == pack_entry(Entry(2, b"empty id"))
+    assert store.get(b"\0nul") == pack_entry(Entry(3, b"\0" * 10000))
 
 
 def test_incremental_expire_removes_only_old_entries(store):
@@ -61,7 +64,7 @@ def test_incremental_expire_removes_only_old_entries(store):
     assert removed_total == 1000
     assert steps >= 1000 // 64
     assert len(store) == 1000
-    assert store.get(b"new0500") == Entry(200, b"n")
+    assert store.get(b"new0500") == pack_entry(Entry(200, b"n"))
     assert store.get(b"old0500") is None
 
 
@@ -74,7 +77,7 @@ def test_expire_survives_updates_between_steps(store):
     while not done:
         _, done = store.expire(150, 50)
     assert len(store) == 1
-    assert store.get(b"k299") == Entry(300, b"fresh")
+    assert store.get(b"k299") == pack_entry(Entry(300, b"fresh"))
 
 
 def test_lmdb_starts_empty_and_private(tmp_path):
@@ -93,7 +96,7 @@ def test_lmdb_replaces_a_damaged_file(tmp_path):
     (tmp_path / "scache.lmdb").write_bytes(b"this is not an lmdb file" * 100)
     store = LmdbStore(str(path))
     store.put(b"a", Entry(1, b"x"))
-    assert store.get(b"a") == Entry(1, b"x")
+    assert store.get(b"a") == pack_entry(Entry(1, b"x"))
     store.close()
 
 
@@ -103,7 +106,10 @@ def test_lmdb_grows_past_its_initial_map(tmp_path, monkeypatch):
     store = LmdbStore(str(tmp_path / "scache"))
     for i in range(200):
         store.put(b"%d" % i, Entry(1, b"v" * 20000))     # 4 MB into a 1 MB map
+        # Lookups between the writes: their transaction is open as the map grows.
+        assert store.get(b"%d" % i) == pack_entry(Entry(1, b"v" * 20000))
     assert len(store) == 200
+    assert store.get(b"0") == pack_entry(Entry(1, b"v" * 20000))
     store.close()
 
 
@@ -172,7 +178,7 @@ def test_byte_limit(tmp_path, kind):
     for i in range(50):
         store.save(b"%02d" % i, Entry(i, b"x" * 98), limits, cutoff=0)
     assert len(store) == 10 and store.size == 1000
-    assert store.get(b"39") is None and store.get(b"40") == Entry(40, b"x" * 98)
+    assert store.get(b"39") is None and store.get(b"40") == pack_entry(Entry(40, b"x" * 98))
     store.close()
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import log
-from .stores import CannotOpen, Entry, Limits, Store, StoreError, Trimmed
+from .stores import STAMP, CannotOpen, Entry, Limits, Store, StoreError, Trimmed
 
 NO_LIMITS = Limits()
 
@@ -85,29 +85,31 @@ class SessionCache:
         if self.verbose:
             log.info("lookup %s session id=%s", self.label, cache_id.decode(errors="replace"))
         try:
-            entry = self.store.get(cache_id)
+            packed = self.store.get(cache_id)
         except CannotOpen as err:
             # Never handed to a client: it may have been planted.
             self.unopened += 1
             self._unopened_warning("%s TLS session cache: %s -- treated as a miss",
                                    self.label, err)
-            entry = None
+            packed = None
         except StoreError as err:
             self._store_error("cannot look up %s TLS session: %s", err)
-            entry = None
-        if entry is None:
+            packed = None
+        if packed is None:
             self.misses += 1
             return None
+        # Read here, not made into an Entry: see Store.get().
+        (timestamp,) = STAMP.unpack_from(packed)
         if self.verbose:
             log.info("read %s TLS cache entry %s: time=%d [data %d bytes]", self.label,
-                     cache_id.decode(errors="replace"), entry.timestamp, len(entry.session))
-        if entry.timestamp + self.timeout < int(self.clock()):        # expired
+                     cache_id.decode(errors="replace"), timestamp, len(packed) - STAMP.size)
+        if timestamp + self.timeout < int(self.clock()):        # expired
             self.misses += 1
             if self._remove(cache_id):
                 self.expired += 1
             return None
         self.hits += 1
-        return entry.session
+        return packed[STAMP.size:]
 
     def update(self, cache_id: bytes, session: bytes) -> bool:
         """Save a session; True when it was saved."""

@@ -45,7 +45,7 @@ def pack_entry(entry: Entry) -> bytes:
 
 def unpack_entry(value: bytes | memoryview) -> Entry:
     session = value[STAMP.size:]
-    # On every lookup that finds an entry: bytes(session) costs as much
+    # On every update that replaces an entry: bytes(session) costs as much
     # again when it is bytes already, and Entry() is a Python function
     # around this tuple.__new__ (half the cost of the whole).
     return tuple.__new__(Entry, (STAMP.unpack_from(value)[0],
@@ -76,8 +76,10 @@ class Store(ABC):
     """
 
     @abstractmethod
-    def get(self, cache_id: bytes) -> Entry | None:
-        """The entry saved under cache_id, expired or not, or None."""
+    def get(self, cache_id: bytes) -> bytes | None:
+        """The entry saved under cache_id, expired or not, as pack_entry()
+        makes it, or None.  Packed, not an Entry: every lookup asks, and
+        making the Entry would cost as much as the rest of the lookup."""
 
     @abstractmethod
     def put(self, cache_id: bytes, entry: Entry) -> None:

@@ -90,6 +90,8 @@ class LmdbStore(Store):
         self._sessions = self._env.open_db(b"sessions")
         self._ages = self._env.open_db(b"ages")
         self._max_key = self._env.max_key_size() - STAMP.size
+        # The read transaction lookups share (get()); None after a write.
+        self._reader: Any = None
 
     def _check(self) -> tuple[int, int]:
         """The entries and bytes of a file kept from before, read through
@@ -126,7 +128,7 @@ class LmdbStore(Store):
     def _key(self, cache_id: bytes) -> bytes:
         if 0 < len(cache_id) <= self._max_key and cache_id[:1] != b"\0":
             return cache_id
-        return _DIGEST_PREFIX + hashlib.sha256(cache_id).digest()
+        return _digest(cache_id)
 
     def _read(self, operation: Callable[[Any], T]) -> T:
         try:
@@ -136,6 +138,9 @@ class LmdbStore(Store):
             raise StoreError("%s: %s" % (self.path, err)) from None
 
     def _write(self, operation: Callable[[Any], T]) -> T:
+        # The lookups' snapshot is about to be old; and LMDB's map can be
+        # resized only when no transaction is open.
+        self._end_reader()
         # LMDB's map has a fixed size: when it fills up, double it and retry.
         while True:
             try:
@@ -149,19 +154,28 @@ class LmdbStore(Store):
                 raise StoreError("%s: %s" % (self.path, err)) from None
         return result
 
-    def get(self, cache_id: bytes) -> Entry | None:
-        # Every lookup comes here: written out, without _read's closure or
-        # the transaction's context manager, and read as bytes (a copy of a
-        # few hundred bytes costs less than LMDB's buffer and a copy out of it).
+    def get(self, cache_id: bytes) -> bytes | None:
+        # Every lookup comes here.  They share one read transaction, begun
+        # by the first lookup after a write (_write() ends it): LMDB's begin
+        # and abort cost more than a lookup.  Held between writes, it pins
+        # only the snapshot that is the newest anyway.  Values are read as
+        # bytes: a copy of a few hundred bytes costs less than LMDB's buffer
+        # and a copy out of it.
+        key = cache_id if 0 < len(cache_id) <= self._max_key and cache_id[:1] != b"\0" \
+            else _digest(cache_id)
         try:
-            txn = self._env.begin(db=self._sessions)
-            try:
-                value = txn.get(self._key(cache_id))
-            finally:
-                txn.abort()                  # a read-only one: nothing to commit
+            reader = self._reader
+            if reader is None:
+                reader = self._reader = self._env.begin(db=self._sessions)
+            value: bytes | None = reader.get(key)
         except lmdb.Error as err:
             raise StoreError("%s: %s" % (self.path, err)) from None
-        return None if value is None else unpack_entry(value)
+        return value
+
+    def _end_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.abort()             # a read-only one: nothing to commit
+            self._reader = None
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         key = self._key(cache_id)
@@ -264,7 +278,13 @@ class LmdbStore(Store):
         return self._size
 
     def close(self) -> None:
+        self._end_reader()
         self._env.close()
+
+
+def _digest(cache_id: bytes) -> bytes:
+    """The key for an id that LMDB cannot take as it is."""
+    return _DIGEST_PREFIX + hashlib.sha256(cache_id).digest()
 
 
 # Every so many updates, the pages of the map that this process touched are

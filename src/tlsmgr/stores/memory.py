@@ -19,9 +19,8 @@ class MemoryStore(Store):
         self._entries: OrderedDict[bytes, bytes] = OrderedDict()
         self._size = 0
 
-    def get(self, cache_id: bytes) -> Entry | None:
-        value = self._entries.get(cache_id)
-        return None if value is None else unpack_entry(value)
+    def get(self, cache_id: bytes) -> bytes | None:
+        return self._entries.get(cache_id)
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         self.delete(cache_id)

@@ -469,17 +469,18 @@ class RedisStore(Store):
         self._remove = _Script(_REMOVE)
         self._prune = _Script(_PRUNE)
 
-    def get(self, cache_id: bytes) -> Entry | None:
+    def get(self, cache_id: bytes) -> bytes | None:
         place = self._sessions + cache_id
         value = self.breaker.call(lambda client: client.get(place))
-        return None if value is None else self._unpack(place, value)
+        return None if value is None else self._open(place, value)
 
-    def _unpack(self, place: bytes, value: bytes) -> Entry:
+    def _open(self, place: bytes, value: bytes) -> bytes:
+        """An entry as read from Redis, packed: unsealed, and checked to be one."""
         value = open_from(self.settings.seal, value, place, "the entry")
         if len(value) < STAMP.size:                  # not one of ours
             raise CannotOpen("the entry in Redis %s is too short for an entry"
                              % printable_key(place))
-        return unpack_entry(value)
+        return value
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         self.save(cache_id, entry, Limits(), 0)
@@ -508,7 +509,7 @@ class RedisStore(Store):
         found = self.breaker.call(oldest)
         if found is None or found[1] is None:
             return None
-        return self._unpack(self._sessions + found[0], found[1])
+        return unpack_entry(self._open(self._sessions + found[0], found[1]))
 
     def pop_oldest(self) -> Entry | None:
         ids = self.breaker.call(lambda client: client.zrange(self._age, 0, 0))
@@ -518,7 +519,7 @@ class RedisStore(Store):
         if value is None:
             return None
         # An index entry whose session Redis already expired: say so.
-        return self._unpack(self._sessions + ids[0], value) if value else Entry(0, b"")
+        return unpack_entry(self._open(self._sessions + ids[0], value)) if value else Entry(0, b"")
 
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
         # Redis expires the sessions; only their index entries are left.
