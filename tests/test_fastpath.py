@@ -264,6 +264,21 @@ def test_the_package_installs_and_works_without_a_compiler(tmp_path):
 
 @pytest.mark.usefixtures("compiled")
 @given(st.binary(max_size=3000))
+def test_a_session_saved_on_the_compiled_path_is_found_as_it_was(session):
+    # Both base64 directions in C, every length modulo 3 (padding 0, 1, 2).
+    shared, _, _ = connect(10**9, "compiled")
+    replies = []
+    update = wire(("request", "update"), ("cache_type", "smtpd"), ("cache_id", "k"),
+                  ("session", session))
+    lookup = wire(("request", "lookup"), ("cache_type", "smtpd"), ("cache_id", "k"))
+    assert shared.answer(update, replies.append, time.monotonic())
+    assert shared.answer(lookup, replies.append, time.monotonic())
+    assert [invariants.decode_replies(reply)[0] for reply in replies] == [
+        {b"status": 0}, {b"status": 0, b"session": session}]
+
+
+@pytest.mark.usefixtures("compiled")
+@given(st.binary(max_size=3000))
 def test_the_compiled_base64_encoder_is_binascii(data):
     from tlsmgr._fastpath import encode_base64
 

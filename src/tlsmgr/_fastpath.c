@@ -242,13 +242,25 @@ decode_base64(Text text, int *malformed)
     if (decoded == NULL)
         return NULL;
     unsigned char *out = (unsigned char *) PyBytes_AS_STRING(decoded);
-    Py_ssize_t left = PyBytes_GET_SIZE(decoded);
-    for (Py_ssize_t i = 0; left > 0; i += 4) {
-        unsigned long group = 0;
-        for (int j = 0; j < 4; j++)          /* "=" counts as 0, like Postfix */
-            group = group << 6 | (in[i + j] == '=' ? 0 : base64_value[in[i + j]] - 1);
-        for (int j = 0; j < 3 && left > 0; j++, left--)
-            *out++ = (unsigned char) (group >> (16 - 8 * j));
+    /* Every letter is valid here; "=" ends the last group only. */
+    for (Py_ssize_t groups = length / 4 - (padding > 0); groups > 0; groups--) {
+        unsigned long group = (unsigned long) (base64_value[in[0]] - 1) << 18
+            | (unsigned long) (base64_value[in[1]] - 1) << 12
+            | (unsigned long) (base64_value[in[2]] - 1) << 6
+            | (unsigned long) (base64_value[in[3]] - 1);
+        out[0] = (unsigned char) (group >> 16);
+        out[1] = (unsigned char) (group >> 8);
+        out[2] = (unsigned char) group;
+        in += 4;
+        out += 3;
+    }
+    if (padding) {                           /* "=" counts as 0, like Postfix */
+        unsigned long group = (unsigned long) (base64_value[in[0]] - 1) << 18
+            | (unsigned long) (base64_value[in[1]] - 1) << 12
+            | (padding == 1 ? (unsigned long) (base64_value[in[2]] - 1) << 6 : 0);
+        out[0] = (unsigned char) (group >> 16);
+        if (padding == 1)
+            out[1] = (unsigned char) (group >> 8);
     }
     return decoded;
 }
