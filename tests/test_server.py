@@ -88,3 +88,45 @@ def test_time_and_master_status_come_once_per_turn_of_the_loop(tmp_path):
         assert (len(mixed), len(told)) == (2, 1)
 
     asyncio.run(turns())
+
+
+def test_updates_held_by_the_store_reach_the_file_soon_after_without_more_requests(tmp_path):
+    # stores/lmdb.py holds writes to commit them together; the server's loop
+    # commits them within COMMIT_WITHIN of a turn that left any, though no
+    # request follows.
+    from test_stores import _on_file
+
+    from tlsmgr.stores.lmdb import LmdbStore
+    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
+    cache = SessionCache("smtpd", LmdbStore(str(tmp_path / "scache")), 3600)
+    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
+                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
+                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
+    server = Server(tlsmgr, prng, [cache], ipc_timeout=60, request_size_limit=65536,
+                    connection_limit=100, client_buffer_limit=1 << 20)
+    path = str(tmp_path / "sock")
+
+    async def scenario():
+        serving = asyncio.create_task(server.serve([listen_unix(path)]))
+        while not os.path.exists(path):
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_unix_connection(path)
+        decoder = Decoder()
+        while not decoder.feed(await reader.read(65536)):
+            pass                                # the handshake
+        writer.write(encode([("request", "update"), ("cache_type", "smtpd"),
+                             ("cache_id", "id1"), ("session", b"s" * 300)]))
+        while not (replies := decoder.feed(await reader.read(65536))):
+            pass
+        assert replies[0][0] == (b"status", b"0")
+        for _ in range(500):                    # 5 s at most
+            if not cache.writes_held:
+                break
+            await asyncio.sleep(0.01)
+        committed = not cache.writes_held and _on_file(str(tmp_path / "scache")) == ["id1"]
+        writer.close()
+        server.stop()
+        assert await serving == 0
+        return committed
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60))

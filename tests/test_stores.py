@@ -91,6 +91,69 @@ def test_lmdb_starts_empty_and_private(tmp_path):
     second.close()
 
 
+def _on_file(path):
+    """The entries an LMDB store's file holds, as another process reads it:
+    what is committed, not what is held."""
+    import subprocess
+    import sys
+    code = ("import lmdb, sys; env = lmdb.open(sys.argv[1], subdir=False, readonly=True, "
+            "lock=False, max_dbs=2); db = env.open_db(b'sessions', create=False); "
+            "print(sorted(k.decode() for k, _ in env.begin(db=db).cursor()))")
+    found = subprocess.run([sys.executable, "-c", code, path + ".lmdb"], capture_output=True,
+                           text=True, timeout=60, check=True)
+    return eval(found.stdout)
+
+
+def test_lmdb_holds_writes_until_a_commit_or_enough_of_them(tmp_path):
+    import tlsmgr.stores.lmdb as module
+    path = str(tmp_path / "scache")
+    store = LmdbStore(path)
+    store.put(b"a", Entry(1, b"x"))
+    store.put(b"b", Entry(1, b"y"))
+    store.delete(b"b")
+    # Seen by lookups and counts at once, on the file only once committed.
+    assert store.get(b"a") == pack_entry(Entry(1, b"x")) and store.get(b"b") is None
+    assert (len(store), store.writes_held) == (1, 3)
+    assert store.stamps(10) == [(b"a", 1)]
+    assert _on_file(path) == []
+    store.commit()
+    assert store.writes_held == 0 and _on_file(path) == ["a"]
+    for i in range(module._HELD_AT_MOST):        # as many as a group holds
+        store.put(b"n%02d" % i, Entry(2, b"z"))
+    assert store.writes_held == 0 and len(_on_file(path)) == 1 + module._HELD_AT_MOST
+    store.put(b"last", Entry(3, b"z"))
+    store.close()                                # commits what is held
+    assert "last" in _on_file(path)
+
+
+def test_lmdb_held_writes_that_cannot_be_committed_are_counted_out(tmp_path, caplog):
+    import lmdb
+
+    from tlsmgr.scache import SessionCache
+    store = LmdbStore(str(tmp_path / "scache"))
+    cache = SessionCache("smtpd", store, 3600)
+    cache.update(b"kept", b"s")
+    cache.commit()
+    cache.update(b"lost", b"session")
+
+    class FailingCommit:                         # as when the disk is full
+        def __init__(self, txn):
+            self.txn = txn
+
+        def commit(self):
+            self.txn.abort()
+            raise lmdb.DiskError("No space left on device")
+
+    store._writer = FailingCommit(store._writer)
+    cache.commit()
+    assert (len(store), store.size, store.writes_held) == (1, len(b"kept") + 1, 0)
+    assert cache.lookup(b"lost") is None and cache.lookup(b"kept") == b"s"
+    assert cache.store_errors == 1
+    assert "cannot save smtpd TLS sessions" in caplog.text
+    assert "No space left on device (1 held updates lost)" in caplog.text
+    cache.close()
+
+
 def test_lmdb_replaces_a_damaged_file(tmp_path):
     path = tmp_path / "scache"
     (tmp_path / "scache.lmdb").write_bytes(b"this is not an lmdb file" * 100)

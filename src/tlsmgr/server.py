@@ -34,7 +34,7 @@ from .master import StatusChannel, Watchdog
 from .prng import MustExit, Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache
-from .stores import Entry
+from .stores import COMMIT_WITHIN, Entry
 
 _GC_YOUNG_THRESHOLD = 50_000
 _RESERVED_FILES = 64    # descriptors kept for caches, logging, Redis and the like
@@ -142,6 +142,7 @@ class Server:
         self.master = master
         self._turn_due = False             # _after_turn() is on its way
         self._status_due = False           # ... and will tell master that requests were served
+        self._commit_due: asyncio.TimerHandle | None = None   # _commit() is on its way
         self.watchdog = watchdog
         # For requests that may wait on the network; threads start on demand.
         self.workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tlsmgr-worker")
@@ -218,6 +219,14 @@ class Server:
             self._status_due = False
             if self.master is not None:
                 self.master.served()
+        # Updates, cleanup and flushes leave writes held (stores/lmdb.py).
+        if self._commit_due is None and any(cache.writes_held for cache in self.caches):
+            self._commit_due = self.loop.call_later(COMMIT_WITHIN, self._event, self._commit)
+
+    def _commit(self) -> None:
+        self._commit_due = None
+        for cache in self.caches:
+            cache.commit()
 
     def _master_gone(self) -> None:
         # As the stock daemon: master(8) knows why, and says so if need be.

@@ -38,6 +38,12 @@ class Entry(NamedTuple):
 # and Redis's stored values rely on it), then the session.
 STAMP = struct.Struct(">q")
 
+# Writes a store holds back (Store.writes_held) are committed within this
+# many seconds of the first, by the server's loop (server.py): under load
+# a group then holds the updates of many turns of the loop, and an idle
+# daemon holds none for long.
+COMMIT_WITHIN = 0.001
+
 
 def pack_entry(entry: Entry) -> bytes:
     return STAMP.pack(entry.timestamp) + entry.session
@@ -148,8 +154,18 @@ class Store(ABC):
         """The ids of the oldest ``limit`` entries with their timestamps,
         oldest first."""
 
+    def commit(self) -> None:
+        """Commit the writes held back (stores/lmdb.py commits them together);
+        nothing for a store that writes at once.  Raises StoreError, the
+        held writes lost, when that fails."""
+
+    @property
+    def writes_held(self) -> int:
+        """How many writes wait for commit()."""
+        return 0
+
     def close(self) -> None:
-        """Release files and connections."""
+        """Commit what is held; release files and connections."""
 
     def health(self) -> dict[str, Any] | None:
         """How a store on the network is doing (stores/redis.py), for the

@@ -9,8 +9,9 @@ anew at start, as the stock daemon truncates its cache files, so nothing
 from a previous run (or a damaged file) is ever read; unless it is to be
 preserved (tlsmgr_preserve_sessions), when it is opened and checked, and
 a damaged one is set aside and made anew.  Durability across a crash is
-not wanted, so writes are not synced: after a crash the file holds what
-the last committed transactions wrote, which LMDB keeps consistent.
+not wanted, so writes are not synced, and they are committed in groups
+(_HELD_AT_MOST below): after a crash the file holds what the last committed
+transactions wrote, which LMDB keeps consistent.
 
 Cache ids that LMDB cannot take as keys (empty, or longer than its key
 limit) are stored under a digest of the id.
@@ -90,8 +91,14 @@ class LmdbStore(Store):
         self._sessions = self._env.open_db(b"sessions")
         self._ages = self._env.open_db(b"ages")
         self._max_key = self._env.max_key_size() - STAMP.size
-        # The read transaction lookups share (get()); None after a write.
-        self._reader: Any = None
+        # The write transaction that holds writes until commit(), and what
+        # they were, to be done again if the map must grow (_write()).
+        self._writer: Any = None
+        self._held: list[Callable[[Any], object]] = []
+        self._counts_before = (0, 0)        # _count, _size without the held writes
+        # The transaction lookups read in (get()): the writer while writes
+        # are held, else a read-only one shared between writes.
+        self._lookups: Any = None
 
     def _check(self) -> tuple[int, int]:
         """The entries and bytes of a file kept from before, read through
@@ -132,50 +139,99 @@ class LmdbStore(Store):
 
     def _read(self, operation: Callable[[Any], T]) -> T:
         try:
+            if self._writer is not None:            # what is held must be seen
+                return operation(self._writer)
             with self._env.begin(buffers=True) as txn:
                 return operation(txn)
         except lmdb.Error as err:
             raise StoreError("%s: %s" % (self.path, err)) from None
 
     def _write(self, operation: Callable[[Any], T]) -> T:
-        # The lookups' snapshot is about to be old; and LMDB's map can be
-        # resized only when no transaction is open.
-        self._end_reader()
-        # LMDB's map has a fixed size: when it fills up, double it and retry.
-        while True:
+        try:
+            if self._writer is None:
+                self._begin_writes()
             try:
-                with self._env.begin(write=True) as txn:
-                    result = operation(txn)
-                break
+                result = operation(self._writer)
             except lmdb.MapFullError:
-                self._env.set_mapsize(self._env.info()["map_size"] * 2)
-                self._map = _mapping(os.path.abspath(self.path))     # it moved
-            except lmdb.Error as err:
-                raise StoreError("%s: %s" % (self.path, err)) from None
+                result = self._grow_and_redo(operation)
+        except lmdb.Error as err:
+            lost = self._drop_held()
+            raise StoreError("%s: %s%s" % (self.path, err, lost)) from None
+        self._held.append(operation)
+        if len(self._held) >= _HELD_AT_MOST:
+            self.commit()
         return result
 
+    def _begin_writes(self) -> None:
+        self._end_lookups()
+        self._counts_before = (self._count, self._size)
+        self._writer = self._lookups = self._env.begin(write=True, db=self._sessions)
+
+    def _grow_and_redo(self, operation: Callable[[Any], T]) -> T:
+        # LMDB's map has a fixed size: when it fills up, double it (only
+        # when no transaction is open), and do again in a new transaction
+        # what the failed one held.
+        while True:
+            self._writer.abort()
+            self._writer = self._lookups = None
+            self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            self._map = _mapping(os.path.abspath(self.path))     # it moved
+            self._begin_writes()
+            try:
+                for held in self._held:
+                    held(self._writer)
+                return operation(self._writer)
+            except lmdb.MapFullError:
+                continue
+
+    def _drop_held(self) -> str:
+        """Abort the held writes, their counts with them; what was lost."""
+        if self._writer is None:
+            return ""
+        self._writer.abort()
+        self._writer = self._lookups = None
+        lost, self._held = len(self._held), []
+        self._count, self._size = self._counts_before
+        return " (%d held updates lost)" % lost if lost else ""
+
+    @property
+    def writes_held(self) -> int:
+        return len(self._held)
+
+    def commit(self) -> None:
+        if self._writer is None:
+            return
+        writer, held = self._writer, len(self._held)
+        self._writer = self._lookups = None
+        self._held = []
+        try:
+            writer.commit()
+        except lmdb.Error as err:
+            self._count, self._size = self._counts_before
+            raise StoreError("%s: %s (%d held updates lost)" % (self.path, err, held)) from None
+
     def get(self, cache_id: bytes) -> bytes | None:
-        # Every lookup comes here.  They share one read transaction, begun
-        # by the first lookup after a write (_write() ends it): LMDB's begin
-        # and abort cost more than a lookup.  Held between writes, it pins
-        # only the snapshot that is the newest anyway.  Values are read as
-        # bytes: a copy of a few hundred bytes costs less than LMDB's buffer
-        # and a copy out of it.
+        # Every lookup comes here.  They share one transaction: the writer
+        # while writes are held, else a read-only one begun by the first
+        # lookup after a commit, for LMDB's begin and abort cost more than
+        # a lookup.  Held between writes, it pins only the snapshot that is
+        # the newest anyway.  Values are read as bytes: a copy of a few
+        # hundred bytes costs less than LMDB's buffer and a copy out of it.
         key = cache_id if 0 < len(cache_id) <= self._max_key and cache_id[:1] != b"\0" \
             else _digest(cache_id)
         try:
-            reader = self._reader
-            if reader is None:
-                reader = self._reader = self._env.begin(db=self._sessions)
-            value: bytes | None = reader.get(key)
+            lookups = self._lookups
+            if lookups is None:
+                lookups = self._lookups = self._env.begin(db=self._sessions)
+            value: bytes | None = lookups.get(key)
         except lmdb.Error as err:
             raise StoreError("%s: %s" % (self.path, err)) from None
         return value
 
-    def _end_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.abort()             # a read-only one: nothing to commit
-            self._reader = None
+    def _end_lookups(self) -> None:
+        if self._lookups is not None and self._lookups is not self._writer:
+            self._lookups.abort()            # a read-only one: nothing to commit
+        self._lookups = None
 
     def put(self, cache_id: bytes, entry: Entry) -> None:
         key = self._key(cache_id)
@@ -203,8 +259,9 @@ class LmdbStore(Store):
         return unpack_entry(value)
 
     def _forget(self, key: bytes, removed: Entry | None) -> None:
-        # The counts change only once a transaction is committed: one that
-        # is retried (the map grew) must not count twice.
+        # The counts change once an operation has run, not before: done
+        # again after the map grew, it must not count twice.  Held writes
+        # that are lost take their counts with them (_drop_held()).
         if removed is not None:
             self._count -= 1
             self._size -= len(key) + len(removed.session)
@@ -278,13 +335,24 @@ class LmdbStore(Store):
         return self._size
 
     def close(self) -> None:
-        self._end_reader()
-        self._env.close()
+        try:
+            self.commit()
+        finally:
+            self._end_lookups()
+            self._env.close()
 
 
 def _digest(cache_id: bytes) -> bytes:
     """The key for an id that LMDB cannot take as it is."""
     return _DIGEST_PREFIX + hashlib.sha256(cache_id).digest()
+
+
+# Writes are held in one write transaction and committed together: by the
+# server, soon after the first (COMMIT_WITHIN in stores/__init__.py), or
+# here once this many are held.  A commit costs more than the writes it
+# commits (pwrite(2) of each page they dirtied, LMDB's free list, the meta
+# page); a crash loses what was held, which a cache can spare.
+_HELD_AT_MOST = 64
 
 
 # Every so many updates, the pages of the map that this process touched are
