@@ -3,8 +3,10 @@
 import logging
 import os
 import stat
+import subprocess
 
 import pytest
+from conftest import require
 
 from tlsmgr.scache import SessionCache
 from tlsmgr.stores import Entry, Limits, StoreError, open_store, pack_entry, split_table
@@ -151,6 +153,45 @@ def test_lmdb_held_writes_that_cannot_be_committed_are_counted_out(tmp_path, cap
     assert cache.store_errors == 1
     assert "cannot save smtpd TLS sessions" in caplog.text
     assert "No space left on device (1 held updates lost)" in caplog.text
+    cache.close()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 256 KiB tmpfs, unmounted whatever the test did."""
+    require(os.geteuid() == 0, "root, to mount a small tmpfs")
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
+                    str(mountpoint)], check=True, timeout=30)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False, timeout=30)
+
+
+def test_lmdb_on_a_full_filesystem_says_what_it_lost_and_serves_what_it_has(
+        small_filesystem, caplog):
+    path = str(small_filesystem / "scache")
+    cache = SessionCache("smtpd", LmdbStore(path), 3600)
+    saved = []
+    for i in range(5000):                        # 1.5 MB into 256 KiB
+        cache_id = b"id%04d" % i
+        if not cache.update(cache_id, os.urandom(300)):
+            break
+        saved.append(cache_id)
+    else:
+        pytest.fail("the file system never filled up")
+    assert cache.store_errors == 1
+    assert "cannot save smtpd TLS session: " in caplog.text
+    # (LMDB says "Input/output error" for the short write.)
+    assert "scache.lmdb: mdb_txn_commit: " in caplog.text
+    assert "(64 held updates lost)" in caplog.text
+    # What the file holds is what the cache counts and finds; the rest is gone.
+    on_file = _on_file(path)
+    assert len(cache.store) == len(on_file) > 0
+    assert all(cache.lookup(cache_id) is not None for cache_id in map(str.encode, on_file))
+    assert all(cache.lookup(cache_id) is None for cache_id in saved[len(on_file):])
     cache.close()
 
 
