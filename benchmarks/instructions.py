@@ -14,6 +14,8 @@ file store), as a client that never pipelines
 does, with the cyclic garbage collector off (as good as the daemon's
 frozen, seldom-run one), and the daemon's PRNG (seed replies, and the
 time mixed in after each turn of the event loop: here, each request).
+With no event loop to commit them every millisecond, the LMDB store's
+updates are committed 64 at a time, as many as it holds (stores/lmdb.py).
 valgrind --tool=callgrind counts the instructions of a run of N requests
 and of one of 2N, with one hash seed; the difference divided by N is what
 one more request costs, start-up excluded.

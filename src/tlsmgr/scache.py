@@ -233,11 +233,6 @@ class SessionCache:
                 log.info("finished TLS %s session cache cleanup", self.label)
         return removed
 
-    @property
-    def writes_held(self) -> bool:
-        """Whether updates wait for commit() (Store.writes_held)."""
-        return self.store.writes_held > 0
-
     def commit(self) -> None:
         """Commit the updates the store holds back."""
         try:

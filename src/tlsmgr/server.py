@@ -220,8 +220,14 @@ class Server:
             if self.master is not None:
                 self.master.served()
         # Updates, cleanup and flushes leave writes held (stores/lmdb.py).
-        if self._commit_due is None and any(cache.writes_held for cache in self.caches):
-            self._commit_due = self.loop.call_later(COMMIT_WITHIN, self._event, self._commit)
+        # A loop, not any(): this runs at every turn, and a generator
+        # costs as much again as the rest.
+        if self._commit_due is None:
+            for cache in self.caches:
+                if cache.store.writes_held:
+                    self._commit_due = self.loop.call_later(COMMIT_WITHIN, self._event,
+                                                            self._commit)
+                    break
 
     def _commit(self) -> None:
         self._commit_due = None
