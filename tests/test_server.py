@@ -13,25 +13,36 @@ from tlsmgr.stores.memory import MemoryStore
 from tlsmgr.tickets import TicketKeyRing
 
 
+def _server_for(cache, tmp_path):
+    """A Server answering from one smtpd cache, with a PRNG in tmp_path."""
+    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
+    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
+                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
+                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
+    return Server(tlsmgr, prng, [cache], ipc_timeout=60, request_size_limit=65536,
+                  connection_limit=100, client_buffer_limit=1 << 20)
+
+
+async def _serving(server, path):
+    """The server serving on path, and a client connected to it."""
+    serving = asyncio.create_task(server.serve([listen_unix(path)]))
+    while not os.path.exists(path):
+        await asyncio.sleep(0.01)
+    reader, writer = await asyncio.open_unix_connection(path)
+    return serving, reader, writer
+
+
 def test_requests_are_answered_while_a_long_cleanup_runs(tmp_path):
     now = [1_000_000]
     cache = SessionCache("smtpd", MemoryStore(), 3600, clock=lambda: now[0])
     for i in range(200_000):
         cache.store.put(b"old%d" % i, Entry(now[0], b"s"))
     now[0] += 3601                              # all of them expired
-    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
-    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
-                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
-                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
-    server = Server(tlsmgr, prng, [cache], ipc_timeout=60, request_size_limit=65536,
-                    connection_limit=100, client_buffer_limit=1 << 20)
+    server = _server_for(cache, tmp_path)
     path = str(tmp_path / "sock")
 
     async def scenario():
-        serving = asyncio.create_task(server.serve([listen_unix(path)]))
-        while not os.path.exists(path):
-            await asyncio.sleep(0.01)
-        reader, writer = await asyncio.open_unix_connection(path)
+        serving, reader, writer = await _serving(server, path)
         decoder = Decoder()
 
         async def reply():
@@ -97,20 +108,12 @@ def test_updates_held_by_the_store_reach_the_file_soon_after_without_more_reques
     from test_stores import _on_file
 
     from tlsmgr.stores.lmdb import LmdbStore
-    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
     cache = SessionCache("smtpd", LmdbStore(str(tmp_path / "scache")), 3600)
-    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
-                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
-                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
-    server = Server(tlsmgr, prng, [cache], ipc_timeout=60, request_size_limit=65536,
-                    connection_limit=100, client_buffer_limit=1 << 20)
+    server = _server_for(cache, tmp_path)
     path = str(tmp_path / "sock")
 
     async def scenario():
-        serving = asyncio.create_task(server.serve([listen_unix(path)]))
-        while not os.path.exists(path):
-            await asyncio.sleep(0.01)
-        reader, writer = await asyncio.open_unix_connection(path)
+        serving, reader, writer = await _serving(server, path)
         decoder = Decoder()
         while not decoder.feed(await reader.read(65536)):
             pass                                # the handshake
