@@ -1,9 +1,11 @@
 """The stores behind the session caches: memory and LMDB, one interface."""
 
+import json
 import logging
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 from conftest import require
@@ -96,14 +98,13 @@ def test_lmdb_starts_empty_and_private(tmp_path):
 def _on_file(path):
     """The entries an LMDB store's file holds, as another process reads it:
     what is committed, not what is held."""
-    import subprocess
-    import sys
-    code = ("import lmdb, sys; env = lmdb.open(sys.argv[1], subdir=False, readonly=True, "
-            "lock=False, max_dbs=2); db = env.open_db(b'sessions', create=False); "
-            "print(sorted(k.decode() for k, _ in env.begin(db=db).cursor()))")
+    code = ("import json, lmdb, sys; env = lmdb.open(sys.argv[1], subdir=False, "
+            "readonly=True, lock=False, max_dbs=2); db = env.open_db(b'sessions', "
+            "create=False); print(json.dumps(sorted(k.decode() for k, _ in "
+            "env.begin(db=db).cursor())))")
     found = subprocess.run([sys.executable, "-c", code, path + ".lmdb"], capture_output=True,
                            text=True, timeout=60, check=True)
-    return eval(found.stdout)
+    return json.loads(found.stdout)
 
 
 def test_lmdb_holds_writes_until_a_commit_or_enough_of_them(tmp_path):

@@ -142,7 +142,7 @@ class Server:
         self.master = master
         self._turn_due = False             # _after_turn() is on its way
         self._status_due = False           # ... and will tell master that requests were served
-        self._commit_due: asyncio.TimerHandle | None = None   # _commit() is on its way
+        self._commit_due = False           # _commit() is on its way
         self.watchdog = watchdog
         # For requests that may wait on the network; threads start on demand.
         self.workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tlsmgr-worker")
@@ -222,15 +222,15 @@ class Server:
         # Updates, cleanup and flushes leave writes held (stores/lmdb.py).
         # A loop, not any(): this runs at every turn, and a generator
         # costs as much again as the rest.
-        if self._commit_due is None:
+        if not self._commit_due:
             for cache in self.caches:
                 if cache.store.writes_held:
-                    self._commit_due = self.loop.call_later(COMMIT_WITHIN, self._event,
-                                                            self._commit)
+                    self._commit_due = True
+                    self.loop.call_later(COMMIT_WITHIN, self._event, self._commit)
                     break
 
     def _commit(self) -> None:
-        self._commit_due = None
+        self._commit_due = False
         for cache in self.caches:
             cache.commit()
 

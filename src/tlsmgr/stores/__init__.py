@@ -50,12 +50,7 @@ def pack_entry(entry: Entry) -> bytes:
 
 
 def unpack_entry(value: bytes | memoryview) -> Entry:
-    session = value[STAMP.size:]
-    # On every update that replaces an entry: bytes(session) costs as much
-    # again when it is bytes already, and Entry() is a Python function
-    # around this tuple.__new__ (half the cost of the whole).
-    return tuple.__new__(Entry, (STAMP.unpack_from(value)[0],
-                                 session if type(session) is bytes else bytes(session)))
+    return Entry(STAMP.unpack_from(value)[0], bytes(value[STAMP.size:]))
 
 
 class Limits(NamedTuple):

@@ -135,7 +135,7 @@ class LmdbStore(Store):
     def _key(self, cache_id: bytes) -> bytes:
         if 0 < len(cache_id) <= self._max_key and cache_id[:1] != b"\0":
             return cache_id
-        return _digest(cache_id)
+        return _DIGEST_PREFIX + hashlib.sha256(cache_id).digest()
 
     def _read(self, operation: Callable[[Any], T]) -> T:
         try:
@@ -217,8 +217,7 @@ class LmdbStore(Store):
         # a lookup.  Held between writes, it pins only the snapshot that is
         # the newest anyway.  Values are read as bytes: a copy of a few
         # hundred bytes costs less than LMDB's buffer and a copy out of it.
-        key = cache_id if 0 < len(cache_id) <= self._max_key and cache_id[:1] != b"\0" \
-            else _digest(cache_id)
+        key = self._key(cache_id)
         try:
             lookups = self._lookups
             if lookups is None:
@@ -340,11 +339,6 @@ class LmdbStore(Store):
         finally:
             self._end_lookups()
             self._env.close()
-
-
-def _digest(cache_id: bytes) -> bytes:
-    """The key for an id that LMDB cannot take as it is."""
-    return _DIGEST_PREFIX + hashlib.sha256(cache_id).digest()
 
 
 # Writes are held in one write transaction and committed together: by the
