@@ -33,7 +33,7 @@ def resident() -> dict[str, int]:
 
 
 def fill(kind: str, entries: int, checkpoints: list[int]) -> list[dict]:
-    from tlsmgr.stores import Entry
+    from tlsmgr.stores import Entry, pack_entry
     if kind == "memory":
         from tlsmgr.stores.memory import MemoryStore
         store = MemoryStore()
@@ -44,7 +44,7 @@ def fill(kind: str, entries: int, checkpoints: list[int]) -> list[dict]:
     before = resident()
     report = []
     for count in range(1, entries + 1):
-        store.put(b"%064x" % count, Entry(1_700_000_000 + count, session))
+        store.put(b"%064x" % count, pack_entry(Entry(1_700_000_000 + count, session)))
         if count in checkpoints:
             now = resident()
             report.append({"entries": count, **{k: now[k] - before[k] for k in now}})

@@ -44,7 +44,7 @@ def host(tmp_path, name, redis_server, **extra):
 
 def test_store_put_get_delete_and_ttl(redis_server):
     store = RedisStore(redis_server.url, "smtpd", RedisSettings("unit:"), timeout=3600)
-    store.put(b"id\0binary", Entry(1000, b"session bytes"))
+    store.put(b"id\0binary", pack_entry(Entry(1000, b"session bytes")))
     assert store.get(b"id\0binary") == pack_entry(Entry(1000, b"session bytes"))
     assert len(store) == 1 and store.size == len(b"id\0binary") + len(b"session bytes")
     ttl = redis_server.client().ttl(b"{unit:smtpd}:s:id\0binary")
@@ -58,13 +58,13 @@ def test_store_put_get_delete_and_ttl(redis_server):
 def test_store_keeps_within_limits_oldest_out_first(redis_server):
     store = RedisStore(redis_server.url, "smtp", RedisSettings("caps:"), timeout=3600)
     limits = Limits(entries=10, bytes=2000)
-    trimmed = [store.save(b"k%02d" % i, Entry(1000 + i, b"x" * 100), limits, cutoff=1005)
-               for i in range(30)]
+    trimmed = [store.save(b"k%02d" % i, pack_entry(Entry(1000 + i, b"x" * 100)), limits,
+                          cutoff=1005) for i in range(30)]
     assert len(store) == 10 and store.size <= 2000
     assert store.get(b"k00") is None and store.get(b"k29") is not None
     assert sum(t.expired for t in trimmed) == 5        # saved before the cutoff
     assert sum(t.evicted for t in trimmed) == 15
-    store.save(b"big", Entry(2000, b"y" * 1500), limits, cutoff=0)
+    store.save(b"big", pack_entry(Entry(2000, b"y" * 1500)), limits, cutoff=0)
     assert store.size <= 2000 and store.get(b"big") is not None
 
 
@@ -82,14 +82,14 @@ def test_store_fails_fast_while_redis_is_down(redis_server):
 
 def test_a_full_redis_refuses_writes_and_still_serves_reads(redis_server):
     store = RedisStore(redis_server.url, "smtpd", RedisSettings("full:"), timeout=3600)
-    store.put(b"kept", Entry(1, b"session"))
+    store.put(b"kept", pack_entry(Entry(1, b"session")))
     redis_server.client().config_set("maxmemory-policy", "noeviction")
     redis_server.client().config_set("maxmemory", 1)
     try:
         for _ in range(30):                           # updates and lookups alternate
             with pytest.raises(Refused, match=r"^Redis unix://\S+: OutOfMemoryError: "
                                r"command not allowed when used memory > 'maxmemory'$"):
-                store.put(b"new", Entry(2, b"session"))
+                store.put(b"new", pack_entry(Entry(2, b"session")))
             assert store.get(b"kept") == pack_entry(Entry(1, b"session"))
     finally:
         redis_server.client().config_set("maxmemory", 0)
@@ -158,7 +158,7 @@ def test_one_breakers_failure_leaves_the_other_breakers_client_alone(redis_serve
 
 def _works(store):
     try:
-        store.put(b"a", Entry(1, b"s"))
+        store.put(b"a", pack_entry(Entry(1, b"s")))
         return True
     except StoreError:
         return False

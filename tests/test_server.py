@@ -8,7 +8,7 @@ from tlsmgr.prng import Prng
 from tlsmgr.protocol import Tlsmgr
 from tlsmgr.scache import SessionCache
 from tlsmgr.server import Server, listen_unix
-from tlsmgr.stores import Entry
+from tlsmgr.stores import Entry, pack_entry
 from tlsmgr.stores.memory import MemoryStore
 from tlsmgr.tickets import TicketKeyRing
 
@@ -36,7 +36,7 @@ def test_requests_are_answered_while_a_long_cleanup_runs(tmp_path):
     now = [1_000_000]
     cache = SessionCache("smtpd", MemoryStore(), 3600, clock=lambda: now[0])
     for i in range(200_000):
-        cache.store.put(b"old%d" % i, Entry(now[0], b"s"))
+        cache.store.put(b"old%d" % i, pack_entry(Entry(now[0], b"s")))
     now[0] += 3601                              # all of them expired
     server = _server_for(cache, tmp_path)
     path = str(tmp_path / "sock")

@@ -28,10 +28,10 @@ def store(request, tmp_path):
 
 def test_put_get_replace_delete(store):
     assert store.get(b"a") is None
-    store.put(b"a", Entry(10, b"one"))
-    store.put(b"b", Entry(11, b"two"))
+    store.put(b"a", pack_entry(Entry(10, b"one")))
+    store.put(b"b", pack_entry(Entry(11, b"two")))
     assert store.get(b"a") == pack_entry(Entry(10, b"one"))
-    store.put(b"a", Entry(12, b"three"))
+    store.put(b"a", pack_entry(Entry(12, b"three")))
     assert store.get(b"a") == pack_entry(Entry(12, b"three"))
     assert len(store) == 2
     assert store.delete(b"a") is True
@@ -44,9 +44,9 @@ def test_put_get_replace_delete(store):
 
 def test_awkward_ids_and_values(store):
     long_id = b"smtp&" + b"x" * 5000
-    store.put(long_id, Entry(1, b"long"))
-    store.put(b"", Entry(2, b"empty id"))
-    store.put(b"\0nul", Entry(3, b"\0" * 10000))
+    store.put(long_id, pack_entry(Entry(1, b"long")))
+    store.put(b"", pack_entry(Entry(2, b"empty id")))
+    store.put(b"\0nul", pack_entry(Entry(3, b"\0" * 10000)))
     assert store.get(long_id) == pack_entry(Entry(1, b"long"))
     assert store.get(b"smtp&" + b"x" * 4999) is None
     assert store.get(b"") == pack_entry(Entry(2, b"empty id"))
@@ -56,9 +56,9 @@ def test_awkward_ids_and_values(store):
 def test_incremental_expire_removes_only_old_entries(store):
     # Entries are saved in time order, as the session cache does.
     for i in range(1000):
-        store.put(b"old%04d" % i, Entry(100, b"o"))
+        store.put(b"old%04d" % i, pack_entry(Entry(100, b"o")))
     for i in range(1000):
-        store.put(b"new%04d" % i, Entry(200, b"n"))
+        store.put(b"new%04d" % i, pack_entry(Entry(200, b"n")))
     removed_total, steps, done = 0, 0, False
     while not done:
         removed, done = store.expire(150, 64)
@@ -74,9 +74,9 @@ def test_incremental_expire_removes_only_old_entries(store):
 
 def test_expire_survives_updates_between_steps(store):
     for i in range(300):
-        store.put(b"k%03d" % i, Entry(100, b"x"))
+        store.put(b"k%03d" % i, pack_entry(Entry(100, b"x")))
     _, done = store.expire(150, 50)
-    store.put(b"k299", Entry(300, b"fresh"))
+    store.put(b"k299", pack_entry(Entry(300, b"fresh")))
     store.delete(b"k100")
     while not done:
         _, done = store.expire(150, 50)
@@ -87,7 +87,7 @@ def test_expire_survives_updates_between_steps(store):
 def test_lmdb_starts_empty_and_private(tmp_path):
     path = str(tmp_path / "scache")
     first = LmdbStore(path)
-    first.put(b"a", Entry(1, b"x"))
+    first.put(b"a", pack_entry(Entry(1, b"x")))
     first.close()
     assert stat.S_IMODE(os.stat(path + ".lmdb").st_mode) == 0o600
     second = LmdbStore(path)
@@ -111,8 +111,8 @@ def test_lmdb_holds_writes_until_a_commit_or_enough_of_them(tmp_path):
     import tlsmgr.stores.lmdb as module
     path = str(tmp_path / "scache")
     store = LmdbStore(path)
-    store.put(b"a", Entry(1, b"x"))
-    store.put(b"b", Entry(1, b"y"))
+    store.put(b"a", pack_entry(Entry(1, b"x")))
+    store.put(b"b", pack_entry(Entry(1, b"y")))
     store.delete(b"b")
     # Seen by lookups and counts at once, on the file only once committed.
     assert store.get(b"a") == pack_entry(Entry(1, b"x")) and store.get(b"b") is None
@@ -122,9 +122,9 @@ def test_lmdb_holds_writes_until_a_commit_or_enough_of_them(tmp_path):
     store.commit()
     assert store.writes_held == 0 and _on_file(path) == ["a"]
     for i in range(module._HELD_AT_MOST):        # as many as a group holds
-        store.put(b"n%02d" % i, Entry(2, b"z"))
+        store.put(b"n%02d" % i, pack_entry(Entry(2, b"z")))
     assert store.writes_held == 0 and len(_on_file(path)) == 1 + module._HELD_AT_MOST
-    store.put(b"last", Entry(3, b"z"))
+    store.put(b"last", pack_entry(Entry(3, b"z")))
     store.close()                                # commits what is held
     assert "last" in _on_file(path)
 
@@ -200,7 +200,7 @@ def test_lmdb_replaces_a_damaged_file(tmp_path):
     path = tmp_path / "scache"
     (tmp_path / "scache.lmdb").write_bytes(b"this is not an lmdb file" * 100)
     store = LmdbStore(str(path))
-    store.put(b"a", Entry(1, b"x"))
+    store.put(b"a", pack_entry(Entry(1, b"x")))
     assert store.get(b"a") == pack_entry(Entry(1, b"x"))
     store.close()
 
@@ -210,7 +210,7 @@ def test_lmdb_grows_past_its_initial_map(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "_INITIAL_MAP_SIZE", 1 << 20)
     store = LmdbStore(str(tmp_path / "scache"))
     for i in range(200):
-        store.put(b"%d" % i, Entry(1, b"v" * 20000))     # 4 MB into a 1 MB map
+        store.put(b"%d" % i, pack_entry(Entry(1, b"v" * 20000)))     # 4 MB into a 1 MB map
         # Lookups between the writes: their transaction is open as the map grows.
         assert store.get(b"%d" % i) == pack_entry(Entry(1, b"v" * 20000))
     assert len(store) == 200
@@ -281,7 +281,7 @@ def test_byte_limit(tmp_path, kind):
     store = MemoryStore() if kind == "memory" else LmdbStore(str(tmp_path / "c"))
     limits = Limits(bytes=1000)
     for i in range(50):
-        store.save(b"%02d" % i, Entry(i, b"x" * 98), limits, cutoff=0)
+        store.save(b"%02d" % i, pack_entry(Entry(i, b"x" * 98)), limits, cutoff=0)
     assert len(store) == 10 and store.size == 1000
     assert store.get(b"39") is None and store.get(b"40") == pack_entry(Entry(40, b"x" * 98))
     store.close()
@@ -294,7 +294,7 @@ def test_lmdb_resident_memory_does_not_grow_with_entries(tmp_path):
     import sys
     code = """
 import json, os
-from tlsmgr.stores import Entry
+from tlsmgr.stores import Entry, pack_entry
 from tlsmgr.stores.lmdb import LmdbStore
 def rss():
     with open("/proc/self/status") as status:
@@ -302,10 +302,10 @@ def rss():
 store = LmdbStore(%r)
 session = os.urandom(300)
 for i in range(5000):
-    store.put(b"%%064x" %% i, Entry(i, session))
+    store.put(b"%%064x" %% i, pack_entry(Entry(i, session)))
 before = rss()
 for i in range(5000, 100000):
-    store.put(b"%%064x" %% i, Entry(i, session))
+    store.put(b"%%064x" %% i, pack_entry(Entry(i, session)))
 print(json.dumps({"grown": rss() - before, "entries": len(store)}))
 """ % str(tmp_path / "scache")
     result = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -120,7 +120,7 @@ class SessionCache:
             log.info("write %s TLS cache entry %s: time=%d [data %d bytes]",
                      self.label, name, now, len(session))
         try:
-            trimmed = self.store.save(cache_id, Entry(now, session), self.limits,
+            trimmed = self.store.save(cache_id, STAMP.pack(now) + session, self.limits,
                                       now - self.timeout)
         except StoreError as err:
             self._store_error("cannot save %s TLS session: %s", err)

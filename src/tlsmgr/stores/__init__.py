@@ -68,6 +68,11 @@ class Trimmed(NamedTuple):
     evicted: int = 0
 
 
+# What nearly every save() trims: made once, as a NamedTuple's own
+# constructor is a Python call.
+NOTHING_TRIMMED = Trimmed()
+
+
 class Store(ABC):
     """The interface every session store provides.
 
@@ -83,8 +88,9 @@ class Store(ABC):
         making the Entry would cost as much as the rest of the lookup."""
 
     @abstractmethod
-    def put(self, cache_id: bytes, entry: Entry) -> None:
-        """Save an entry, replacing any entry under the same id."""
+    def put(self, cache_id: bytes, packed: bytes) -> None:
+        """Save an entry, packed as pack_entry() makes it (as get() gives
+        it back), replacing any entry under the same id."""
 
     @abstractmethod
     def delete(self, cache_id: bytes) -> bool:
@@ -107,11 +113,11 @@ class Store(ABC):
     def size(self) -> int:
         """The bytes held: ids plus sessions."""
 
-    def save(self, cache_id: bytes, entry: Entry, limits: Limits, cutoff: int) -> Trimmed:
+    def save(self, cache_id: bytes, packed: bytes, limits: Limits, cutoff: int) -> Trimmed:
         """Put an entry, then remove the oldest entries until the store is
         within its limits: expired ones (saved before cutoff) are the oldest,
         so they go first."""
-        self.put(cache_id, entry)
+        self.put(cache_id, packed)
         expired = evicted = 0
         while ((limits.entries and len(self) > limits.entries)
                or (limits.bytes and self.size > limits.bytes)):
@@ -122,7 +128,7 @@ class Store(ABC):
                 expired += 1
             else:
                 evicted += 1
-        return Trimmed(expired, evicted)
+        return Trimmed(expired, evicted) if expired or evicted else NOTHING_TRIMMED
 
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
         """Remove up to ``budget`` entries saved before ``cutoff``.

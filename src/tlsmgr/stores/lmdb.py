@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from .. import log
-from . import STAMP, Entry, Store, StoreError, pack_entry, unpack_entry
+from . import STAMP, Entry, Store, StoreError, unpack_entry
 
 T = TypeVar("T")
 
@@ -232,38 +232,37 @@ class LmdbStore(Store):
             self._lookups.abort()            # a read-only one: nothing to commit
         self._lookups = None
 
-    def put(self, cache_id: bytes, entry: Entry) -> None:
+    def put(self, cache_id: bytes, packed: bytes) -> None:
         key = self._key(cache_id)
-        value = pack_entry(entry)
 
-        def put(txn: Any) -> Entry | None:
+        def put(txn: Any) -> bytes | None:
             old = self._remove(txn, key)
-            txn.put(key, value, db=self._sessions)
-            txn.put(value[:STAMP.size] + key, b"", db=self._ages)
+            txn.put(key, packed)                 # the writer's own table: sessions
+            txn.put(packed[:STAMP.size] + key, b"", db=self._ages)
             return old
         self._forget(key, self._write(put))
         self._count += 1
-        self._size += len(key) + len(entry.session)
+        self._size += len(key) + len(packed) - STAMP.size
         # Only updates grow what the map has touched; cleanup shrinks it,
         # and releasing then would make lookups fault the tree back in.
         self._writes += 1
         if self._writes % _RELEASE_EVERY == 0:
             _release(self._map)
 
-    def _remove(self, txn: Any, key: bytes) -> Entry | None:
-        value = txn.pop(key, db=self._sessions)
-        if value is None:
-            return None
-        txn.delete(value[:STAMP.size] + key, db=self._ages)
-        return unpack_entry(value)
+    def _remove(self, txn: Any, key: bytes) -> bytes | None:
+        """Remove an entry in a write transaction; the entry, packed."""
+        packed: bytes | None = txn.pop(key)
+        if packed is not None:
+            txn.delete(packed[:STAMP.size] + key, db=self._ages)
+        return packed
 
-    def _forget(self, key: bytes, removed: Entry | None) -> None:
+    def _forget(self, key: bytes, removed: bytes | None) -> None:
         # The counts change once an operation has run, not before: done
         # again after the map grew, it must not count twice.  Held writes
         # that are lost take their counts with them (_drop_held()).
         if removed is not None:
             self._count -= 1
-            self._size -= len(key) + len(removed.session)
+            self._size -= len(key) + len(removed) - STAMP.size
 
     def delete(self, cache_id: bytes) -> bool:
         key = self._key(cache_id)
@@ -280,7 +279,7 @@ class LmdbStore(Store):
         return self._read(oldest)
 
     def pop_oldest(self) -> Entry | None:
-        def pop_oldest(txn: Any) -> tuple[bytes, Entry | None]:
+        def pop_oldest(txn: Any) -> tuple[bytes, bytes | None]:
             cursor = txn.cursor(db=self._ages)
             if not cursor.first():
                 return b"", None
@@ -288,12 +287,12 @@ class LmdbStore(Store):
             return key, self._remove(txn, key)
         key, removed = self._write(pop_oldest)
         self._forget(key, removed)
-        return removed
+        return None if removed is None else unpack_entry(removed)
 
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
         # One transaction for the whole step, walking the age index.
-        def expire(txn: Any) -> tuple[list[tuple[bytes, Entry | None]], bool]:
-            removed: list[tuple[bytes, Entry | None]] = []
+        def expire(txn: Any) -> tuple[list[tuple[bytes, bytes | None]], bool]:
+            removed: list[tuple[bytes, bytes | None]] = []
             cursor = txn.cursor(db=self._ages)
             while len(removed) < budget and cursor.first():
                 stamp = cursor.key()[:STAMP.size]
@@ -303,9 +302,9 @@ class LmdbStore(Store):
                 removed.append((key, self._remove(txn, key)))
             return removed, not cursor.first()
         removed, done = self._write(expire)
-        for key, entry in removed:
-            self._forget(key, entry)
-        return [entry for _, entry in removed if entry is not None], done
+        for key, packed in removed:
+            self._forget(key, packed)
+        return [unpack_entry(packed) for _, packed in removed if packed is not None], done
 
     def clear(self) -> int:
         def clear(txn: Any) -> None:

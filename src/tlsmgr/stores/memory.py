@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 
-from . import STAMP, Entry, Store, pack_entry, unpack_entry
+from . import STAMP, Entry, Store, unpack_entry
 
 
 class MemoryStore(Store):
@@ -22,10 +22,10 @@ class MemoryStore(Store):
     def get(self, cache_id: bytes) -> bytes | None:
         return self._entries.get(cache_id)
 
-    def put(self, cache_id: bytes, entry: Entry) -> None:
+    def put(self, cache_id: bytes, packed: bytes) -> None:
         self.delete(cache_id)
-        self._entries[cache_id] = pack_entry(entry)
-        self._size += len(cache_id) + len(entry.session)
+        self._entries[cache_id] = packed
+        self._size += len(cache_id) + len(packed) - STAMP.size
 
     def delete(self, cache_id: bytes) -> bool:
         value = self._entries.pop(cache_id, None)

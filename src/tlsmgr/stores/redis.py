@@ -67,7 +67,6 @@ from . import (
     Store,
     StoreError,
     Trimmed,
-    pack_entry,
     unpack_entry,
 )
 
@@ -482,15 +481,16 @@ class RedisStore(Store):
                              % printable_key(place))
         return value
 
-    def put(self, cache_id: bytes, entry: Entry) -> None:
-        self.save(cache_id, entry, Limits(), 0)
+    def put(self, cache_id: bytes, packed: bytes) -> None:
+        self.save(cache_id, packed, Limits(), 0)
 
-    def save(self, cache_id: bytes, entry: Entry, limits: Limits, cutoff: int) -> Trimmed:
-        value = seal_for(self.settings.seal, pack_entry(entry), self._sessions + cache_id)
-        size = len(cache_id) + len(entry.session)
+    def save(self, cache_id: bytes, packed: bytes, limits: Limits, cutoff: int) -> Trimmed:
+        value = seal_for(self.settings.seal, packed, self._sessions + cache_id)
+        (timestamp,) = STAMP.unpack_from(packed)
+        size = len(cache_id) + len(packed) - STAMP.size
         # Redis keeps the entry one second past its timeout: an entry is
         # still valid at exactly timestamp + timeout.
-        args = [cache_id, value, self.timeout + 1, entry.timestamp, size, cutoff,
+        args = [cache_id, value, self.timeout + 1, timestamp, size, cutoff,
                 limits.entries, limits.bytes]
         expired, evicted = self.breaker.call(
             lambda client: self._save(client, self._keys, args))
