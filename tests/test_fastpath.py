@@ -84,6 +84,10 @@ DECLINED = [
          ("session", "YQ=")),
     wire(("request", "update"), ("cache_type", "smtpd"), ("cache_id", "a"),
          ("session", "a===")),
+    # Not a letter in a whole group, first or later, or in the padded one.
+    *(wire(("request", "update"), ("cache_type", "smtpd"), ("cache_id", "a"),
+           ("session", session))
+      for session in ("YW*jYWJj", "YWJjYW\xffj", "YQ==YWJj", "YWJjY*==", "YWJjYW*=")),
     wire(("requests", "lookup"), ("cache_type", "smtpd"), ("cache_id", "a")),
     wire(("request", "lookupx"), ("cache_type", "smtpd"), ("cache_id", "a")),
 ]

@@ -234,20 +234,21 @@ decode_base64(Text text, int *malformed)
         return NULL;
     if (length && in[length - 1] == '=')
         padding = in[length - 2] == '=' ? 2 : 1;
-    for (Py_ssize_t i = 0; i < length - padding; i++)
-        if (!base64_value[in[i]])
-            return NULL;
-    *malformed = 0;
     PyObject *decoded = PyBytes_FromStringAndSize(NULL, length / 4 * 3 - padding);
-    if (decoded == NULL)
+    if (decoded == NULL) {
+        *malformed = 0;
         return NULL;
+    }
     unsigned char *out = (unsigned char *) PyBytes_AS_STRING(decoded);
-    /* Every letter is valid here; "=" ends the last group only. */
+    /* Checked as it is decoded, a group at a time: a value is -1 for what
+     * is not a letter (an "=" too), so that one test covers the group. */
     for (Py_ssize_t groups = length / 4 - (padding > 0); groups > 0; groups--) {
-        unsigned long group = (unsigned long) (base64_value[in[0]] - 1) << 18
-            | (unsigned long) (base64_value[in[1]] - 1) << 12
-            | (unsigned long) (base64_value[in[2]] - 1) << 6
-            | (unsigned long) (base64_value[in[3]] - 1);
+        int a = base64_value[in[0]] - 1, b = base64_value[in[1]] - 1,
+            c = base64_value[in[2]] - 1, d = base64_value[in[3]] - 1;
+        if ((a | b | c | d) < 0)
+            goto not_base64;
+        unsigned long group = (unsigned long) a << 18 | (unsigned long) b << 12
+            | (unsigned long) c << 6 | (unsigned long) d;
         out[0] = (unsigned char) (group >> 16);
         out[1] = (unsigned char) (group >> 8);
         out[2] = (unsigned char) group;
@@ -255,14 +256,21 @@ decode_base64(Text text, int *malformed)
         out += 3;
     }
     if (padding) {                           /* "=" counts as 0, like Postfix */
-        unsigned long group = (unsigned long) (base64_value[in[0]] - 1) << 18
-            | (unsigned long) (base64_value[in[1]] - 1) << 12
-            | (padding == 1 ? (unsigned long) (base64_value[in[2]] - 1) << 6 : 0);
+        int a = base64_value[in[0]] - 1, b = base64_value[in[1]] - 1,
+            c = padding == 1 ? base64_value[in[2]] - 1 : 0;
+        if ((a | b | c) < 0)
+            goto not_base64;
+        unsigned long group = (unsigned long) a << 18 | (unsigned long) b << 12
+            | (unsigned long) c << 6;
         out[0] = (unsigned char) (group >> 16);
         if (padding == 1)
             out[1] = (unsigned char) (group >> 8);
     }
     return decoded;
+
+not_base64:
+    Py_DECREF(decoded);
+    return NULL;
 }
 
 /* A seed size in its plainest form (1 to 255, no sign, space or leading
