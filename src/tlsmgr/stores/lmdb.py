@@ -133,7 +133,8 @@ class LmdbStore(Store):
                  self.path, err, aside)
 
     def _key(self, cache_id: bytes) -> bytes:
-        if 0 < len(cache_id) <= self._max_key and cache_id[:1] != b"\0":
+        # An id that starts with NUL could pass for a digest (_DIGEST_PREFIX).
+        if 0 < len(cache_id) <= self._max_key and cache_id[0]:
             return cache_id
         return _DIGEST_PREFIX + hashlib.sha256(cache_id).digest()
 
