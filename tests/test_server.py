@@ -7,7 +7,7 @@ from tlsmgr.attr import Decoder, encode
 from tlsmgr.prng import Prng
 from tlsmgr.protocol import Tlsmgr
 from tlsmgr.scache import SessionCache
-from tlsmgr.server import Server, listen_unix
+from tlsmgr.server import STATUS_WITHIN, Server, listen_unix
 from tlsmgr.stores import Entry, pack_entry
 from tlsmgr.stores.memory import MemoryStore
 from tlsmgr.tickets import TicketKeyRing
@@ -68,9 +68,11 @@ def test_requests_are_answered_while_a_long_cleanup_runs(tmp_path):
     assert len(cache.store) == 0                # and the pass did finish
 
 
-def test_time_and_master_status_come_once_per_turn_of_the_loop(tmp_path):
+def test_time_comes_once_a_turn_and_master_hears_once_within_status_within(tmp_path):
     # As the stock daemon's loop callback: however many connections a turn
-    # served, one time mix and one status pair for master(8) after it.
+    # served, one time mix after it.  master(8) hears that requests were
+    # served once, STATUS_WITHIN after the first, however many turns
+    # served them; and again after the next.
     prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
     mixed, told = [], []
     prng.mix_time = lambda: mixed.append(1)
@@ -85,20 +87,30 @@ def test_time_and_master_status_come_once_per_turn_of_the_loop(tmp_path):
     server = Server(tlsmgr, prng, [], ipc_timeout=60, request_size_limit=65536,
                     connection_limit=100, client_buffer_limit=1 << 20, master=Master())
 
+    async def turn():
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
     async def turns():
         server.loop = asyncio.get_running_loop()
         for _ in range(8):                  # eight connections answered in one turn
             server.served()
-        server.active()
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        assert (len(mixed), len(told)) == (1, 1)
-        server.active()                     # input, no reply: the time only
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await turn()
+        server.served()                     # and one in the next
+        await turn()
+        assert (len(mixed), len(told)) == (2, 0)
+        # The report's timer comes before this sleep's, being due first.
+        await asyncio.sleep(2 * STATUS_WITHIN)
         assert (len(mixed), len(told)) == (2, 1)
+        server.active()                     # input, no reply: the time only
+        await turn()
+        await asyncio.sleep(2 * STATUS_WITHIN)
+        assert (len(mixed), len(told)) == (3, 1)
+        server.served()
+        await asyncio.sleep(2 * STATUS_WITHIN)
+        assert (len(mixed), len(told)) == (4, 2)
 
-    asyncio.run(turns())
+    asyncio.run(asyncio.wait_for(turns(), 30))
 
 
 def test_updates_held_by_the_store_reach_the_file_soon_after_without_more_requests(tmp_path):

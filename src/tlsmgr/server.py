@@ -43,6 +43,12 @@ _RESERVED_FILES = 64    # descriptors kept for caches, logging, Redis and the li
 # listens with about default_process_limit, and asyncio would listen again
 # with 100: a burst of smtpd processes starting at once is larger.
 LISTEN_BACKLOG = 65535
+# master(8) hears that requests were served (a busy/idle pair on its status
+# channel) within this many seconds of the first, once however many were
+# served meanwhile: Postfix's servers tell it around each request, but to
+# master that is gossip (master_status.c), and under load a pair a turn
+# costs a write and a wake-up of master ten thousand times a second.
+STATUS_WITHIN = 0.01
 # Since Python 3.13, asyncio and uvloop remove a UNIX server's socket file
 # when the server or the loop closes.  Under master(8) that file is master's
 # private/tlsmgr, which master keeps and hands to the next process: without
@@ -141,7 +147,7 @@ class Server:
         self.memory = ClientMemory(client_buffer_limit, stats)
         self.master = master
         self._turn_due = False             # _after_turn() is on its way
-        self._status_due = False           # ... and will tell master that requests were served
+        self._status_due = False           # _tell_master() is on its way
         self._commit_due = False           # _commit() is on its way
         self.watchdog = watchdog
         # For requests that may wait on the network; threads start on demand.
@@ -197,11 +203,12 @@ class Server:
         return self.exit_status or 0
 
     def served(self) -> None:
-        """Requests were answered: master(8) is told, as Postfix's servers
-        tell it around each request, once per turn of the event loop
-        however many connections it served."""
-        self._status_due = True
-        if not self._turn_due:           # once a turn: served() is on every request's path
+        """Requests were answered: master(8) is told within STATUS_WITHIN,
+        once however many were answered meanwhile."""
+        if not self._status_due:         # served() is on every request's path
+            self._status_due = True
+            self.loop.call_later(STATUS_WITHIN, self._tell_master)
+        if not self._turn_due:
             self.active()
 
     def active(self) -> None:
@@ -215,10 +222,6 @@ class Server:
     def _after_turn(self) -> None:
         self._turn_due = False
         self.prng.mix_time()
-        if self._status_due:
-            self._status_due = False
-            if self.master is not None:
-                self.master.served()
         # Updates, cleanup and flushes leave writes held (stores/lmdb.py).
         # A loop, not any(): this runs at every turn, and a generator
         # costs as much again as the rest.
@@ -228,6 +231,11 @@ class Server:
                     self._commit_due = True
                     self.loop.call_later(COMMIT_WITHIN, self._event, self._commit)
                     break
+
+    def _tell_master(self) -> None:
+        self._status_due = False
+        if self.master is not None:
+            self.master.served()
 
     def _commit(self) -> None:
         self._commit_due = False
