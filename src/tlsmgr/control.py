@@ -62,6 +62,7 @@ def snapshot(sources: Sources) -> dict[str, Any]:
     now = time.time()
     caches = {cache.label: cache.stats() for cache in sources.caches}
     stats = tlsmgr.stats
+    stats.settle()
     errors = dict(stats.errors)
     store_errors = sum(cache.store_errors for cache in sources.caches)
     if store_errors:

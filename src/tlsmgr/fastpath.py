@@ -6,7 +6,8 @@ counts it, answers it as protocol.Tlsmgr does (a cache request by the
 cache's own method, its reply joined from protocol.CACHE_REPLIES; tktkey
 and seed by the reply function the pure path calls too), writes the reply
 and records its latency, all in one call from Connection.data_received():
-a dozen Python calls fewer per request.  What it is not sure of, it
+a dozen Python calls fewer per request.  It counts in C, and adds its
+counts into stats.Stats when they are read (Stats.settle()).  What it is not sure of, it
 leaves untouched to the pure path (connection.py, attr.py, protocol.py),
 which reads the same bytes from the start.
 
@@ -51,4 +52,5 @@ def answerer(tlsmgr: Tlsmgr, size_limit: int) -> Answer | None:
     stats = tlsmgr.stats
     path = FastPath(size_limit, stats.requests, stats.latency, LATENCY_BOUNDS, caches,
                     CACHE_REPLIES, replies, tlsmgr.failure)
+    stats.kept_elsewhere.append(path.settle)
     return path.answer

@@ -3,9 +3,9 @@
 The request handler (protocol.py) counts requests by name and the errors
 it meets; the server (server.py) counts connections and the errors of its
 clients (timeouts, limits, requests a store did not answer in time);
-control.snapshot() and the metrics read it.  daemon.py makes the one
-record and hands it to both.  The caches keep their own counts
-(scache.py), since each is its own.
+control.snapshot() and the metrics read it, after settle().  daemon.py
+makes the one record and hands it to both.  The caches keep their own
+counts (scache.py), since each is its own.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import bisect
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .attr import Message
@@ -68,6 +68,15 @@ class Stats:
     # From a request read whole to its reply written, by request name (the
     # names the handler knows; any other is b"unknown").
     latency: dict[bytes, Histogram] = field(default_factory=dict)
+    # Requests and latencies counted elsewhere, where it costs less (the
+    # compiled path's: fastpath.py), each added in here by its function.
+    kept_elsewhere: list[Callable[[], None]] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """Add in what is counted elsewhere: whoever reads requests or
+        latency calls this first."""
+        for add_in in self.kept_elsewhere:
+            add_in()
 
     def known_requests(self, names: Iterable[bytes]) -> None:
         for name in (*names, b"unknown"):
