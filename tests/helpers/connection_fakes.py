@@ -49,11 +49,11 @@ class FakeLoop:
 PATHS = ("pure", "compiled") if fastpath.COMPILED else ("pure",)
 
 
-def make_shared(path="pure"):
+def make_shared(path="pure", size_limit=CONNECTION_SIZE_LIMIT):
     """The state a Connection shares with others, around a FakeLoop and
     the request handler of fuzz/invariants.py, answering on the path named
-    (PATHS).  The budgets are real but never reached: the limits are not
-    under test here."""
+    (PATHS), requests of up to size_limit bytes.  The budgets are real but
+    never reached: the limits are not under test here."""
     tlsmgr = invariants.make_tlsmgr()
     return Shared(
         tlsmgr, tlsmgr.stats, FakeLoop(),
@@ -62,8 +62,8 @@ def make_shared(path="pure"):
         memory=ClientMemory(1 << 62, tlsmgr.stats),
         served=lambda: None, active=lambda: None,
         control_uids=set(),             # nobody may send control requests
-        ipc_timeout=3600, request_size_limit=CONNECTION_SIZE_LIMIT, worker_deadline=1.0,
-        answer=fastpath.answerer(tlsmgr, CONNECTION_SIZE_LIMIT) if path == "compiled" else None)
+        ipc_timeout=3600, request_size_limit=size_limit, worker_deadline=1.0,
+        answer=fastpath.answerer(tlsmgr, size_limit) if path == "compiled" else None)
 
 
 class FakeTransport:
@@ -117,9 +117,9 @@ class FakeTransport:
         return None
 
 
-def connect(high_water, path="pure"):
+def connect(high_water, path="pure", size_limit=CONNECTION_SIZE_LIMIT):
     """A Connection on a FakeTransport: (its Shared, it, the transport)."""
-    shared = make_shared(path)
+    shared = make_shared(path, size_limit)
     connection = Connection(shared)
     transport = FakeTransport(high_water)
     transport.protocol = connection
