@@ -33,6 +33,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -101,17 +102,33 @@ static PyObject *sum_name;      /* "sum", interned */
 static const char base64_letters[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/* The two letters of each 12 bits: half as many lookups per group of three
- * bytes as one letter at a time.  Filled from base64_letters at import. */
+/* Two letters at a time, both ways: half as many lookups as one letter at
+ * a time.  The encoder's table gives the two letters of each 12 bits; the
+ * decoder's, indexed by two bytes (the first times 256), their 12 bits, or
+ * -1 unless both are letters.  Filled from base64_letters at import: 136
+ * KiB, of which the 4096 pairs of letters touch some 12. */
 static char base64_pairs[1 << 12][2];
+static int16_t base64_pair_values[1 << 16];
 
 static void
 fill_base64_pairs(void)
 {
+    memset(base64_pair_values, 0xff, sizeof base64_pair_values);      /* -1 */
     for (int bits = 0; bits < 1 << 12; bits++) {
-        base64_pairs[bits][0] = base64_letters[bits >> 6];
-        base64_pairs[bits][1] = base64_letters[bits & 63];
+        unsigned char first = base64_letters[bits >> 6], second = base64_letters[bits & 63];
+        base64_pairs[bits][0] = (char) first;
+        base64_pairs[bits][1] = (char) second;
+        base64_pair_values[first << 8 | second] = (int16_t) bits;
     }
+}
+
+/* Eight bytes read as one big-endian number (compilers make this one load). */
+static inline uint64_t
+big_endian_64(const unsigned char *in)
+{
+    return (uint64_t) in[0] << 56 | (uint64_t) in[1] << 48 | (uint64_t) in[2] << 40
+        | (uint64_t) in[3] << 32 | (uint64_t) in[4] << 24 | (uint64_t) in[5] << 16
+        | (uint64_t) in[6] << 8 | (uint64_t) in[7];
 }
 
 PyDoc_STRVAR(encode_base64_doc,
@@ -137,6 +154,14 @@ base64_into(char *out, const unsigned char *in, Py_ssize_t length)
 {
     Py_ssize_t i = 0;
 
+    /* Six bytes at a time while eight can be read: the top 48 bits. */
+    for (; i + 8 <= length; i += 6, out += 8) {
+        uint64_t bits = big_endian_64(in + i);
+        memcpy(out, base64_pairs[bits >> 52], 2);
+        memcpy(out + 2, base64_pairs[bits >> 40 & 0xfff], 2);
+        memcpy(out + 4, base64_pairs[bits >> 28 & 0xfff], 2);
+        memcpy(out + 6, base64_pairs[bits >> 16 & 0xfff], 2);
+    }
     for (; i + 2 < length; i += 3, out += 4) {
         unsigned long group = (unsigned long) in[i] << 16 | in[i + 1] << 8 | in[i + 2];
         memcpy(out, base64_pairs[group >> 12], 2);
@@ -246,15 +271,15 @@ decode_base64(Text text, int *malformed)
         return NULL;
     }
     unsigned char *out = (unsigned char *) PyBytes_AS_STRING(decoded);
-    /* Checked as it is decoded, a group at a time: a value is -1 for what
-     * is not a letter (an "=" too), so that one test covers the group. */
+    /* Checked as it is decoded, a group at a time: a pair's value is -1
+     * unless both are letters (an "=" is not), so that one test covers the
+     * group. */
     for (Py_ssize_t groups = length / 4 - (padding > 0); groups > 0; groups--) {
-        int a = base64_value[in[0]] - 1, b = base64_value[in[1]] - 1,
-            c = base64_value[in[2]] - 1, d = base64_value[in[3]] - 1;
-        if ((a | b | c | d) < 0)
+        int high = base64_pair_values[in[0] << 8 | in[1]],
+            low = base64_pair_values[in[2] << 8 | in[3]];
+        if ((high | low) < 0)
             goto not_base64;
-        unsigned long group = (unsigned long) a << 18 | (unsigned long) b << 12
-            | (unsigned long) c << 6 | (unsigned long) d;
+        unsigned long group = (unsigned long) high << 12 | (unsigned long) low;
         out[0] = (unsigned char) (group >> 16);
         out[1] = (unsigned char) (group >> 8);
         out[2] = (unsigned char) group;
