@@ -105,8 +105,11 @@ static const char base64_letters[] =
 /* Two letters at a time, both ways: half as many lookups as one letter at
  * a time.  The encoder's table gives the two letters of each 12 bits; the
  * decoder's, indexed by two bytes (the first times 256), their 12 bits, or
- * -1 unless both are letters.  Filled from base64_letters at import: 136
- * KiB, of which the 4096 pairs of letters touch some 12. */
+ * -1 unless both are letters.  Filled from base64_letters at import; the
+ * decoder's is 128 KiB of memory, of which lookups read some 12 (where
+ * the 4096 pairs of letters are).  -1 rather than a 0 for "not letters",
+ * which would leave the rest untouched, since the test for it would cost
+ * four instructions a group more. */
 static char base64_pairs[1 << 12][2];
 static int16_t base64_pair_values[1 << 16];
 
