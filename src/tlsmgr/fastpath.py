@@ -7,9 +7,9 @@ cache's own method, its reply joined from protocol.CACHE_REPLIES; tktkey
 and seed by the reply function the pure path calls too), writes the reply
 and records its latency, all in one call from Connection.data_received():
 a dozen Python calls fewer per request.  It counts in C, and adds its
-counts into stats.Stats when they are read (Stats.settle()).  What it is not sure of, it
-leaves untouched to the pure path (connection.py, attr.py, protocol.py),
-which reads the same bytes from the start.
+counts into stats.Stats when they are read (Stats.settle()).  What it is
+not sure of, it leaves untouched to the pure path (connection.py,
+attr.py, protocol.py), which reads the same bytes from the start.
 
 ``pip install .`` compiles it where a C compiler and Python's headers are
 at hand, and leaves it out otherwise (setup.py); the daemon then runs on
