@@ -11,7 +11,8 @@ that hits, one that misses, an update, a tktkey, a seed) is sent one request per
 data_received() to a connection.Connection on a transport that only keeps
 what is written, with a memory store (or ``--store lmdb``, the daemon's
 file store), as a client that never pipelines
-does, with sessions of --size bytes, with the cyclic garbage collector off (as good as the daemon's
+does, with sessions of --size bytes, under the daemon's request size
+limit, with the cyclic garbage collector off (as good as the daemon's
 frozen, seldom-run one), and the daemon's PRNG (seed replies, and the
 time mixed in after each turn of the event loop: here, each request).
 With no event loop to commit them every millisecond, the LMDB store's
@@ -57,14 +58,14 @@ def requests(kind: str, size: int) -> list[tuple[str, str | bytes]]:
 def run_loop(path: str, store: str, kind: str, count: int, size: int) -> None:
     """The measured program: count requests of a kind through a Connection."""
     sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
-    from helpers.connection_fakes import connect  # noqa: PLC0415
+    from helpers.connection_fakes import DAEMON_SIZE_LIMIT, connect  # noqa: PLC0415
 
     from tlsmgr.attr import encode  # noqa: PLC0415
     from tlsmgr.prng import Prng  # noqa: PLC0415
     from tlsmgr.stores.lmdb import LmdbStore  # noqa: PLC0415
 
-    # The daemon's default request size limit (tlsmgr_request_size_limit).
-    shared, connection, transport = connect(high_water=1 << 30, path=path, size_limit=65536)
+    shared, connection, transport = connect(high_water=1 << 30, path=path,
+                                            size_limit=DAEMON_SIZE_LIMIT)
     if store == "lmdb":
         shared.tlsmgr.caches[b"smtpd"].store = LmdbStore(
             os.path.join(tempfile.mkdtemp(prefix="tlsmgr-instructions-"), "smtpd_scache"))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
-from helpers.connection_fakes import connect
+from helpers.connection_fakes import DAEMON_SIZE_LIMIT, connect
 from helpers.request_strategies import invariants, messages
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -294,7 +294,7 @@ def test_a_session_saved_on_the_compiled_path_is_found_as_it_was(session):
     # Both base64 directions in C, every length modulo 6 (the encoder's
     # step) and 3 (padding 0, 1, 2), in a request the daemon's default
     # size limit allows.
-    shared, _, _ = connect(10**9, "compiled", size_limit=65536)
+    shared, _, _ = connect(10**9, "compiled", size_limit=DAEMON_SIZE_LIMIT)
     replies = []
     update = wire(("request", "update"), ("cache_type", "smtpd"), ("cache_id", "k"),
                   ("session", session))

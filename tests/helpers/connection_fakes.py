@@ -4,11 +4,15 @@ and applies flow control as asyncio's do.  Used by tests/test_server.py and
 benchmarks/instructions.py."""
 
 from helpers.request_strategies import invariants
-from tlsmgr import fastpath
+from tlsmgr import config, fastpath
 from tlsmgr.connection import Connection, Shared
 from tlsmgr.limits import ClientMemory, ConnectionTable
 
 CONNECTION_SIZE_LIMIT = 1024
+# The daemon's own (tlsmgr_request_size_limit's default), for requests as
+# big as real ones: a session of 2048 bytes is over CONNECTION_SIZE_LIMIT.
+DAEMON_SIZE_LIMIT = int(next(parameter.default for parameter in config.PARAMETERS
+                             if parameter.name == "tlsmgr_request_size_limit"))
 
 
 class FakeTimer:
