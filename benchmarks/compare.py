@@ -18,6 +18,11 @@ Each cell is also measured against benchmarks/responder.c, a C server on
 the same kind of socket that answers every request with a reply made once
 at start and does nothing else: the limit of this machine, the kernel's
 and an event loop's share alone.  ``ours/limit`` says how near it we are.
+Cells that update (update, mix) are measured once more against the same
+responder built with LMDB (liblmdb-dev), which puts each update's bytes
+into an LMDB file as our lmdb: store does, and does nothing else: a limit
+that also writes, ``ours/wlimit``.  Without liblmdb-dev that column is left
+out, and the run says so.
 
 Prints the machine, the command line and a table; ``--json`` writes every
 raw measurement too.  Every daemon is stopped by its pid and every
@@ -50,6 +55,7 @@ from helpers import harness  # noqa: E402  (tests/helpers/harness.py: how daemon
 
 WORKLOADS = ["lookup-miss", "lookup-hit", "mix", "update", "seed", "tktkey"]
 SIZED = {"lookup-hit", "mix", "update"}         # the others carry no session
+WRITING = {"mix", "update"}                     # measured against the writing limit too
 CONNECTIONS = [1, 8, 64]
 SIZES = [300, 2048]
 QUICK = [("lookup-miss", 1, 300), ("lookup-hit", 1, 300), ("lookup-hit", 8, 2048),
@@ -82,6 +88,7 @@ class Settings:
     ours_params: dict[str, str] = field(default_factory=dict)
     ours_source: Path | None = None     # the snapshot of our package
     responder: Path | None = None       # benchmarks/responder.c, built
+    writing_responder: Path | None = None   # the same with LMDB, if it could be built
     cell: Cell | None = None            # the one being measured (for the responder)
 
 
@@ -195,13 +202,16 @@ def start(kind: str, workdir: Path, settings: Settings) -> harness.Daemon:
         daemon = harness.start_as_master_does(
             [harness.STOCK_TLSMGR], workdir, "stock", **harness.postfix_dirs(workdir),
             smtpd_tls_session_cache_database=STOCK_TABLE)
-    elif kind == "limit":
-        assert settings.responder is not None and settings.cell is not None
-        daemon = harness.start_as_master_does(
-            [str(settings.responder), "--lookup",
-             "miss" if settings.cell.workload == "lookup-miss" else "hit",
-             "--size", str(settings.cell.size)], workdir, "limit",
-            **harness.postfix_dirs(workdir))
+    elif kind in ("limit", "wlimit"):
+        responder = settings.responder if kind == "limit" else settings.writing_responder
+        assert responder is not None and settings.cell is not None
+        command = [str(responder), "--lookup",
+                   "miss" if settings.cell.workload == "lookup-miss" else "hit",
+                   "--size", str(settings.cell.size)]
+        if kind == "wlimit":
+            command += ["--store", str(workdir / "smtpd_scache.lmdb")]
+        daemon = harness.start_as_master_does(command, workdir, kind,
+                                              **harness.postfix_dirs(workdir))
     else:
         daemon = harness.start_ours_as_master_does(
             workdir, wait=False,
@@ -211,12 +221,15 @@ def start(kind: str, workdir: Path, settings: Settings) -> harness.Daemon:
     return daemon
 
 
-def build_responder(directory: Path) -> Path:
-    """benchmarks/responder.c, the no-work server, compiled into directory."""
-    binary = directory / "responder"
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(BENCHMARKS / "responder.c")],
-                   check=True, timeout=120)
-    return binary
+def build_responder(directory: Path, writing: bool = False) -> Path | None:
+    """benchmarks/responder.c, the no-work server, compiled into directory;
+    with ``writing``, built with LMDB, or None where liblmdb-dev is missing."""
+    binary = directory / ("responder-lmdb" if writing else "responder")
+    flags = ["-DWITH_LMDB"] if writing else []
+    built = subprocess.run(["gcc", "-O2", "-Wall", *flags, "-o", str(binary),
+                            str(BENCHMARKS / "responder.c"), *(["-llmdb"] if writing else [])],
+                           check=not writing, timeout=120, capture_output=writing)
+    return binary if built.returncode == 0 else None
 
 
 def stop(daemon: harness.Daemon) -> int:
@@ -319,7 +332,8 @@ def disturbed(result: dict) -> bool:
 
 def measure_cell(loadgen: Path, cell: Cell, settings: Settings, scratch: Path,
                  retries: int) -> dict:
-    """Both daemons under one cell's load, stock first, then the limit.
+    """Both daemons under one cell's load, stock first, then the limit (and
+    the writing limit, for a cell that updates, where it was built).
 
     The machine may be shared: when other work took CPU time during either
     measurement, the pair is measured again (up to ``retries`` times) after
@@ -330,8 +344,10 @@ def measure_cell(loadgen: Path, cell: Cell, settings: Settings, scratch: Path,
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(2)
-        pair = {kind: measure(kind, loadgen, cell, settings, scratch)
-                for kind in ("stock", "ours", "limit")}
+        kinds = ["stock", "ours", "limit"]
+        if cell.workload in WRITING and settings.writing_responder is not None:
+            kinds.append("wlimit")
+        pair = {kind: measure(kind, loadgen, cell, settings, scratch) for kind in kinds}
         attempts.append(pair)
         if not any(disturbed(result) for result in pair.values()):
             break
@@ -348,7 +364,9 @@ def latency(result: dict) -> str:
     return "%.0f/%.0f/%.0f" % (lat["p50"], lat["p99"], lat["p99.9"])
 
 
-def throughput(result: dict) -> str:
+def throughput(result: dict | None) -> str:
+    if result is None:
+        return "-"
     return "FAILED" if "failed" in result else "%.0f" % result["throughput"]
 
 
@@ -374,27 +392,31 @@ def trouble(result: dict) -> str:
 COLUMNS = [("workload", "%-11s"), ("conns", "%5s"), ("size", "%5s"),
            ("stock req/s", "%11s"), ("ours req/s", "%10s"), ("ours/stock", "%10s"),
            ("limit req/s", "%11s"), ("ours/limit", "%10s"),
+           ("wlimit req/s", "%12s"), ("ours/wlimit", "%11s"),
            ("stock p50/p99/p99.9 us", "%22s"), ("ours p50/p99/p99.9 us", "%21s"),
            ("gen CPU st/ours", "%15s"), ("daemon CPU st/ours", "%18s"),
            ("other CPU st/ours", "%17s"), ("notes", "%s")]
 
 
-def ratio(ours: dict, other: dict) -> str:
-    if "throughput" in other and "throughput" in ours and other["throughput"] > 0:
+def ratio(ours: dict, other: dict | None) -> str:
+    if other and "throughput" in other and "throughput" in ours and other["throughput"] > 0:
         return "%.2f" % (ours["throughput"] / other["throughput"])
     return "-"
 
 
-def row(cell: Cell, stock: dict, ours: dict, limit: dict, attempts: int = 1) -> str:
+def row(cell: Cell, stock: dict, ours: dict, limit: dict, wlimit: dict | None = None,
+        attempts: int = 1) -> str:
     notes = "; ".join("%s: %s" % (name, text)
                       for name, text in (("stock", trouble(stock)), ("ours", trouble(ours)),
-                                         ("limit", trouble(limit)))
+                                         ("limit", trouble(limit)),
+                                         ("wlimit", trouble(wlimit or {})))
                       if text)
     if attempts > 1:
         notes = "; ".join(filter(None, ["attempt %d" % attempts, notes]))
     values = [cell.workload, cell.conns, cell.size if cell.workload in SIZED else "-",
               throughput(stock), throughput(ours), ratio(ours, stock),
-              throughput(limit), ratio(ours, limit), latency(stock), latency(ours),
+              throughput(limit), ratio(ours, limit), throughput(wlimit), ratio(ours, wlimit),
+              latency(stock), latency(ours),
               "%s/%s" % (share(stock, "cpu_share"), share(ours, "cpu_share")),
               "%s/%s" % (share(stock, "server_cpu_share"), share(ours, "server_cpu_share")),
               "%s/%s" % (share(stock, "other_cpu_share"), share(ours, "other_cpu_share")),
@@ -503,12 +525,17 @@ def main(argv=None) -> int:
         print_machine(info, settings)
         loadgen = harness.build_loadgen(scratch)
         settings.responder = build_responder(scratch)
+        settings.writing_responder = build_responder(scratch, writing=True)
+        if settings.writing_responder is None and any(cell.workload in WRITING
+                                                      for cell in cells):
+            print("wlimit:  not measured: benchmarks/responder.c did not build with LMDB "
+                  "(apt-get install liblmdb-dev)\n")
         print(header(), flush=True)
         for cell in cells:
             result = measure_cell(loadgen, cell, settings, scratch, args.retries)
             results.append(result)
             print(row(cell, result["stock"], result["ours"], result["limit"],
-                      result["attempts"]), flush=True)
+                      result.get("wlimit"), result["attempts"]), flush=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -528,7 +555,7 @@ def write_json(path: str, info: dict, settings: Settings, results: list) -> None
     with open(path, "w") as out:
         # (ours_source is a temporary path: the digest in info names it.)
         plain = {name: value for name, value in settings.__dict__.items()
-                 if name not in ("ours_source", "responder", "cell")}
+                 if name not in ("ours_source", "responder", "writing_responder", "cell")}
         json.dump({"machine": info, "settings": plain,
                    "stock_table": STOCK_TABLE, "results": results}, out, indent=1)
         out.write("\n")
