@@ -225,9 +225,9 @@ def build_responder(directory: Path, writing: bool = False) -> Path | None:
     """benchmarks/responder.c, the no-work server, compiled into directory;
     with ``writing``, built with LMDB, or None where liblmdb-dev is missing."""
     binary = directory / ("responder-lmdb" if writing else "responder")
-    flags = ["-DWITH_LMDB"] if writing else []
-    built = subprocess.run(["gcc", "-O2", "-Wall", *flags, "-o", str(binary),
-                            str(BENCHMARKS / "responder.c"), *(["-llmdb"] if writing else [])],
+    lmdb = ["-DWITH_LMDB", "-llmdb"] if writing else []      # -l after the source
+    built = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary),
+                            str(BENCHMARKS / "responder.c"), *lmdb],
                            check=not writing, timeout=120, capture_output=writing)
     return binary if built.returncode == 0 else None
 
