@@ -183,19 +183,28 @@ def enter_jail(root_dir: str | None, user: str | None) -> None:
 
 class effective_ids:
     """Create files as another user, like Postfix's SAVE_AND_SET_EUGID:
-    root stays the real user and comes back afterwards."""
+    root stays the real user and comes back afterwards.
+
+    The supplementary groups go too, as set_eugid(3) does: master(8) runs
+    with root's (group 0 on Debian), and a file that mail_owner may not
+    touch but group 0 may (root:root 0660, say) would otherwise be opened
+    through a symbolic link that mail_owner planted in its own directory.
+    """
 
     def __init__(self, uid: int, gid: int):
         self.uid, self.gid = uid, gid
 
     def __enter__(self) -> None:
-        self.saved = os.geteuid(), os.getegid()
+        self.saved = os.geteuid(), os.getegid(), os.getgroups()
+        os.setgroups([self.gid])          # while still root
         os.setegid(self.gid)
         os.seteuid(self.uid)
 
     def __exit__(self, *exc: object) -> None:
-        os.seteuid(self.saved[0])
-        os.setegid(self.saved[1])
+        uid, gid, groups = self.saved
+        os.seteuid(uid)
+        os.setegid(gid)
+        os.setgroups(groups)
 
 
 # Modules that would otherwise be imported lazily, while serving.

@@ -16,6 +16,8 @@ SIGINT save the PRNG state and end the process with status 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import gc
 import os
 import resource
@@ -30,7 +32,7 @@ from typing import Any
 from . import fastpath, log
 from .connection import Connection, Shared
 from .limits import ClientMemory, ConnectionTable
-from .master import StatusChannel, Watchdog
+from .master import StatusChannel, Watchdog, effective_ids
 from .prng import MustExit, Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache
@@ -89,24 +91,30 @@ def listen_unix(path: str, owner: tuple[int, int] | None = None) -> socket.socke
     """A listening UNIX-domain socket at path, for stand-alone mode.
 
     A stale socket from an earlier run is replaced.  The socket is private
-    (0600): the clients are Postfix processes running as mail_owner, who
-    owns it when we start as root (owner is then mail_owner's uid and gid).
+    (0600): the clients are Postfix processes running as mail_owner.  When
+    we start as root, owner is mail_owner's uid and gid, and the socket is
+    made with those effective ids, as master(8) makes its sockets: never
+    made by root and then chowned, for between bind(2) and chown(2) whoever
+    may write the directory can put a symbolic link in its place, and
+    chown(2) follows it.
     """
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+    ids = effective_ids(*owner) if owner is not None else contextlib.nullcontext()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     umask = os.umask(0o177)           # private from the moment it exists
     try:
-        sock.bind(path)
-        if owner is not None:
-            os.chown(path, *owner)
+        with ids:
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            sock.bind(path)
         sock.listen(LISTEN_BACKLOG)
     except OSError as err:
         sock.close()
-        log.fatal("bind %s: %s", path, err.strerror)
+        hint = (" (the socket is made as mail_owner: its directory must be writable "
+                "by mail_owner)" if owner is not None and err.errno == errno.EACCES else "")
+        log.fatal("bind %s: %s%s", path, err.strerror, hint)
     finally:
         os.umask(umask)
     return sock

@@ -102,22 +102,31 @@ def end_process(process: subprocess.Popen | None, sig=signal.SIGTERM,
 
 
 def start_ours(workdir: Path, *, extra_args=(), wait=True, main_cf: bytes | None = None,
-               **params) -> Daemon:
+               extra_groups: list[int] | None = None, **params) -> Daemon:
     """``tlsmgr --listen`` with a main.cf of params under workdir (or the
     main_cf bytes as they are).  Unless params say otherwise, whoever runs
     the tests stands in for mail_owner (as in dev/run-daemon), so that the
-    daemon may use workdir as it is."""
+    daemon may use workdir as it is.  Another mail_owner makes the socket
+    (as master(8) does), in a directory of its own, as Postfix's private/.
+    extra_groups are the daemon's supplementary groups (as root)."""
     params.setdefault("mail_owner", pwd.getpwuid(os.geteuid()).pw_name)
     conf = write_main_cf(workdir / "conf", **params)
     if main_cf is not None:
         (conf / "main.cf").write_bytes(main_cf)
     socket_path = workdir / "tlsmgr.sock"
+    if str(params["mail_owner"]) != pwd.getpwuid(os.geteuid()).pw_name:
+        sockets = workdir / "private"
+        sockets.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(sockets, str(params["mail_owner"]))
+        socket_path = sockets / "tlsmgr"
     log_path = workdir / "tlsmgr.log"
     env = dict(os.environ, MAIL_CONFIG=str(conf))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [PYTHON, "-m", "tlsmgr.daemon", "--listen", str(socket_path), *extra_args],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            extra_groups=extra_groups)
     daemon = Daemon(process, socket_path, log_path)
     if wait:
         wait_for(daemon.connectable, what="tlsmgr to listen")
