@@ -117,7 +117,7 @@ def test_a_key_past_its_decrypt_window_is_not_loaded(tmp_path):
         daemon.stop()
 
 
-def test_a_damaged_key_file_is_set_aside_and_new_keys_made(tmp_path):
+def test_a_damaged_key_file_is_removed_and_new_keys_made(tmp_path):
     (tmp_path / "data").mkdir()
     saved_ring(tmp_path / "data", a_key(int(time.time()) + 600))
     path = tmp_path / "data" / NAME
@@ -128,9 +128,10 @@ def test_a_damaged_key_file_is_set_aside_and_new_keys_made(tmp_path):
     try:
         with TlsmgrClient(str(daemon.socket_path)) as client:
             assert client.tktkey()[0] == 0
-        assert "warning: saved ticket keys %s are damaged: set aside as %s.damaged-" \
-               % (path, path) in daemon.log
-        assert [p.name for p in path.parent.iterdir() if ".damaged-" in p.name]
+        assert "warning: saved ticket keys %s are damaged: removed, starting with new keys" \
+               % path in daemon.log
+        # Never kept aside: it holds keys that decrypt old tickets.
+        assert not [p.name for p in path.parent.iterdir() if ".damaged-" in p.name]
     finally:
         daemon.stop()
 
@@ -144,8 +145,7 @@ def test_a_torn_or_half_written_key_file_is_never_used(tmp_path):
         saved = KeyFile(str(tmp_path))
         assert saved.load(TIMEOUT) == []
         saved.close()
-        for aside in tmp_path.glob(NAME + ".damaged-*"):
-            aside.unlink()
+        assert not (tmp_path / NAME).exists()
     # A kill -9 between writing the new file and renaming it: the old file
     # stands, and the half-made one is cleared away at the next start.
     (tmp_path / NAME).write_bytes(whole)
@@ -156,7 +156,7 @@ def test_a_torn_or_half_written_key_file_is_never_used(tmp_path):
     saved.close()
 
 
-def test_a_damaged_cache_file_is_set_aside_and_made_anew(tmp_path):
+def test_a_damaged_cache_file_is_removed_and_made_anew(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "smtpd_scache.lmdb").write_bytes(b"not an LMDB file" * 512)
     daemon = start_ours(tmp_path, **params(tmp_path))
@@ -166,7 +166,8 @@ def test_a_damaged_cache_file_is_set_aside_and_made_anew(tmp_path):
             assert client.lookup("smtpd", "sess1") == (0, b"new")
         assert "warning: cache file %s is damaged (" % (tmp_path / "data" / "smtpd_scache.lmdb") \
             in daemon.log
-        assert "set aside as %s.damaged-" % (tmp_path / "data" / "smtpd_scache.lmdb") in daemon.log
+        assert "): removed, starting anew" in daemon.log
+        assert not list((tmp_path / "data").glob("*.damaged-*"))
         assert "Traceback" not in daemon.log
     finally:
         daemon.stop()

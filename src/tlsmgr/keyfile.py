@@ -12,9 +12,10 @@ option is off.
 The file is replaced atomically (a new file, written and synced, renamed
 over the old one), so that kill -9 at any moment leaves either the old
 file or the new one; a file that is torn or altered anyway fails its
-digest and is set aside with a warning.  The directory is opened before
-the chroot jail, and the file is reached through it afterwards: the jail
-holds the queue directory, not data_directory.
+digest and is removed with a warning (never kept: it holds keys).  The
+directory is opened before the chroot jail, and the file is reached
+through it afterwards: the jail holds the queue directory, not
+data_directory.
 
 Layout: MAGIC (8 bytes), the number of keys (1 byte), the keys as the
 tktkey request sends them (88 bytes each), a SHA-256 digest of all that.
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from . import log
+from .leftovers import remove_damaged_copies
 from .tickets import KEY_SIZE, TicketKey, TicketKeyRing
 
 NAME = "tlsmgr_ticket_keys"
@@ -49,6 +51,7 @@ class KeyFile:
         self._saving = threading.Lock()
         # Reached through this descriptor once in the jail.
         self._directory = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        remove_damaged_copies(self.path)
         for name in os.listdir(self._directory):     # what a kill -9 left half-made
             if name.startswith(NAME + ".") and name.endswith(".new"):
                 try:
@@ -73,7 +76,7 @@ class KeyFile:
             os.close(fd)
         keys = self._parse(data)
         if keys is None:
-            self._set_aside()
+            self._remove_damaged()
             return []
         now = int(self._clock())
         return [key for key in keys if key.decrypts_until(timeout) > now]
@@ -90,16 +93,16 @@ class KeyFile:
             return None
         return [TicketKey.unpack(packed[i:i + KEY_SIZE]) for i in range(0, len(packed), KEY_SIZE)]
 
-    def _set_aside(self) -> None:
-        aside = "%s.damaged-%s" % (NAME, time.strftime("%Y%m%d-%H%M%S"))
+    def _remove_damaged(self) -> None:
+        # Not set aside: a copy would keep its keys on disk for good.
         try:
-            os.rename(NAME, aside, src_dir_fd=self._directory, dst_dir_fd=self._directory)
+            os.unlink(NAME, dir_fd=self._directory)
         except OSError as err:
-            log.warn("saved ticket keys %s are damaged, and cannot be set aside: %s",
+            log.warn("saved ticket keys %s are damaged, and cannot be removed: %s",
                      self.path, err.strerror)
             return
-        log.warn("saved ticket keys %s are damaged: set aside as %s, starting with new keys",
-                 self.path, os.path.join(os.path.dirname(self.path), aside))
+        log.warn("saved ticket keys %s are damaged: removed, starting with new keys",
+                 self.path)
 
     def save_ring(self, ring: TicketKeyRing) -> None:
         """Save the ring as it is when the file is written: of two saves
@@ -138,6 +141,7 @@ class KeyFile:
 def remove_saved_keys(directory: str) -> None:
     """With the option off: no key is left on disk from when it was on."""
     path = os.path.join(directory, NAME)
+    remove_damaged_copies(path)
     try:
         os.unlink(path)
     except FileNotFoundError:

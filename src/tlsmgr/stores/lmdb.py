@@ -8,7 +8,7 @@ is found at once for cleanup and eviction.  The file is made
 anew at start, as the stock daemon truncates its cache files, so nothing
 from a previous run (or a damaged file) is ever read; unless it is to be
 preserved (tlsmgr_preserve_sessions), when it is opened and checked, and
-a damaged one is set aside and made anew.  Durability across a crash is
+a damaged one is removed and made anew.  Durability across a crash is
 not wanted, so writes are not synced, and they are committed in groups
 (_HELD_AT_MOST below): after a crash the file holds what the last committed
 transactions wrote, which LMDB keeps consistent.
@@ -22,13 +22,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import lmdb
 
 from .. import log
+from ..leftovers import remove_damaged_copies
 from . import STAMP, Entry, Store, StoreError, unpack_entry
 
 T = TypeVar("T")
@@ -52,6 +52,7 @@ class LmdbStore(Store):
 
     def __init__(self, path: str, preserve: bool = False):
         self.path = path + SUFFIX
+        remove_damaged_copies(self.path)
         if not preserve:
             self._remove_files()
         # Counted here, not asked of LMDB: the file is ours alone, and the
@@ -65,7 +66,7 @@ class LmdbStore(Store):
         except (lmdb.Error, _Damaged) as err:
             if not preserve:
                 raise StoreError("cannot open cache file %s: %s" % (self.path, err)) from None
-            self._set_aside(err)
+            self._remove_damaged(err)
             try:
                 self._open()
             except lmdb.Error as again:
@@ -117,20 +118,14 @@ class LmdbStore(Store):
             raise _Damaged("%d entries, %d in the age index" % (count, indexed))
         return count, size
 
-    def _set_aside(self, err: Exception) -> None:
+    def _remove_damaged(self, err: Exception) -> None:
+        # Not set aside: a copy would keep its session secrets on disk for good.
         try:
             self._env.close()
         except AttributeError:
             pass                                  # never opened
-        aside = "%s.damaged-%s" % (self.path, time.strftime("%Y%m%d-%H%M%S"))
-        try:
-            os.rename(self.path, aside)
-        except OSError as rename_err:
-            raise StoreError("cannot set damaged cache file %s aside: %s"
-                             % (self.path, rename_err.strerror)) from None
         self._remove_files()
-        log.warn("cache file %s is damaged (%s): set aside as %s, starting anew",
-                 self.path, err, aside)
+        log.warn("cache file %s is damaged (%s): removed, starting anew", self.path, err)
 
     def _key(self, cache_id: bytes) -> bytes:
         # An id that starts with NUL could pass for a digest (_DIGEST_PREFIX).
