@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Container
@@ -41,6 +40,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .secretfile import SecretFileError, read_private_file
 
 SECRET_BYTES = 32
 PARAMETER = "tlsmgr_fleet_secret_file"
@@ -52,10 +53,6 @@ _TAG_BYTES = 16
 _HEADER = 1 + _ID_BYTES + _SALT_BYTES + _NONCE_BYTES
 _KEYS_KEPT = 64          # keys of other processes, derived once and kept
 _MAKE_ONE = "make one with: tlsmgr-ctl fleet-secret"
-
-
-class SecretFileError(Exception):
-    """The secret file cannot be used; the message says why and what to do."""
 
 
 class NotOpened(Exception):
@@ -136,28 +133,10 @@ class Seal:
 def read_secret_file(path: str, owners: Container[int]) -> Seal:
     """The Seal of a secret file; raises SecretFileError.
 
-    The file must be a regular file owned by one of ``owners`` (root and
-    mail_owner) that neither group nor others may read or write."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY)
-    except OSError as err:
-        raise SecretFileError("cannot open: %s" % (err.strerror or err)) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SecretFileError("is not a regular file")
-        if info.st_mode & 0o077:
-            raise SecretFileError("may be read or written by group or others "
-                                  "(mode %04o); chmod 600 it" % stat.S_IMODE(info.st_mode))
-        if info.st_uid not in owners:
-            raise SecretFileError("is owned by uid %d, not by root or mail_owner; "
-                                  "chown root it" % info.st_uid)
-        with os.fdopen(os.dup(fd), "rb") as file:
-            text = file.read(1 << 16)
-    finally:
-        os.close(fd)
+    The file must be private, as secretfile.py checks: owned by one of
+    ``owners`` (root and mail_owner)."""
     secrets = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(read_private_file(path, owners).splitlines(), 1):
         line = line.split(b"#", 1)[0].strip()
         if not line:
             continue
