@@ -27,6 +27,8 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from . import log
+from .stores import redact_table
+from .stores.redis_url import MASK, redact_url
 
 DEFAULT_CONFIG_DIRECTORY = "/etc/postfix"
 CACHE_LABELS = ("smtpd", "smtp", "lmtp")
@@ -42,14 +44,20 @@ class Parameter(NamedTuple):
 
     name: str
     default: str
-    kind: str = "str"  # "str", "int", "time" (converted to seconds) or "bool"
+    # "str", "int", "time" (converted to seconds) or "bool"; or text shown
+    # only in part: "table" (a type:name table, shown without the password
+    # of a redis: URL) or "secret" (never shown).
+    kind: str = "str"
     min: int | None = None
     max: int | None = None
 
 
+_TEXT_KINDS = ("str", "table", "secret")
+
+
 def _cache_parameters(label: str) -> tuple[Parameter, ...]:
     return (
-        Parameter(f"{label}_tls_session_cache_database", ""),
+        Parameter(f"{label}_tls_session_cache_database", "", "table"),
         Parameter(f"{label}_tls_session_cache_timeout", "3600s", "time", 0, 8640000),
         Parameter(f"{label}_tls_loglevel", "0"),
         # Ours: the bounds the stock daemon lacks (0 means no bound).
@@ -102,7 +110,10 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("tlsmgr_client_buffer_limit", "16777216", "int", 65536),
     # Ours: caches on Redis (redis: tables).
     Parameter("tlsmgr_redis_key_prefix", "tlsmgr:"),
-    Parameter("tlsmgr_redis_password", ""),
+    Parameter("tlsmgr_redis_username", ""),
+    # main.cf is world-readable: the password file is the private place.
+    Parameter("tlsmgr_redis_password", "", "secret"),
+    Parameter("tlsmgr_redis_password_file", ""),
     Parameter("tlsmgr_redis_timeout_ms", "250", "int", 1),
     # Ours: the fleet's secrets, which seal what goes to Redis (seal.py);
     # empty: stored as it is, unprotected.
@@ -116,6 +127,7 @@ PARAMETERS: tuple[Parameter, ...] = (
 )
 
 _DEFAULTS = {p.name: p.default for p in PARAMETERS}
+_KINDS = {p.name: p.kind for p in PARAMETERS}
 
 
 @dataclass(frozen=True)
@@ -163,7 +175,9 @@ class Config:
     tlsmgr_connection_limit: int
     tlsmgr_client_buffer_limit: int
     tlsmgr_redis_key_prefix: str
+    tlsmgr_redis_username: str
     tlsmgr_redis_password: str
+    tlsmgr_redis_password_file: str
     tlsmgr_redis_timeout_ms: int
     tlsmgr_fleet_secret_file: str
     tlsmgr_preserve_sessions: bool
@@ -198,7 +212,7 @@ def parse_main_cf(text: str, source: str) -> dict[str, str]:
         old = params.get(name)
         if old is not None and old != value:
             log.warn("%s, line %d: overriding earlier entry: %s=%s",
-                     source, lineno, name, old)
+                     source, lineno, name, shown_value(name, old))
         params[name] = value
     return params
 
@@ -407,7 +421,7 @@ def _seconds(text: str) -> int | None:
 
 def _convert(param: Parameter, value: str) -> str | int | bool:
     """Return the typed value of a parameter, or exit with Postfix's message."""
-    if param.kind == "str":
+    if param.kind in _TEXT_KINDS:
         return value
     if param.kind == "bool":
         # As Postfix's get_mail_conf_bool(): yes or no, in any case.
@@ -494,7 +508,7 @@ def load(config_directory: str | None = None, overrides: Sequence[str] = (),
             # Stock tlsmgr never evaluates the parameters it does not use,
             # so a value meant for another daemon must not stop this one.
             if name in _DEFAULTS:
-                log.fatal("parameter %s: %s", name, err)
+                log.fatal("parameter %s: %s", name, _error_shown(name, str(err)))
 
     # Each value is of its parameter's kind: str, or int for int and time.
     typed: dict[str, Any] = {p.name: _convert(p, params[p.name]) for p in PARAMETERS}
@@ -517,6 +531,30 @@ def _default_cache_db_type(settings: Mapping[str, str]) -> str:
     return "lmdb" if database_type == "lmdb" else "btree"
 
 
+# --- what may be shown ----------------------------------------------------
+
+def shown_value(name: str, value: str) -> str:
+    """A parameter's value as --show-config and log lines show it: a
+    secret's masked, and a redis: table's URL without its password."""
+    kind = _KINDS.get(name)
+    if kind == "secret":
+        return MASK if value else value
+    if kind == "table":
+        return redact_table(value)
+    return value
+
+
+def _error_shown(name: str, text: str) -> str:
+    """An error about a parameter's value, which quotes the value, or one
+    that it refers to, as shown_value() would show them."""
+    kind = _KINDS.get(name)
+    if kind == "secret":
+        return "bad $ expression in a secret, not shown (write a $ in it as $$)"
+    if kind == "table":
+        return redact_url(text)          # any text: it masks what looks like a password
+    return text
+
+
 # --- tlsmgr --show-config ------------------------------------------------
 
 _SPACE_RUN = re.compile(f"[{_SPACE}]+")
@@ -529,7 +567,8 @@ def show(cfg: Config, defaults: bool = False) -> list[str]:
     one main.cf or -o sets to a text other than its default, unexpanded;
     with *defaults*, like ``postconf -d``: each one with its default.
     As postconf, a value is shown with each run of white space (from a
-    continuation line, say) as one space, and an empty one as ``name =``.
+    continuation line, say) as one space, and an empty one as ``name =``;
+    unlike postconf, without its secrets (shown_value()).
     """
     if defaults:
         values = {p.name: p.default for p in PARAMETERS}
@@ -541,4 +580,5 @@ def show(cfg: Config, defaults: bool = False) -> list[str]:
                 value = _SPACE_RUN.sub(" ", value)
                 if value != param.default:
                     values[param.name] = value
-    return [f"{name} = {values[name]}".rstrip(" ") for name in sorted(values)]
+    return [f"{name} = {shown_value(name, values[name])}".rstrip(" ")
+            for name in sorted(values)]

@@ -25,7 +25,7 @@ import sys
 import syslog
 import traceback
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from . import __version__, config, log, master
 from .attr import Decoder, Message
@@ -35,6 +35,7 @@ from .keyfile import KeyFile, remove_saved_keys
 from .prng import Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache, logs_cache_activity
+from .secretfile import SecretFileError, read_secret_line
 from .server import Server, listen_unix, raise_open_files_limit
 from .stats import Stats
 from .stores import (
@@ -44,8 +45,10 @@ from .stores import (
     Limits,
     StoreError,
     open_store,
+    redact_table,
     split_table,
 )
+from .stores.redis_url import split_credentials
 from .tickets import FleetTicketKeys, TicketKeyRing, TicketKeys
 
 if TYPE_CHECKING:
@@ -70,8 +73,15 @@ def redirect_to_data_directory(path: str, what: str, name: str,
     return os.path.join(cfg.data_directory, os.path.basename(path))
 
 
+class Secrets(NamedTuple):
+    """What only root may read: read before the privilege drop and the jail."""
+
+    seal: Seal | None                # tlsmgr_fleet_secret_file
+    redis_password: str              # tlsmgr_redis_password_file
+
+
 def open_caches(cfg: config.Config, uid: int,
-                seal: Seal | None = None) -> dict[str, SessionCache | None]:
+                secrets: Secrets) -> dict[str, SessionCache | None]:
     """Every cache type, mapped to its open (empty) cache or None if off;
     Redis caches sealed with the fleet's secret, if it has one."""
     caches: dict[str, SessionCache | None] = {}
@@ -103,23 +113,26 @@ def open_caches(cfg: config.Config, uid: int,
                      settings.database_param, spec)
         try:
             store = open_store("%s:%s" % (kind, name), settings.label, settings.timeout,
-                               redis_settings(cfg, seal) if kind == REDIS_TYPE else None,
+                               redis_settings(cfg, secrets) if kind == REDIS_TYPE else None,
                                preserve=cfg.tlsmgr_preserve_sessions)
         except StoreError as err:
-            log.fatal("open %s TLS cache %s: %s", settings.label, spec, err)
+            log.fatal("open %s TLS cache %s: %s", settings.label, redact_table(spec), err)
         verbose = logs_cache_activity(settings.loglevel_param, settings.loglevel)
         if verbose:
-            log.info("open %s TLS cache %s", settings.label, spec)
+            log.info("open %s TLS cache %s", settings.label, redact_table(spec))
         caches[settings.label] = SessionCache(
             settings.label, store, settings.timeout, verbose,
             limits=Limits(settings.entry_limit, settings.size_limit))
     return caches
 
 
-def redis_settings(cfg: config.Config, seal: Seal | None = None) -> RedisSettings:
+def redis_settings(cfg: config.Config, secrets: Secrets) -> RedisSettings:
     from .stores.redis import RedisSettings
-    return RedisSettings(cfg.tlsmgr_redis_key_prefix, cfg.tlsmgr_redis_password,
-                         cfg.tlsmgr_redis_timeout_ms, seal)
+    return RedisSettings(key_prefix=cfg.tlsmgr_redis_key_prefix,
+                         password=cfg.tlsmgr_redis_password,
+                         timeout_ms=cfg.tlsmgr_redis_timeout_ms, seal=secrets.seal,
+                         username=cfg.tlsmgr_redis_username,
+                         file_password=secrets.redis_password)
 
 
 def mail_owner_uid(cfg: config.Config) -> int | None:
@@ -131,6 +144,11 @@ def mail_owner_uid(cfg: config.Config) -> int | None:
         return None
 
 
+def secret_file_owners(cfg: config.Config) -> set[int]:
+    """Whom a file of secrets may belong to: root, mail_owner, ourselves."""
+    return {uid for uid in (0, os.geteuid(), mail_owner_uid(cfg)) if uid is not None}
+
+
 def read_fleet_secret(cfg: config.Config) -> Seal | None:
     """The seal of tlsmgr_fleet_secret_file, if set: read as root, before
     the privilege drop and the jail.  A file that is not private, or not
@@ -139,11 +157,35 @@ def read_fleet_secret(cfg: config.Config) -> Seal | None:
     if not path:
         return None
     from . import seal
-    owners = {uid for uid in (0, os.geteuid(), mail_owner_uid(cfg)) if uid is not None}
     try:
-        return seal.read_secret_file(path, owners)
-    except seal.SecretFileError as err:
+        return seal.read_secret_file(path, secret_file_owners(cfg))
+    except SecretFileError as err:
         log.fatal("%s %s: %s", seal.PARAMETER, path, err)
+
+
+def read_redis_password(cfg: config.Config) -> str:
+    """The password of tlsmgr_redis_password_file, if set, read as the
+    fleet's secret is; it wins over any other, which is warned about.  A
+    file that is not private, or not one line, is a fatal error."""
+    path = cfg.tlsmgr_redis_password_file
+    if not path:
+        return ""
+    try:
+        password = read_secret_line(path, secret_file_owners(cfg))
+    except SecretFileError as err:
+        log.fatal("tlsmgr_redis_password_file %s: %s", path, err)
+    overridden = ["tlsmgr_redis_password"] if cfg.tlsmgr_redis_password else []
+    for cache in cfg.caches:
+        kind, _, url = cache.database.partition(":")
+        if cache.enabled and kind == REDIS_TYPE and split_credentials(url)[1].password:
+            overridden.append("the password in " + cache.database_param)
+    if overridden:
+        log.warn("tlsmgr_redis_password_file %s overrides %s", path, ", ".join(overridden))
+    return password
+
+
+def read_secrets(cfg: config.Config) -> Secrets:
+    return Secrets(read_fleet_secret(cfg), read_redis_password(cfg))
 
 
 def saved_keys(cfg: config.Config) -> KeyFile | None:
@@ -190,7 +232,7 @@ def spent_key_task(tickets: TicketKeys, smtpd_cache: SessionCache | None,
 
 
 def build_server(cfg: config.Config, uid: int, connection_limit: int,
-                 seal: Seal | None = None) -> tuple[Server, Control]:
+                 secrets: Secrets) -> tuple[Server, Control]:
     """The stock daemon's pre-init: open everything, then make the server
     and the control requests' handler, which reports on all of it."""
     exchange = cfg.tls_random_exchange_name
@@ -198,7 +240,7 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int,
         exchange = redirect_to_data_directory(exchange, "file", exchange, cfg, uid)
     prng = Prng(cfg.tls_random_source, cfg.tls_random_bytes, exchange,
                 cfg.tls_random_reseed_period, cfg.tls_random_prng_update_period)
-    caches = open_caches(cfg, uid, seal)
+    caches = open_caches(cfg, uid, secrets)
     saved = saved_keys(cfg)
     tickets = ticket_keys(caches["smtpd"], prng.random_bytes, saved)
     tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches}, prng.random_bytes,
@@ -226,14 +268,14 @@ def build_server_as_mail_owner(cfg: config.Config) -> Server:
     serve_metrics: Callable[[str, Control, Server], None] | None = None
     if cfg.tlsmgr_metrics_listen:
         from .metrics import start as serve_metrics  # and prometheus-client: when wanted
-    seal = read_fleet_secret(cfg)
+    secrets = read_secrets(cfg)
     if os.geteuid() != 0:
-        server, control = build_server(cfg, os.geteuid(), connection_limit, seal)
+        server, control = build_server(cfg, os.geteuid(), connection_limit, secrets)
     else:
         master.preload_modules()
         uid, gid = master.mail_owner_ids(cfg.mail_owner)
         with master.effective_ids(uid, gid):
-            server, control = build_server(cfg, uid, connection_limit, seal)
+            server, control = build_server(cfg, uid, connection_limit, secrets)
     if serve_metrics is not None:
         # Before any privilege drop or jail: any port, the imports done.
         serve_metrics(cfg.tlsmgr_metrics_listen, control, server)

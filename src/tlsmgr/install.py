@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -270,7 +271,7 @@ def set_command(site: Site, command: str) -> None:
     if now != command:
         raise InstallError("postconf -c %s -F left the %s command as %r, not %r: "
                            "check master.cf by hand" % (site.config_directory, SERVICE,
-                                                        now, command))
+                                                        shown(now), shown(command)))
 
 
 def make_link(path: str, target: str) -> None:
@@ -309,9 +310,18 @@ def reload(site: Site) -> None:
 
 # --- what is printed -----------------------------------------------------
 
+_SETTING = re.compile(r"(-o\s+)([^=\s]+)=(\S*)")
+
+
+def shown(text: str) -> str:
+    """master.cf text with each ``-o name=value`` shown as --show-config
+    shows it: a password masked (config.shown_value())."""
+    return _SETTING.sub(lambda m: m[1] + m[2] + "=" + config.shown_value(m[2], m[3]), text)
+
+
 def entry_lines(label: str, entry: tuple[str, ...]) -> list[str]:
     head = "  %-8s" % (label + ":")
-    return [head + entry[0], *(" " * len(head) + line for line in entry[1:])]
+    return [shown(head + entry[0]), *(shown(" " * len(head) + line) for line in entry[1:])]
 
 
 def describe(p: Plan, after: tuple[str, ...], dry_run: bool) -> list[str]:

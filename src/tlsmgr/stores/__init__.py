@@ -22,6 +22,8 @@ import struct
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .redis_url import redact_url
+
 if TYPE_CHECKING:
     from .redis import RedisSettings
 
@@ -203,6 +205,13 @@ def split_table(spec: str) -> tuple[str, str]:
     if not sep or not kind:
         raise ValueError('expecting "type:name" form instead of "%s"' % spec)
     return kind, name
+
+
+def redact_table(spec: str) -> str:
+    """A ``type:name`` table as it may be shown: a redis: table's URL
+    without its secrets (redis_url.py)."""
+    kind, sep, name = spec.partition(":")
+    return kind + sep + redact_url(name) if kind == REDIS_TYPE else spec
 
 
 def open_store(spec: str, label: str = "", timeout: int = 0,

@@ -3,12 +3,15 @@
 ``smtpd_tls_session_cache_database = redis:URL``  puts a cache on Redis,
 where URL is one of
 
-* ``redis://[:password@]host:port/db``, ``rediss://...`` (TLS),
+* ``redis://[[user][:password]@]host:port/db``, ``rediss://...`` (TLS),
   ``unix:///path/redis.sock?db=0``: one Redis server;
-* ``redis+sentinel://host:port[,host:port...]/service[/db]``: the master
-  of a Sentinel service, found through any of these sentinels;
-* ``redis+cluster://host:port[,host:port...]``: a Redis Cluster, found
-  through any of these nodes.
+* ``redis+sentinel://[[user][:password]@]host:port[,host:port...]/service[/db]``:
+  the master of a Sentinel service, found through any of these sentinels;
+* ``redis+cluster://[[user][:password]@]host:port[,host:port...]``: a Redis
+  Cluster, found through any of these nodes.
+
+A user name and a password may also be main.cf's (RedisLink); the URL is
+shown only without its password (redis_url.py).
 
 Every host of a fleet that names the same Redis and the same
 ``tlsmgr_redis_key_prefix`` sees the same sessions; other fleets pick other
@@ -69,6 +72,7 @@ from . import (
     Trimmed,
     unpack_entry,
 )
+from .redis_url import Credentials, redact_url, split_credentials
 
 _CLEAR_STEP = 1024         # entries removed per script call by clear()
 _FOREVER = 1 << 62         # a cutoff later than any timestamp
@@ -81,11 +85,13 @@ class RedisSettings(NamedTuple):
     """What main.cf says about Redis, besides each table's URL."""
 
     key_prefix: str = "tlsmgr:"
-    password: str = ""
+    password: str = ""             # tlsmgr_redis_password: when the URL has none
     timeout_ms: int = 250
     # With tlsmgr_fleet_secret_file, what is written is sealed and what is
     # read must open (seal.py); without, both are as they are.
     seal: Seal | None = None
+    username: str = ""             # tlsmgr_redis_username: when the URL has none
+    file_password: str = ""        # tlsmgr_redis_password_file's: in place of any other
 
 
 def seal_for(seal: Seal | None, value: bytes, place: bytes) -> bytes:
@@ -115,11 +121,18 @@ class Refused(StoreError):
     """Redis answered, and refused the command (full, read-only, auth)."""
 
 
+def _is_refused_login(err: Exception) -> bool:
+    """Whether Redis refused the user name or password.  redis-py's
+    Cluster client wraps that in an exception of its own."""
+    refusals = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
+    return isinstance(err, refusals) or isinstance(err.__cause__, refusals)
+
+
 def _is_unreachable(err: Exception) -> bool:
     """Whether an error means that Redis could not be reached, as opposed
     to Redis refusing what it was asked.  redis-py counts failed
     authentication as a connection error; here it is a refusal."""
-    if isinstance(err, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+    if _is_refused_login(err):
         return False
     return isinstance(err, (redis.ConnectionError, redis.TimeoutError, OSError,
                             redis.exceptions.ClusterDownError,
@@ -138,8 +151,6 @@ def describe_error(err: Exception) -> str:
     text = "%s: %s" % (type(err).__name__, text) if text else type(err).__name__
     if len(text) > _ERROR_TEXT:
         text = text[:_ERROR_TEXT - 3] + "..."
-    if isinstance(err, redis.AuthenticationError):
-        text += " (the password is tlsmgr_redis_password, or the one in the URL)"
     return text
 
 
@@ -148,53 +159,49 @@ class Endpoint(NamedTuple):
 
     kind: str                              # "server", "sentinel" or "cluster"
     url: str                               # the URL as given
+    address: str                           # the URL without its credentials
     nodes: tuple[tuple[str, int], ...]     # sentinels or cluster seed nodes
     service: str                           # Sentinel's service name
     db: int
-    password: str                          # from the URL, if any
+    credentials: Credentials               # from the URL, if any
 
     @property
     def name(self) -> str:
-        """The URL without its password, for log lines."""
-        parts = urlsplit(self.url)
-        if parts.password:
-            netloc = parts.netloc.replace(":" + parts.password + "@", ":*@")
-            return parts._replace(netloc=netloc).geturl()
-        return self.url
+        """The URL without its secrets, for log lines, stats and metrics."""
+        return redact_url(self.url)
 
     def hosts(self) -> list[str]:
         """The host names to resolve before the chroot jail."""
         if self.kind == "server":
-            host = urlsplit(self.url).hostname
-            return [host] if host and not self.url.startswith("unix:") else []
+            host = urlsplit(self.address).hostname
+            return [host] if host and not self.address.startswith("unix:") else []
         return [host for host, _ in self.nodes]
 
 
 def parse_url(url: str) -> Endpoint:
     """The Endpoint of a redis: table; StoreError naming what is wrong."""
-    scheme = urlsplit(url).scheme
+    address, credentials = split_credentials(url)
     try:
-        if scheme in ("redis+sentinel", "redis+cluster"):
-            parts = urlsplit(url)
-            netloc = parts.netloc.rpartition("@")[2]
-            default_port = 26379 if scheme == "redis+sentinel" else 6379
+        parts = urlsplit(address)
+        if parts.scheme in ("redis+sentinel", "redis+cluster"):
+            default_port = 26379 if parts.scheme == "redis+sentinel" else 6379
             nodes = []
-            for node in netloc.split(","):
+            for node in parts.netloc.split(","):
                 host, _, port = node.rpartition(":") if ":" in node else (node, "", "")
                 if not host:
                     raise ValueError("no host in %r" % node)
                 nodes.append((host.strip("[]"), int(port or default_port)))
             path = [p for p in parts.path.split("/") if p]
-            if scheme == "redis+cluster":
-                return Endpoint("cluster", url, tuple(nodes), "", 0, parts.password or "")
+            if parts.scheme == "redis+cluster":
+                return Endpoint("cluster", url, address, tuple(nodes), "", 0, credentials)
             if not path:
                 raise ValueError("no service name after the sentinel addresses")
             db = int(path[1]) if len(path) > 1 else 0
-            return Endpoint("sentinel", url, tuple(nodes), path[0], db, parts.password or "")
-        redis.connection.parse_url(url)          # refuses what redis-py would
-        return Endpoint("server", url, (), "", 0, "")
+            return Endpoint("sentinel", url, address, tuple(nodes), path[0], db, credentials)
+        redis.connection.parse_url(address)      # refuses what redis-py would
+        return Endpoint("server", url, address, (), "", 0, credentials)
     except ValueError as err:
-        raise StoreError("bad Redis URL %s: %s" % (url, err)) from None
+        raise StoreError("bad Redis URL %s: %s" % (redact_url(url), err)) from None
 
 
 class RedisLink:
@@ -210,15 +217,33 @@ class RedisLink:
         self._options: dict[str, Any] = dict(
             socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        password = settings.password or endpoint.password
+        # The URL's user name and password come before main.cf's, which
+        # serve every redis: table; the password file's, the one private
+        # place for a password, before both.
+        username = endpoint.credentials.username or settings.username
+        passwords = ((settings.file_password, "the password of tlsmgr_redis_password_file"),
+                     (endpoint.credentials.password, "the password in the URL"),
+                     (settings.password, "the password of tlsmgr_redis_password"))
+        password, whose = next((found for found in passwords if found[0]), ("", "no password"))
+        if username:
+            self._options["username"] = username
         if password:
             self._options["password"] = password
+        # What a refused login was given, which names the problem.
+        self._credentials = "as user %s, with %s" % (username or "default", whose)
         self._client: Any = None
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.endpoint.name
+
+    def describe(self, err: Exception) -> str:
+        """describe_error(), and for a refused login what it was given."""
+        text = describe_error(err)
+        if _is_refused_login(err):
+            text += " (%s)" % self._credentials
+        return text
 
     def where(self) -> str:
         """The endpoint in use, as the client last knew it (no I/O): the
@@ -252,11 +277,13 @@ class RedisLink:
                                 cluster_error_retry_attempts=0, **options)
         if endpoint.kind == "sentinel":
             from redis.sentinel import Sentinel
-            sentinel_options = {k: v for k, v in options.items() if k != "password"}
+            # The credentials are the master's: sentinels have their own.
+            sentinel_options = {k: v for k, v in options.items()
+                                if k not in ("username", "password")}
             sentinel = Sentinel(list(endpoint.nodes), sentinel_kwargs=sentinel_options,
                                 **options)
             return sentinel.master_for(endpoint.service, db=endpoint.db, **options)
-        return redis.Redis.from_url(endpoint.url, **options)
+        return redis.Redis.from_url(endpoint.address, **options)
 
     def reset(self, failed: Any) -> None:
         """Forget a client that failed to reach Redis: the next one learns
@@ -324,10 +351,11 @@ class Breaker:
             return result
         except Exception as err:
             self.round_trips.observe_locked(time.monotonic() - started)
-            text = "Redis %s: %s" % (self.link.name, describe_error(err))
+            error = self.link.describe(err)
+            text = "Redis %s: %s" % (self.link.name, error)
             if _is_unreachable(err):
                 self.link.reset(client)
-                self._open(describe_error(err))
+                self._open(error)
                 raise Unreachable(text) from None
             # Whatever else broke (Redis refusing, the client library), the
             # request is a miss or a failed update, never a crash.
@@ -353,7 +381,7 @@ class Breaker:
                 self.probe(client)
             except Exception as err:
                 if _is_unreachable(err):
-                    self.last_error = describe_error(err)
+                    self.last_error = self.link.describe(err)
                     self.link.reset(client)
                     continue
             with self.lock:
