@@ -5,8 +5,16 @@ handlers do, however its output is paused (hypothesis, with the checks of
 fuzz/invariants.py)."""
 
 
+import logging
+
 import pytest
-from helpers.connection_fakes import CONNECTION_SIZE_LIMIT, PATHS, connect
+from helpers.connection_fakes import (
+    CONNECTION_SIZE_LIMIT,
+    PATHS,
+    FakeTransport,
+    connect,
+    make_shared,
+)
 from helpers.request_strategies import (
     REQUEST_TYPES,
     invariants,
@@ -17,8 +25,16 @@ from helpers.request_strategies import (
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from tlsmgr import log
 from tlsmgr.attr import MessageTooLarge, encode
-from tlsmgr.connection import IDLE_TIMEOUT, REQUEST_TIMEOUT, SLICE, FlowControl, Input
+from tlsmgr.connection import (
+    IDLE_TIMEOUT,
+    REQUEST_TIMEOUT,
+    SLICE,
+    Connection,
+    FlowControl,
+    Input,
+)
 from tlsmgr.protocol import HANDSHAKE, PROTOCOL_ERROR
 
 # The Connection, in-process, with a fake transport: any bytes, any flow control.
@@ -242,3 +258,24 @@ def test_unread_replies_count_only_while_writing_is_paused():
     assert flow.unread_replies == 100 and flow.unread_since == 5.0
     flow.writing(False, now=6.0)
     assert flow.unread_replies == 0 and flow.unread_since is None
+
+
+def test_what_clients_may_cause_is_logged_a_hundred_times_then_ten_a_second(caplog):
+    # Oversized requests on 300 connections at once, as a client that
+    # reconnects as fast as it can would send them: as protocol.py's
+    # warnings of bad requests, the first hundred lines, then one for each
+    # tenth of a second.
+    shared = make_shared()
+    oversized = encode([("request", "update"), ("session", b"x" * 2 * CONNECTION_SIZE_LIMIT)])
+    with caplog.at_level(logging.WARNING, logger=log.logger.name):
+        for _ in range(300):
+            connection = Connection(shared)
+            transport = FakeTransport(high_water=1 << 20)
+            transport.protocol = connection
+            connection.connection_made(transport)
+            connection.data_received(oversized)
+            assert transport.closing
+    lines = [record.getMessage() for record in caplog.records]
+    assert 100 <= len(lines) < 110
+    assert lines[0] == "client: request exceeds tlsmgr_request_size_limit (%d bytes) -- " \
+        "closing connection" % CONNECTION_SIZE_LIMIT

@@ -4,23 +4,31 @@ whose counters were driven by real requests."""
 
 import asyncio
 import json
-import logging
 import os
 import pwd
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 from conftest import require
 from helpers.harness import free_tcp_port, postfix_dirs, start_ours, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from tlsmgr import fastpath, log
+from tlsmgr import fastpath, metrics
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
-from tlsmgr.metrics import Collector, parse_listen
+from tlsmgr.control import Sources, snapshot
+from tlsmgr.metrics import parse_listen
+from tlsmgr.prng import Prng
+from tlsmgr.protocol import Tlsmgr
+from tlsmgr.scache import SessionCache
+from tlsmgr.stores.memory import MemoryStore
+from tlsmgr.tickets import TicketKeyRing
 
 CTL = [sys.executable, "-m", "tlsmgr.ctl"]
 
@@ -242,12 +250,39 @@ def test_metrics_off_by_default_and_a_bad_value_is_one_fatal_line(tmp_path):
         bad.stop()
 
 
-def test_a_scrape_while_the_daemon_stops_is_empty_and_one_warning(caplog):
-    class StoppedServer:
-        loop = asyncio.new_event_loop()
+def test_scrapes_at_once_share_one_snapshot_in_a_worker_and_wait_a_bounded_time(
+        tmp_path, monkeypatch):
+    # With a store on the network the snapshot is taken in a worker thread:
+    # one for all the scrapes that come meanwhile, each waiting for it at
+    # most _SNAPSHOT_WITHIN (then told so: httpd.py answers 503).
+    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
+    cache = SessionCache("smtpd", MemoryStore(), 3600)
+    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
+                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
+                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
+    sources = Sources(tlsmgr, [cache], prng, set())
+    taken, release = [], threading.Event()
 
-    StoppedServer.loop.close()
-    with caplog.at_level(logging.WARNING, logger=log.logger.name):
-        assert list(Collector(None, StoppedServer()).collect()) == []
-    assert [r.getMessage() for r in caplog.records] == [
-        "metrics: no snapshot from the event loop: Event loop is closed"]
+    def snapshot_from_afar(_):
+        taken.append(1)
+        release.wait(10)
+        return snapshot(sources)
+
+    monkeypatch.setattr(metrics, "snapshot", snapshot_from_afar)
+    monkeypatch.setattr(metrics, "_SNAPSHOT_WITHIN", 0.2)
+    blocking = SimpleNamespace(tlsmgr=SimpleNamespace(any_blocking=True))
+
+    async def scenario():
+        with ThreadPoolExecutor(2) as workers:
+            scrapes = metrics.Scrapes(blocking, workers)
+            waited = await asyncio.gather(*(scrapes.page() for _ in range(3)),
+                                          return_exceptions=True)
+            shared = len(taken)
+            release.set()
+            return waited, shared, await scrapes.page()
+
+    waited, shared, page = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert [str(err) for err in waited] == ["no snapshot within 0.2 seconds"] * 3
+    assert all(isinstance(err, TimeoutError) for err in waited)
+    assert shared == 1
+    assert b'tlsmgr_cache_entries{cache="smtpd"} 0.0\n' in page

@@ -2,23 +2,34 @@
 outcome, request latency histograms, the fleet's Redis health through a
 real redis-server that stops and starts (stats and metrics, parsed with
 prometheus-client's parser), stats --watch under a pseudo-terminal and in
-plain lines, and the documented alert rules (promtool)."""
+plain lines, the documented alert rules (promtool), and the metrics port
+against a hostile local user: idle connections, descriptors run out, a
+request a byte a second, an oversized request head."""
 
 import os
 import pty
 import re
+import resource
 import select
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import require_command
-from helpers.harness import free_tcp_port, start_ours, wait_for
+from helpers.harness import connect, free_tcp_port, start_ours, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from tlsmgr.client import TlsmgrClient
+from tlsmgr.client import ClientError, TlsmgrClient
+from tlsmgr.metrics import (
+    METRICS_BACKLOG,
+    METRICS_CONNECTIONS,
+    METRICS_DEADLINE,
+    METRICS_HEAD_LIMIT,
+)
 from tlsmgr.stats import LATENCY_BOUNDS
 from tlsmgr.tickets import TicketKey
 
@@ -255,3 +266,156 @@ def test_the_documented_alert_rules_pass_promtool(tmp_path):
     for name in set(re.findall(r"\b(tlsmgr_\w+)", alert_rules())):
         base = re.sub(r"_(bucket|count|sum)$", "", name)
         assert base in served or name in served, name
+
+
+# The metrics port is open to every local user (docs/SECURITY.md): what one
+# may do there, and what that must not do to the daemon.  Each test runs the
+# real daemon; each wait is bounded.
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def threads(pid: int) -> int:
+    return int(re.search(r"^Threads:\s+(\d+)$", Path("/proc/%d/status" % pid).read_text(),
+                         re.M)[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system time the process has had (proc(5): utime, stime)."""
+    fields = Path("/proc/%d/stat" % pid).read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def leave_descriptors(daemon, spare: int) -> tuple[int, int]:
+    """Lower the daemon's open files limit to what it has open now and
+    spare more; return the limits it had, to put back."""
+    pid = daemon.process.pid
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_descriptors(pid) + spare, limits[1]))
+    return limits
+
+
+def log_lines(daemon) -> list[str]:
+    return daemon.log.splitlines()
+
+
+def answers_within(daemon, seconds: float) -> bool:
+    """Whether the tlsmgr socket answers a tktkey request within seconds."""
+    start = time.monotonic()
+    try:
+        with TlsmgrClient(str(daemon.socket_path), timeout=seconds) as client:
+            answered = client.tktkey()[0] == 0
+    except (OSError, ClientError):
+        return False
+    return answered and time.monotonic() - start < seconds
+
+
+def scrapes(daemon) -> bool:
+    try:
+        return ("tlsmgr_uptime_seconds", frozenset()) in metrics(daemon)
+    except OSError:                          # refused: the idle ones not yet gone
+        return False
+
+
+class Sockets(list):
+    """Sockets closed together, whatever happened meanwhile."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        for sock in self:
+            sock.close()
+
+
+def idle_metrics_connections(daemon, count: int) -> Sockets:
+    """count connections to the metrics port that send nothing (connect(2)
+    not waited for: the kernel queues only so many)."""
+    held = Sockets()
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", daemon.metrics_port))
+        held.append(sock)
+    return held
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_idle_metrics_connections_take_no_descriptor_a_client_needs(tmp_path, event_loop):
+    # A local user holding 200 idle connections to the metrics port, with
+    # the daemon's descriptors nearly all in use: the tlsmgr socket answers
+    # at once, the daemon makes no thread for them and logs a line or two,
+    # and scrapes work again as soon as they are gone.
+    daemon = daemon_with(tmp_path, tlsmgr_event_loop=event_loop)
+    pid = daemon.process.pid
+    assert scrapes(daemon)
+    logged = len(log_lines(daemon))
+    # Those it keeps, and those it has accepted only to close at once.
+    limits = leave_descriptors(daemon, METRICS_CONNECTIONS + METRICS_BACKLOG + 4)
+    try:
+        with idle_metrics_connections(daemon, 200):
+            time.sleep(1)                   # all accepted, and all but some closed
+            assert answers_within(daemon, 1.0)
+            assert threads(pid) <= 5        # the main one and the request workers
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    wait_for(lambda: scrapes(daemon), timeout=5, what="a scrape, the idle connections gone")
+    assert len(log_lines(daemon)) - logged <= 2, log_lines(daemon)[logged:]
+
+
+@pytest.mark.timeout(30)
+def test_a_metrics_request_sent_a_byte_a_second_is_closed_at_the_deadline(tmp_path):
+    daemon = daemon_with(tmp_path)
+    request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\n"
+    closed_after = None
+    with socket.create_connection(("127.0.0.1", daemon.metrics_port), timeout=5) as sock:
+        connected = time.monotonic()
+        for byte in request[:int(METRICS_DEADLINE) + 3]:
+            try:
+                sock.send(bytes([byte]))
+                readable, _, _ = select.select([sock], [], [], 1.0)
+                ended = bool(readable) and not sock.recv(4096)
+            except ConnectionResetError:
+                ended = True
+            if ended:
+                closed_after = time.monotonic() - connected
+                break
+    assert closed_after is not None, "still open %d seconds on" % (METRICS_DEADLINE + 3)
+    assert METRICS_DEADLINE - 0.5 < closed_after < METRICS_DEADLINE + 1.5
+    assert scrapes(daemon)
+
+
+@pytest.mark.timeout(30)
+def test_an_oversized_metrics_request_head_is_refused_and_closed(tmp_path):
+    daemon = daemon_with(tmp_path)
+    with socket.create_connection(("127.0.0.1", daemon.metrics_port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Padding: " + b"a" * METRICS_HEAD_LIMIT)
+        answer = b""
+        while chunk := sock.recv(65536):     # to the end: the daemon closes
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 431 Request Header Fields Too Large\r\n"), answer
+    assert scrapes(daemon)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_out_of_descriptors_the_daemon_neither_spins_nor_floods_its_log(tmp_path, event_loop):
+    # accept(2) failing for want of descriptors, as long as clients queue:
+    # a warning at most, little CPU, and served again once they are gone.
+    daemon = daemon_with(tmp_path, tlsmgr_event_loop=event_loop)
+    pid = daemon.process.pid
+    logged = len(log_lines(daemon))
+    limits = leave_descriptors(daemon, 4)
+    try:
+        with Sockets(connect(daemon.socket_path) for _ in range(40)):
+            start = cpu_seconds(pid)
+            time.sleep(3)
+            spent = cpu_seconds(pid) - start
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    assert spent < 0.5
+    wait_for(lambda: answers_within(daemon, 2.0), timeout=5,
+             what="the tlsmgr socket to answer again")
+    assert len(log_lines(daemon)) - logged <= 2, log_lines(daemon)[logged:]

@@ -1,13 +1,16 @@
 """The server in-process: cleanup interleaves with requests."""
 
 import asyncio
+import errno
+import logging
 import os
 
+from tlsmgr import log
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.prng import Prng
 from tlsmgr.protocol import Tlsmgr
 from tlsmgr.scache import SessionCache
-from tlsmgr.server import STATUS_WITHIN, Server, listen_unix
+from tlsmgr.server import STATUS_WITHIN, LoopErrorLog, Server, listen_unix
 from tlsmgr.stores import Entry, pack_entry
 from tlsmgr.stores.memory import MemoryStore
 from tlsmgr.tickets import TicketKeyRing
@@ -145,3 +148,23 @@ def test_updates_held_by_the_store_reach_the_file_soon_after_without_more_reques
         return committed
 
     assert asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_the_loops_errors_are_one_line_each_rate_limited_by_kind(caplog):
+    # accept(2) out of descriptors, as many times a second as clients
+    # queue, is one warning; so is each other kind, up to a bound of kinds,
+    # beyond which they share one.
+    handler = LoopErrorLog()
+    out_of_files = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+    with caplog.at_level(logging.WARNING, logger=log.logger.name):
+        for _ in range(10_000):
+            handler(None, {"message": "socket.accept() out of system resource",
+                           "exception": out_of_files})
+        for kind in range(100):
+            for _ in range(10):
+                handler(None, {"message": "error of kind %d" % kind})
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0] == "socket.accept() out of system resource: [Errno 24] %s" \
+        % os.strerror(errno.EMFILE)
+    assert lines[1:] == ["error of kind %d" % kind for kind in range(16)]
+    assert not any("Traceback" in line for line in lines)

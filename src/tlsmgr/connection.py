@@ -87,6 +87,10 @@ class Shared:
     worker_deadline: float             # seconds a request in a worker may take
     answer: Answer | None = None       # the compiled path (fastpath.py), if built
     late_warning: log.RateLimitedWarning = field(default_factory=log.RateLimitedWarning)
+    # A client's oversized request or timeout: as protocol.py's warnings of
+    # its bad requests, a hundred, then ten a second.
+    client_warning: log.RateLimitedWarning = field(
+        default_factory=lambda: log.RateLimitedWarning(interval=0.1, burst=100))
 
 
 class Input:
@@ -313,7 +317,7 @@ class Connection(asyncio.Protocol):
             why = "exceeds tlsmgr_request_size_limit (%d bytes)" % err.limit
         else:
             why = "has more than %d attributes" % err.limit
-        log.warn("%s: request %s -- closing connection", self.peer(), why)
+        self.shared.client_warning("%s: request %s -- closing connection", self.peer(), why)
         self.input.forget()
         self._account()
         self.transport.write(PROTOCOL_ERROR)
@@ -436,11 +440,12 @@ class Connection(asyncio.Protocol):
         if overdue is None:
             self._arm_idle_timer(left)
             return
-        self.shared.stats.errors[overdue] += 1
+        shared = self.shared
+        shared.stats.errors[overdue] += 1
         if overdue == IDLE_TIMEOUT:
-            log.warn("timeout while waiting for data from %s -- closing connection",
-                     self.peer())
+            shared.client_warning("timeout while waiting for data from %s -- closing "
+                                  "connection", self.peer())
         else:
-            log.warn("%s: request not complete after %d seconds (ipc_timeout)"
-                     " -- closing connection", self.peer(), timeout)
+            shared.client_warning("%s: request not complete after %d seconds (ipc_timeout)"
+                                  " -- closing connection", self.peer(), timeout)
         self.transport.close()

@@ -1,36 +1,51 @@
 """Prometheus metrics over HTTP, when tlsmgr_metrics_listen is set.
 
 Imported only then.  The numbers are those of the stats request
-(control.snapshot()), served at
-/metrics by prometheus-client's HTTP server in a thread of its own.  Each
-scrape asks the event loop for a snapshot, so that nothing is read while
-the loop changes it.  The server is bound at start-up, before the daemon
-gives up root and enters its jail; by default to loopback only.
+(control.snapshot()), served at /metrics on the daemon's own event loop
+(httpd.py); prometheus-client only writes them out as text.  Each scrape
+takes its snapshot on the loop, so that nothing is read while the loop
+changes it.  The socket is bound at start-up, before the daemon gives up
+root and enters its jail, by default to loopback only; the server serves
+it once its loop runs.
+
+The port is open to every local user (docs/OPERATIONS.md): what scrapers may
+take of the daemon is bounded by the METRICS_ constants.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Executor
+from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from . import log
-from .control import Control, snapshot
+from . import httpd, log
+from .control import Control, Sources, snapshot
+from .server import Server, SideListener
 
-if TYPE_CHECKING:
-    from .server import Server
+# What scrapers, any local user among them, may take of the daemon.  The
+# listener and its connections are among the descriptors that the server
+# keeps aside from its clients' (server.py: _RESERVED_FILES).
+METRICS_CONNECTIONS = 16    # at once; one more is closed as soon as it is accepted
+METRICS_DEADLINE = 5.0      # seconds from accept(2) to close, whatever was sent or read
+METRICS_HEAD_LIMIT = 8192   # bytes of request line and headers
+METRICS_BACKLOG = 16        # connections the kernel queues for accept(2)
+# How long a scrape waits for a snapshot taken in a worker thread: within
+# METRICS_DEADLINE, so that it is told so (503) before it is closed.
+_SNAPSHOT_WITHIN = 3.0
 
+_PATHS = frozenset({b"/", b"/metrics"})
 _LISTEN = re.compile(r"(?:(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):)?(?P<port>\d+)")
-_SCRAPE_TIMEOUT = 5.0
 
 # Per cache: (metric, stats key, help); counters end in _total.
 _CACHE_GAUGES = (("tlsmgr_cache_entries", "entries", "Entries in the TLS session cache"),
@@ -58,39 +73,14 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class Collector:
-    """What each scrape reports, asked of the server's event loop."""
+    """The metric families of one snapshot (control.snapshot()), as
+    prometheus-client collects them."""
 
-    def __init__(self, control: Control, server: Server):
-        self.control = control
-        self.server = server
-        self._warn = log.RateLimitedWarning()
-
-    async def _snapshot(self, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
-        sources = self.control.sources
-        if sources.tlsmgr.any_blocking:     # a store on the network: not in the loop
-            return await loop.run_in_executor(self.server.workers, snapshot, sources)
-        return snapshot(sources)
+    def __init__(self, stats: dict[str, Any]):
+        self.stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        loop = self.server.loop
-        if loop is None:
-            return
-        # The loop busy or gone (the daemon stopping): an empty scrape and a
-        # warning, never a traceback from the HTTP thread.
-        snapshot_coroutine = self._snapshot(loop)
-        try:
-            future = asyncio.run_coroutine_threadsafe(snapshot_coroutine, loop)
-        except RuntimeError as err:
-            snapshot_coroutine.close()
-            self._warn("metrics: no snapshot from the event loop: %s", err)
-            return
-        try:
-            stats = future.result(_SCRAPE_TIMEOUT)
-        except Exception as err:
-            future.cancel()
-            self._warn("metrics: no snapshot from the event loop: %s",
-                       err or type(err).__name__)
-            return
+        stats = self.stats
         yield GaugeMetricFamily("tlsmgr_uptime_seconds", "Seconds since the daemon started",
                                 value=stats["uptime"])
         for name, key, text in _CACHE_GAUGES:
@@ -187,15 +177,65 @@ def redis_health(stats: dict[str, Any]) -> Iterator[Metric]:
     yield from (info, paused, since, failures, recoveries, trips)
 
 
-def start(listen: str, control: Control, server: Server) -> None:
-    """Serve what control reports, asked of the server's event loop, at
-    listen (a tlsmgr_metrics_listen value)."""
-    host, port = parse_listen(listen)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(control, server))
+class Scrapes:
+    """The page of each scrape: a snapshot taken on the event loop, as text."""
+
+    def __init__(self, sources: Sources, workers: Executor):
+        self.sources = sources
+        self.workers = workers
+        # A snapshot under way in a worker thread, for the scrapes meanwhile.
+        self._taking: asyncio.Future[dict[str, Any]] | None = None
+
+    async def page(self) -> bytes:
+        return generate_latest(Collector(await self._snapshot()))
+
+    async def _snapshot(self) -> dict[str, Any]:
+        if not self.sources.tlsmgr.any_blocking:
+            return snapshot(self.sources)
+        # A store on the network is asked in a worker, not in the loop; the
+        # scrapes that come meanwhile share its answer, so that scrapers
+        # take at most one worker from the requests that need them.
+        if self._taking is None:
+            self._taking = asyncio.get_running_loop().run_in_executor(
+                self.workers, snapshot, self.sources)
+            self._taking.add_done_callback(self._taken)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._taking), _SNAPSHOT_WITHIN)
+        except TimeoutError:
+            raise TimeoutError("no snapshot within %g seconds" % _SNAPSHOT_WITHIN) from None
+
+    def _taken(self, _: asyncio.Future[dict[str, Any]]) -> None:
+        self._taking = None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket listening at host (its first address) and port."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                  flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        start_http_server(port, host, registry=registry)
+        # A restart need not wait for the last scrapes' TIME_WAIT to end.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(METRICS_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def start(listen: str, control: Control, server: Server) -> None:
+    """Bind listen (a tlsmgr_metrics_listen value) now, and have the
+    server serve what control reports there once its event loop runs."""
+    host, port = parse_listen(listen)
+    try:
+        sock = bind(host, port)
     except OSError as err:
         log.fatal("cannot serve metrics on %s port %d: %s", host, port, err.strerror or err)
+    site = httpd.Site("metrics", _PATHS, CONTENT_TYPE_PLAIN_0_0_4,
+                      Scrapes(control.sources, server.workers).page,
+                      METRICS_CONNECTIONS, METRICS_DEADLINE, METRICS_HEAD_LIMIT)
+    server.side_listeners.append(
+        SideListener(sock, lambda: httpd.Responder(site), METRICS_BACKLOG))
     log.info("serving metrics at http://%s:%d/metrics",
              "[%s]" % host if ":" in host else host, port)

@@ -27,6 +27,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from . import fastpath, log
@@ -39,12 +40,30 @@ from .scache import SessionCache
 from .stores import COMMIT_WITHIN, Entry
 
 _GC_YOUNG_THRESHOLD = 50_000
-_RESERVED_FILES = 64    # descriptors kept for caches, logging, Redis and the like
+# Descriptors kept besides the clients' connections: for caches, logging,
+# Redis and the like, and for the side listeners with their connections
+# (the metrics' listener, its 16 METRICS_CONNECTIONS, and for a moment
+# those accepted only to be closed at once: metrics.py, _SIDE_ACCEPTS).
+_RESERVED_FILES = 64
 # Connections the kernel may queue before we accept them: as many as it
 # allows (net.core.somaxconn, 4096 by default, caps this).  master(8)
 # listens with about default_process_limit, and asyncio would listen again
 # with 100: a burst of smtpd processes starting at once is larger.
 LISTEN_BACKLOG = 65535
+# asyncio also takes a server's backlog for the accept(2)s to try at each
+# wake-up, and (Python 3.11; CPython gh-151615) goes on trying them all
+# when one fails for want of descriptors: a warning and a timer each,
+# LISTEN_BACKLOG of them a second, the CPU spinning.  It is given this
+# many, and the kernel's queue is made LISTEN_BACKLOG long again after.
+_ACCEPTS_PER_WAKEUP = 100
+# The same for a side listener.  A connection over its limit is closed two
+# loop turns after its accept(2) (asyncio makes the transport in a task, and
+# aborting it closes its socket a turn later), so that a flood of them
+# holds up to three wake-ups' worth of descriptors: 12, within the reserve.
+_SIDE_ACCEPTS_PER_WAKEUP = 4
+# Kinds of event loop error with a rate-limited warning of their own; any
+# others share one.
+_LOOP_ERROR_KINDS = 16
 # master(8) hears that requests were served (a busy/idle pair on its status
 # channel) within this many seconds of the first, once however many were
 # served meanwhile: Postfix's servers tell it around each request, but to
@@ -120,12 +139,37 @@ def listen_unix(path: str, owner: tuple[int, int] | None = None) -> socket.socke
     return sock
 
 
-def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """Errors the event loop meets on its own (accept(2) out of file
-    descriptors, say): one warning line, never a traceback."""
-    error = context.get("exception")
-    log.warn("%s%s", context.get("message", "event loop error"),
-             ": %s" % error if error is not None else "")
+class LoopErrorLog:
+    """The event loop's exception handler, for the errors it meets on its
+    own (accept(2) out of file descriptors, say): a warning line, never a
+    traceback, rate-limited for each kind (the loop's message), as a
+    client may cause many a second."""
+
+    def __init__(self) -> None:
+        self._warnings: dict[str, log.RateLimitedWarning] = {}
+        self._others = log.RateLimitedWarning()     # kinds beyond _LOOP_ERROR_KINDS
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = context.get("message", "event loop error")
+        warning = self._warnings.get(message)
+        if warning is None:
+            if len(self._warnings) < _LOOP_ERROR_KINDS:
+                warning = self._warnings[message] = log.RateLimitedWarning()
+            else:
+                warning = self._others
+        error = context.get("exception")
+        warning("%s%s", message, ": %s" % error if error is not None else "")
+
+
+@dataclass(frozen=True)
+class SideListener:
+    """A listening socket served beside the clients' (the metrics'): made
+    before the jail, with its own protocol and backlog.  The server knows
+    nothing more of it."""
+
+    sock: socket.socket
+    protocol_factory: Callable[[], asyncio.BaseProtocol]
+    backlog: int
 
 
 class Server:
@@ -164,6 +208,7 @@ class Server:
         self.exit_status: int | None = None
         self._stopped: asyncio.Event                 # from serve()
         self._listeners: list[asyncio.AbstractServer] = []
+        self.side_listeners: list[SideListener] = []          # served from serve() on
         self._socket_paths: list[str] = []
 
     # Lifecycle.
@@ -179,7 +224,7 @@ class Server:
                         self.control_uids, self.ipc_timeout, self.request_size_limit,
                         self.worker_deadline,
                         fastpath.answerer(self.tlsmgr, self.request_size_limit))
-        self.loop.set_exception_handler(_log_loop_error)
+        self.loop.set_exception_handler(LoopErrorLog())
         self.control_uids.add(os.geteuid())        # after any privilege drop
         self._stopped = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -188,12 +233,17 @@ class Server:
         for sock in sockets:
             if sock.family == socket.AF_UNIX:
                 server = await self.loop.create_unix_server(
-                    lambda: Connection(shared), sock=sock, backlog=LISTEN_BACKLOG,
+                    lambda: Connection(shared), sock=sock, backlog=_ACCEPTS_PER_WAKEUP,
                     **_KEEP_SOCKET_FILE)
             else:
                 server = await self.loop.create_server(
-                    lambda: Connection(shared), sock=sock, backlog=LISTEN_BACKLOG)
+                    lambda: Connection(shared), sock=sock, backlog=_ACCEPTS_PER_WAKEUP)
+            sock.listen(LISTEN_BACKLOG)
             self._listeners.append(server)
+        for side in self.side_listeners:
+            self._listeners.append(await self.loop.create_server(
+                side.protocol_factory, sock=side.sock, backlog=_SIDE_ACCEPTS_PER_WAKEUP))
+            side.sock.listen(side.backlog)
         if self.master is not None:
             # master(8) closes its end on "postfix stop/reload" or when it dies.
             self.master.attach(self.loop, self._master_gone)
