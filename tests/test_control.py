@@ -9,10 +9,7 @@ import pwd
 import socket
 import subprocess
 import sys
-import threading
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
 from conftest import require
@@ -24,6 +21,7 @@ from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.control import Sources, snapshot
 from tlsmgr.metrics import parse_listen
+from tlsmgr.pending import then
 from tlsmgr.prng import Prng
 from tlsmgr.protocol import Tlsmgr
 from tlsmgr.scache import SessionCache
@@ -250,37 +248,35 @@ def test_metrics_off_by_default_and_a_bad_value_is_one_fatal_line(tmp_path):
         bad.stop()
 
 
-def test_scrapes_at_once_share_one_snapshot_in_a_worker_and_wait_a_bounded_time(
+def test_scrapes_at_once_share_one_snapshot_from_the_network_and_wait_a_bounded_time(
         tmp_path, monkeypatch):
-    # With a store on the network the snapshot is taken in a worker thread:
-    # one for all the scrapes that come meanwhile, each waiting for it at
-    # most _SNAPSHOT_WITHIN (then told so: httpd.py answers 503).
+    # With a store on the network the snapshot comes later: one for all
+    # the scrapes that come meanwhile, each waiting for it at most
+    # _SNAPSHOT_WITHIN (then told so: httpd.py answers 503).
     prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
     cache = SessionCache("smtpd", MemoryStore(), 3600)
     tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
                     {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
                     prng.random_bytes, TicketKeyRing(prng.random_bytes))
     sources = Sources(tlsmgr, [cache], prng, set())
-    taken, release = [], threading.Event()
-
-    def snapshot_from_afar(_):
-        taken.append(1)
-        release.wait(10)
-        return snapshot(sources)
-
-    monkeypatch.setattr(metrics, "snapshot", snapshot_from_afar)
-    monkeypatch.setattr(metrics, "_SNAPSHOT_WITHIN", 0.2)
-    blocking = SimpleNamespace(tlsmgr=SimpleNamespace(any_blocking=True))
+    taken = []
 
     async def scenario():
-        with ThreadPoolExecutor(2) as workers:
-            scrapes = metrics.Scrapes(blocking, workers)
-            waited = await asyncio.gather(*(scrapes.page() for _ in range(3)),
-                                          return_exceptions=True)
-            shared = len(taken)
-            release.set()
-            return waited, shared, await scrapes.page()
+        release = asyncio.get_running_loop().create_future()
 
+        def snapshot_from_afar(_):
+            taken.append(1)
+            return then(release, lambda _: snapshot(sources))
+
+        monkeypatch.setattr(metrics, "snapshot", snapshot_from_afar)
+        scrapes = metrics.Scrapes(sources)
+        waited = await asyncio.gather(*(scrapes.page() for _ in range(3)),
+                                      return_exceptions=True)
+        shared = len(taken)
+        release.set_result(None)
+        return waited, shared, await scrapes.page()
+
+    monkeypatch.setattr(metrics, "_SNAPSHOT_WITHIN", 0.2)
     waited, shared, page = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert [str(err) for err in waited] == ["no snapshot within 0.2 seconds"] * 3
     assert all(isinstance(err, TimeoutError) for err in waited)

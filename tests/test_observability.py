@@ -358,7 +358,7 @@ def test_idle_metrics_connections_take_no_descriptor_a_client_needs(tmp_path, ev
         with idle_metrics_connections(daemon, 200):
             time.sleep(1)                   # all accepted, and all but some closed
             assert answers_within(daemon, 1.0)
-            assert threads(pid) <= 5        # the main one and the request workers
+            assert threads(pid) <= 5        # the main one, and none per connection
     finally:
         resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
     wait_for(lambda: scrapes(daemon), timeout=5, what="a scrape, the idle connections gone")

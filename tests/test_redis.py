@@ -1,6 +1,7 @@
 """Caches on a real redis-server: a fleet's shared sessions and ticket keys,
 caps under load, and a Redis that goes away and comes back."""
 
+import asyncio
 import os
 import re
 import socket
@@ -12,11 +13,11 @@ import pytest
 import redis
 from conftest import require
 from helpers.harness import redis_available, start_ours, wait_for
+from helpers.remote import Blocking
 
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.stores import Entry, Limits, StoreError, pack_entry
 from tlsmgr.stores.redis import (
-    RedisLink,
     RedisSettings,
     RedisStore,
     Refused,
@@ -43,33 +44,37 @@ def host(tmp_path, name, redis_server, **extra):
 # The store itself.
 
 def test_store_put_get_delete_and_ttl(redis_server):
-    store = RedisStore(redis_server.url, "smtpd", RedisSettings("unit:"), timeout=3600)
+    store = Blocking(RedisStore(redis_server.url, "smtpd", RedisSettings("unit:"),
+                                timeout=3600))
     store.put(b"id\0binary", pack_entry(Entry(1000, b"session bytes")))
     assert store.get(b"id\0binary") == pack_entry(Entry(1000, b"session bytes"))
-    assert len(store) == 1 and store.size == len(b"id\0binary") + len(b"session bytes")
+    assert store.counts() == (1, len(b"id\0binary") + len(b"session bytes"))
     ttl = redis_server.client().ttl(b"{unit:smtpd}:s:id\0binary")
     assert 3595 <= ttl <= 3601                     # Redis expires it by itself
     assert store.delete(b"id\0binary") is True
     assert store.delete(b"id\0binary") is False
     assert store.get(b"id\0binary") is None
-    assert len(store) == 0 and store.size == 0
+    assert store.counts() == (0, 0)
 
 
 def test_store_keeps_within_limits_oldest_out_first(redis_server):
-    store = RedisStore(redis_server.url, "smtp", RedisSettings("caps:"), timeout=3600)
+    store = Blocking(RedisStore(redis_server.url, "smtp", RedisSettings("caps:"),
+                                timeout=3600))
     limits = Limits(entries=10, bytes=2000)
     trimmed = [store.save(b"k%02d" % i, pack_entry(Entry(1000 + i, b"x" * 100)), limits,
                           cutoff=1005) for i in range(30)]
-    assert len(store) == 10 and store.size <= 2000
+    entries, size = store.counts()
+    assert entries == 10 and size <= 2000
     assert store.get(b"k00") is None and store.get(b"k29") is not None
     assert sum(t.expired for t in trimmed) == 5        # saved before the cutoff
     assert sum(t.evicted for t in trimmed) == 15
     store.save(b"big", pack_entry(Entry(2000, b"y" * 1500)), limits, cutoff=0)
-    assert store.size <= 2000 and store.get(b"big") is not None
+    assert store.counts()[1] <= 2000 and store.get(b"big") is not None
 
 
 def test_store_fails_fast_while_redis_is_down(redis_server):
-    store = RedisStore(redis_server.url, "smtpd", RedisSettings("down:"), timeout=3600)
+    store = Blocking(RedisStore(redis_server.url, "smtpd", RedisSettings("down:"),
+                                timeout=3600))
     redis_server.stop()
     with pytest.raises(StoreError, match="Redis unix://"):
         store.get(b"a")
@@ -81,7 +86,8 @@ def test_store_fails_fast_while_redis_is_down(redis_server):
 
 
 def test_a_full_redis_refuses_writes_and_still_serves_reads(redis_server):
-    store = RedisStore(redis_server.url, "smtpd", RedisSettings("full:"), timeout=3600)
+    store = Blocking(RedisStore(redis_server.url, "smtpd", RedisSettings("full:"),
+                                timeout=3600))
     store.put(b"kept", pack_entry(Entry(1, b"session")))
     redis_server.client().config_set("maxmemory-policy", "noeviction")
     redis_server.client().config_set("maxmemory", 1)
@@ -99,8 +105,8 @@ def test_a_wrong_password_is_reported_as_such(redis_server):
     redis_server.client().config_set("requirepass", "right")
     try:
         for password in ("", "wrong"):
-            store = RedisStore(redis_server.url, "smtpd", RedisSettings("auth:", password),
-                               timeout=3600)
+            store = Blocking(RedisStore(redis_server.url, "smtpd", RedisSettings("auth:", password),
+                               timeout=3600))
             for _ in range(3):                        # never taken for an outage
                 with pytest.raises(Refused) as refused:
                     store.get(b"a")
@@ -144,20 +150,37 @@ def test_redis_py_dumps_are_cut_to_one_short_line():
     assert describe_error(redis.TimeoutError()) == "TimeoutError"
 
 
-def test_one_breakers_failure_leaves_the_other_breakers_client_alone(redis_server):
-    # The store and the ticket keys share a link, each with its breaker.
-    link = RedisLink(parse_url(redis_server.url), RedisSettings(timeout_ms=500))
-    failed = link.client()
-    link.reset(failed)                      # one breaker saw it fail
-    replacement = link.client()
-    assert replacement is not failed
-    link.reset(failed)                      # the other, late, about the same client
-    assert link.client() is replacement     # the replacement stays in use
-    assert failed.ping() and replacement.ping()   # and a call in flight is not cut
-    link.close()
+def test_what_waiting_clients_ask_in_one_turn_goes_in_one_pipeline(redis_server):
+    # 64 updates and 64 lookups issued in one turn of the loop, as by 128
+    # waiting connections: one round trip, and each its own answer.
+    store = RedisStore(redis_server.url, "smtpd", RedisSettings("pipe:"), timeout=3600)
+    batches = []
+    exchange = store.link._exchange
+
+    async def counted(batch):
+        batches.append(len(batch))
+        await exchange(batch)
+
+    store.link._exchange = counted
+
+    async def scenario():
+        # The first: its script sent whole, as Redis does not know it yet.
+        await store.save(b"first", pack_entry(Entry(1, b"s")), Limits(), 0)
+        saved = [store.save(b"id%d" % i, pack_entry(Entry(1000 + i, b"s%d" % i)), Limits(), 0)
+                 for i in range(64)]
+        found = [store.get(b"id%d" % i) for i in range(64)]
+        await asyncio.gather(*saved)
+        answers = await asyncio.gather(*found)
+        await store.close()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [pack_entry(Entry(1000 + i, b"s%d" % i)) for i in range(64)]
+    assert batches == [1, 1, 128], batches
 
 
 def _works(store):
+    store.idle(0.1)                 # the probe runs meanwhile
     try:
         store.put(b"a", pack_entry(Entry(1, b"s")))
         return True
@@ -355,8 +378,8 @@ def test_sentinel_url_finds_the_master(tmp_path):
     sentinel = subprocess.Popen([REDIS_SERVER, str(config), "--sentinel"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        store = RedisStore("redis+sentinel://127.0.0.1:%d/pool/0" % sentinel_port, "smtpd",
-                           RedisSettings("sentinel:"), timeout=3600)
+        store = Blocking(RedisStore("redis+sentinel://127.0.0.1:%d/pool/0" % sentinel_port, "smtpd",
+                           RedisSettings("sentinel:"), timeout=3600))
         wait_for(lambda: _works(store), timeout=20, what="the sentinel to name the master")
         assert store.get(b"a") == pack_entry(Entry(1, b"s"))
     finally:

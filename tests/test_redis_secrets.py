@@ -15,6 +15,7 @@ import redis
 from conftest import require
 from helpers.harness import PYTHON, free_tcp_port, redis_available, start_ours, wait_for
 from helpers.redis_servers import Cluster, Servers
+from helpers.remote import Blocking
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -399,6 +400,7 @@ def test_a_wrong_user_name_is_a_clear_warning(tmp_path, acl_redis):
 # --- Sentinel and Cluster: whom the credentials go to ------------------------
 
 def works(store):
+    store.idle(0.1)                 # the probe runs meanwhile
     try:
         store.put(b"a", pack_entry(Entry(1, b"s")))
         return store.get(b"a") == pack_entry(Entry(1, b"s"))
@@ -420,16 +422,16 @@ def test_sentinel_the_master_gets_the_credentials_and_the_sentinels_none(tmp_pat
         sentinel = servers.node(sentinel_config="sentinel monitor pool 127.0.0.1 %d 1\n"
                                 % master.port)
         nodes = "127.0.0.1:%d/pool/0" % sentinel.port
-        store = RedisStore("redis+sentinel://mx:%s@%s" % (PASSWORD, nodes), "smtpd",
-                           RedisSettings("sentinel:"), timeout=3600)
+        store = Blocking(RedisStore("redis+sentinel://mx:%s@%s" % (PASSWORD, nodes), "smtpd",
+                           RedisSettings("sentinel:"), timeout=3600))
         wait_for(lambda: works(store), timeout=20, what="the master through the sentinel")
         # From main.cf and the password file, the same.
-        store = RedisStore("redis+sentinel://" + nodes, "smtpd", RedisSettings(
-            "sentinel:", username="mx", file_password=PASSWORD), timeout=3600)
+        store = Blocking(RedisStore("redis+sentinel://" + nodes, "smtpd", RedisSettings(
+            "sentinel:", username="mx", file_password=PASSWORD), timeout=3600))
         assert works(store)
         # The master checks them: another user is refused there.
-        store = RedisStore("redis+sentinel://nosuch:%s@%s" % (PASSWORD, nodes), "smtpd",
-                           RedisSettings("sentinel:"), timeout=3600)
+        store = Blocking(RedisStore("redis+sentinel://nosuch:%s@%s" % (PASSWORD, nodes), "smtpd",
+                           RedisSettings("sentinel:"), timeout=3600))
         with pytest.raises(Refused, match=r"AuthenticationError: .*\(as user nosuch, "
                            r"with the password in the URL\)$"):
             store.get(b"a")
@@ -443,11 +445,11 @@ def test_cluster_every_node_gets_the_credentials(tmp_path):
         for node in cluster.nodes:
             add_user(node)
         nodes = cluster.url().removeprefix("redis+cluster://")
-        store = RedisStore("redis+cluster://mx:%s@%s" % (PASSWORD, nodes), "smtpd",
-                           RedisSettings("cluster:"), timeout=3600)
+        store = Blocking(RedisStore("redis+cluster://mx:%s@%s" % (PASSWORD, nodes), "smtpd",
+                           RedisSettings("cluster:"), timeout=3600))
         assert works(store)
-        store = RedisStore("redis+cluster://nosuch:%s@%s" % (PASSWORD, nodes), "smtpd",
-                           RedisSettings("cluster:"), timeout=3600)
+        store = Blocking(RedisStore("redis+cluster://nosuch:%s@%s" % (PASSWORD, nodes), "smtpd",
+                           RedisSettings("cluster:"), timeout=3600))
         for _ in range(2):                   # a refusal, not an outage
             with pytest.raises(Refused, match=r"invalid username-password pair .*\(as user "
                                r"nosuch, with the password in the URL\)$"):

@@ -1,5 +1,6 @@
 """Ticket key timing with a controllable clock: the stock two-key ring."""
 
+import asyncio
 import itertools
 import os
 
@@ -119,7 +120,7 @@ def test_fleet_keys_keep_agreeing_across_an_outage_at_a_period_end():
     clock.now = key.expires + 1                   # the period ended during the outage
     # Every host goes on issuing the last fleet key, which every host decrypts.
     assert all(host.current(T) == key for host in hosts)
-    assert all(host.find(key.name, T) == key for host in hosts)
+    assert all(host.lookup(key.name, T)[0] == key for host in hosts)
     # Until it would no longer decrypt: then each host has a key of its own.
     clock.now = key.expires + T // 2
     own = [host.current(T) for host in hosts]
@@ -132,21 +133,54 @@ def test_fleet_keys_keep_agreeing_across_an_outage_at_a_period_end():
 def test_current_and_known_fleet_keys_are_answered_from_memory():
     shared, clock = SharedKeys(), Clock()
     host = fleet_host(shared, clock, 1)
-    assert host.waits(b"", T)                     # nothing yet: ask Redis
-    key = host.current(T)
+    key = host.current(T)                         # nothing yet: Redis is asked
     asked = shared.asked
-    assert not host.waits(b"", T) and not host.waits(key.name, T)
-    assert host.current(T) == key and host.find(key.name, T) == key
+    assert asked == 1
+    assert host.current(T) == key and host.lookup(key.name, T) == (key, "found_current")
     assert shared.asked == asked                  # not once more
-    assert host.waits(b"x" * 16, T)               # another host's key, maybe
-    assert host.find(b"x" * 16, T) is None and shared.asked == asked + 1
+    assert host.lookup(b"x" * 16, T) == (None, "unknown")   # another host's key, maybe
+    assert shared.asked == asked + 1
     clock.now = key.expires
-    assert host.waits(b"", T)                     # a new period: ask Redis
+    host.current(T)                               # a new period: Redis is asked
+    assert shared.asked == asked + 2
 
 
-def test_the_local_ring_never_waits():
-    ring, _ = ring_with_clock()
-    assert not ring.waits(b"", T) and not ring.waits(b"n" * 16, T)
+class LaterKeys(SharedKeys):
+    """SharedKeys answering as Redis does: later, on the event loop."""
+
+    def __init__(self, loop):
+        super().__init__()
+        self.loop = loop
+
+    def current(self, period, now, make_key):
+        return self._later(super().current, period, now, make_key)
+
+    def find(self, name):
+        return self._later(super().find, name)
+
+    def _later(self, ask, *args):
+        answer = self.loop.create_future()
+        try:
+            value = ask(*args)
+        except StoreError as err:
+            self.loop.call_soon(answer.set_exception, err)
+        else:
+            self.loop.call_soon(answer.set_result, value)
+        return answer
+
+
+def test_requests_waiting_for_the_current_fleet_key_share_one_question():
+    async def scenario():
+        shared, clock = LaterKeys(asyncio.get_running_loop()), Clock()
+        host = fleet_host(shared, clock, 1)
+        waiting = [host.current(T) for _ in range(64)]
+        assert shared.asked == 1 and all(isinstance(w, asyncio.Future) for w in waiting)
+        keys = await asyncio.gather(*waiting)
+        assert len(set(keys)) == 1 and host.current(T) == keys[0]   # now from memory
+        assert await host.lookup(b"y" * 16, T) == (None, "unknown")
+        shared.down = True                       # a lookup that fails: unavailable
+        assert await host.lookup(b"y" * 16, T) == (None, "unavailable")
+    asyncio.run(scenario())
 
 
 def test_a_spent_key_leaves_the_saved_ring_when_its_window_ends(tmp_path):

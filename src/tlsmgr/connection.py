@@ -15,9 +15,10 @@ A read that is one whole common request, arriving between requests, is
 first offered to the compiled path (fastpath.py), which answers it in one
 call or leaves it untouched to the rest of this module.
 
-A request that may wait on the network (a Redis cache) is answered in a
-worker thread, bounded by a deadline; the requests after it on this
-connection wait for it, while other connections go on being served.
+A request that waits on the network (a Redis cache) is answered when
+Redis answers, on the event loop (pending.py), or failed at a deadline;
+the requests after it on this connection wait for it, while other
+connections go on being served.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Container
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -42,9 +42,10 @@ from .stats import Stats
 SLICE = 4096            # bytes of input decoded before their requests are answered
 _REPLY_BATCH = 64       # replies made before they are written...
 _REPLY_BYTES = 16384    # ...or this many bytes of them
-# What a request in a worker thread may take beyond the store's own timeout
-# (tlsmgr_redis_timeout_ms): the thread's start, Python's own work.
-WORKER_MARGIN = 0.05
+# What a request waiting on the network may take beyond the store's own
+# timeout (tlsmgr_redis_timeout_ms): a pipeline ahead of its own, the
+# loop's other work.
+LATER_MARGIN = 0.05
 _PEERCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
 
 IDLE_TIMEOUT = "idle_timeout"          # nothing sent for ipc_timeout
@@ -76,7 +77,6 @@ class Shared:
     tlsmgr: Tlsmgr
     stats: Stats
     loop: asyncio.AbstractEventLoop
-    workers: Executor                  # for requests that may wait on the network
     connections: ConnectionTable
     memory: ClientMemory
     served: Callable[[], None]         # requests were answered (for master(8)),
@@ -84,7 +84,7 @@ class Shared:
     control_uids: Container[int]       # whose connections may send control requests
     ipc_timeout: int
     request_size_limit: int
-    worker_deadline: float             # seconds a request in a worker may take
+    later_deadline: float              # seconds a request on the network may take
     answer: Answer | None = None       # the compiled path (fastpath.py), if built
     late_warning: log.RateLimitedWarning = field(default_factory=log.RateLimitedWarning)
     # A client's oversized request or timeout: as protocol.py's warnings of
@@ -211,7 +211,7 @@ class Connection(asyncio.Protocol):
         self.write: Callable[[bytes], object]        # the transport's, from connection_made()
         self.held = 0                      # bytes held for it, as ClientMemory knows
         self.idle_timer: asyncio.TimerHandle | None = None
-        self.in_worker: asyncio.Future[Reply] | None = None
+        self.waiting: asyncio.Future[bytes] | None = None   # a reply to come
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream server's transports are read-write ones.
@@ -251,27 +251,32 @@ class Connection(asyncio.Protocol):
 
     def _serve(self) -> None:
         """Decode and answer until all that came is answered, a request
-        waits on a worker, or the client stops reading its replies."""
+        waits on the network, or the client stops reading its replies."""
         transport = self.transport
         if transport.is_closing():
             return
         shared = self.shared
         tlsmgr = shared.tlsmgr
-        may_block = tlsmgr.blocking if tlsmgr.any_blocking else None
         flow = self.flow
         client_input = self.input
         pending = client_input.pending
-        replies = []
+        replies: list[Reply] = []
         answered: list[Message] = []       # for the latency figures
         reply_bytes = 0
         sliced = False
-        while self.in_worker is None and not flow.write_paused:
+        while self.waiting is None and not flow.write_paused:
             if pending:
                 message = pending.popleft()
-                if may_block is not None and may_block(message):
-                    self._to_worker(message)
+                reply = tlsmgr.handle(message, self)
+                if reply.later is not None:
+                    # What came before goes first.
+                    if replies:
+                        self._send(replies)
+                        shared.stats.replied(answered, client_input.last_active,
+                                             time.monotonic())
+                        replies, answered, reply_bytes = [], [], 0
+                    self._wait_for(reply.later, message)
                 else:
-                    reply = tlsmgr.handle(message, self)
                     replies.append(reply)
                     answered.append(message)
                     if reply.close:              # nothing after a hang-up
@@ -304,10 +309,10 @@ class Connection(asyncio.Protocol):
             shared.served()
         else:
             shared.active()
-        if flow.read_paused or flow.write_paused or self.in_worker is not None \
+        if flow.read_paused or flow.write_paused or self.waiting is not None \
                 or client_input.unread:
             self._update_reading()
-        self.between_requests = self.in_worker is None and not flow.write_paused \
+        self.between_requests = self.waiting is None and not flow.write_paused \
             and not pending and not client_input.unread and client_input.decoder.idle \
             and not transport.is_closing()
 
@@ -323,42 +328,39 @@ class Connection(asyncio.Protocol):
         self.transport.write(PROTOCOL_ERROR)
         self.transport.close()
 
-    # A request that may wait on the network goes to a worker thread, and is
-    # answered when the worker is done or at the worker deadline, whichever
-    # comes first: whatever the network and the client library do, no
-    # client waits longer.  A worker that answers after that is ignored.
-    def _to_worker(self, message: Message) -> None:
+    # A request waiting on the network is answered when its reply comes,
+    # or at the deadline, whichever is first: whatever the network and
+    # the client library do, no client waits longer.  A reply that comes
+    # after the deadline is ignored.
+    def _wait_for(self, later: asyncio.Future[bytes], message: Message) -> None:
         shared = self.shared
-        future = shared.loop.run_in_executor(shared.workers, shared.tlsmgr.handle,
-                                             message, self)
-        self.in_worker = future
-        late = shared.loop.call_later(shared.worker_deadline, self._worker_late,
-                                      future, message)
+        self.waiting = later
+        late = shared.loop.call_later(shared.later_deadline, self._late, later, message)
         since = self.input.last_active
-        future.add_done_callback(lambda done: self._worker_done(done, late, message, since))
+        later.add_done_callback(lambda done: self._came(done, late, message, since))
 
-    def _worker_done(self, future: asyncio.Future[Reply], late: asyncio.TimerHandle,
-                     message: Message, since: float) -> None:
+    def _came(self, later: asyncio.Future[bytes], late: asyncio.TimerHandle,
+              message: Message, since: float) -> None:
         late.cancel()
-        if future.cancelled() or future is not self.in_worker:
+        if later.cancelled() or later is not self.waiting:
             return                   # shutting down, or answered at the deadline
-        self._worker_answered(future.result(), message, since)
+        self._answered_later(Reply(later.result()), message, since)
 
-    def _worker_late(self, future: asyncio.Future[Reply], message: Message) -> None:
-        if future is not self.in_worker:
+    def _late(self, later: asyncio.Future[bytes], message: Message) -> None:
+        if later is not self.waiting:
             return
-        since = time.monotonic() - self.shared.worker_deadline
         shared = self.shared
+        since = time.monotonic() - shared.later_deadline
         shared.stats.errors["store_timeout"] += 1
         request = message[0][1].decode(errors="replace")
         shared.late_warning(
             "%s request of %s not answered by the session store within %.0f ms "
             "(tlsmgr_redis_timeout_ms + %d ms): answered as failed", request,
-            self.peer(), shared.worker_deadline * 1000, WORKER_MARGIN * 1000)
-        self._worker_answered(shared.tlsmgr.unanswered(message), message, since)
+            self.peer(), shared.later_deadline * 1000, LATER_MARGIN * 1000)
+        self._answered_later(shared.tlsmgr.unanswered(message), message, since)
 
-    def _worker_answered(self, reply: Reply, message: Message, since: float) -> None:
-        self.in_worker = None
+    def _answered_later(self, reply: Reply, message: Message, since: float) -> None:
+        self.waiting = None
         if self.transport.is_closing():
             return
         self._send([reply])
@@ -378,7 +380,7 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     # Flow control (asyncio's callbacks): a client whose replies wait is
-    # not read from; nor is one whose request is in a worker thread, nor
+    # not read from; nor is one whose request waits on the network, nor
     # one whose earlier input is still being answered.
     def pause_writing(self) -> None:
         self.between_requests = False
@@ -395,7 +397,7 @@ class Connection(asyncio.Protocol):
             self._update_reading()
 
     def _update_reading(self) -> None:
-        self.flow.reading(self.flow.write_paused or self.in_worker is not None
+        self.flow.reading(self.flow.write_paused or self.waiting is not None
                           or bool(self.input.unread))
 
     def peer(self) -> str:

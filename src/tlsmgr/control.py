@@ -17,6 +17,7 @@ connection, and protocol.py refuses the others with status -2.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence, Sized
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import fastpath, log
 from .attr import Message, encode
+from .pending import MaybeLater, gather, then
 from .protocol import INT, STAT_ERR, STAT_OK, STR, Wanted, failed_reply
 
 if TYPE_CHECKING:
@@ -50,17 +52,23 @@ class Sources:
     connections: Sized                 # the open ones
 
 
-def snapshot(sources: Sources) -> dict[str, Any]:
-    """Everything the stats request and the metrics report.
+def snapshot(sources: Sources) -> MaybeLater[dict[str, Any]]:
+    """Everything the stats request and the metrics report; later when a
+    store on the network is asked for its size.
 
     The JSON shape (docs/OPERATIONS.md): uptime; caches by type (enabled
     ones only); ticket_keys; prng; connections; requests by name; errors
     by kind.
     """
+    return then(gather([cache.stats() for cache in sources.caches]),
+                functools.partial(_snapshot, sources))
+
+
+def _snapshot(sources: Sources, cache_stats: list[dict[str, Any]]) -> dict[str, Any]:
     tlsmgr = sources.tlsmgr
     ring = tlsmgr.tickets.ring
     now = time.time()
-    caches = {cache.label: cache.stats() for cache in sources.caches}
+    caches = {cache.label: stats for cache, stats in zip(sources.caches, cache_stats)}
     stats = tlsmgr.stats
     stats.settle()
     errors = dict(stats.errors)
@@ -102,25 +110,22 @@ class Control:
     def __init__(self, sources: Sources):
         self.sources = sources
         self.tlsmgr = sources.tlsmgr
-        self._handlers: dict[bytes, Callable[[Message], bytes]] = {
+        self._handlers: dict[bytes, Callable[[Message], MaybeLater[bytes]]] = {
             b"stats": self._stats, b"flush": self._flush,
             b"rotate_keys": self._rotate_keys, b"list": self._list}
 
-    def handle(self, request: bytes, message: Message) -> bytes:
+    def handle(self, request: bytes, message: Message) -> MaybeLater[bytes]:
         return self._handlers[request](message)
 
-    def _stats(self, message: Message) -> bytes:
+    def _stats(self, message: Message) -> MaybeLater[bytes]:
         self.tlsmgr.scan(message, 1, ())
-        text = json.dumps(snapshot(self.sources), separators=(",", ":"))
-        return encode([("status", STAT_OK), ("stats", text)])
+        return then(snapshot(self.sources), lambda stats: encode(
+            [("status", STAT_OK), ("stats", json.dumps(stats, separators=(",", ":")))]))
 
-    def _flush(self, message: Message) -> bytes:
+    def _flush(self, message: Message) -> MaybeLater[bytes]:
         [cache_type] = self.tlsmgr.scan(message, 1, _CACHE_TYPE)
         cache = self.tlsmgr.cache(cache_type, "flush")
-        removed = cache.flush() if cache is not None else -1
-        if removed < 0:                             # disabled, or the store failed
-            return failed_reply(b"flush", STAT_ERR)
-        return encode([("status", STAT_OK), ("removed", removed)])
+        return then(cache.flush() if cache is not None else -1, _flushed)
 
     def _rotate_keys(self, message: Message) -> bytes:
         self.tlsmgr.scan(message, 1, ())
@@ -138,7 +143,7 @@ class Control:
         log.info("session ticket key rotated on request")
         return encode([("status", STAT_OK)])
 
-    def _list(self, message: Message) -> bytes:
+    def _list(self, message: Message) -> MaybeLater[bytes]:
         [cache_type] = self.tlsmgr.scan(message, 1, _CACHE_TYPE, more=True)
         limit = LIST_DEFAULT
         if len(message) > 2:                        # the optional limit
@@ -146,7 +151,16 @@ class Control:
         cache = self.tlsmgr.cache(cache_type, "list")
         if cache is None:
             return failed_reply(b"list", STAT_ERR)
-        entries = cache.ages(min(max(0, limit), LIST_MAX))
-        text = json.dumps([{"id": cache_id.decode("utf-8", "backslashreplace"), "age": age}
-                           for cache_id, age in entries], separators=(",", ":"))
-        return encode([("status", STAT_OK), ("list", text)])
+        return then(cache.ages(min(max(0, limit), LIST_MAX)), _listed)
+
+
+def _flushed(removed: int) -> bytes:
+    if removed < 0:                                 # disabled, or the store failed
+        return failed_reply(b"flush", STAT_ERR)
+    return encode([("status", STAT_OK), ("removed", removed)])
+
+
+def _listed(entries: list[tuple[bytes, int]]) -> bytes:
+    text = json.dumps([{"id": cache_id.decode("utf-8", "backslashreplace"), "age": age}
+                       for cache_id, age in entries], separators=(",", ":"))
+    return encode([("status", STAT_OK), ("list", text)])

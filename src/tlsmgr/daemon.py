@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from . import __version__, config, log, master
 from .attr import Decoder, Message
-from .connection import WORKER_MARGIN
+from .connection import LATER_MARGIN
 from .control import Control, Sources
 from .keyfile import KeyFile, remove_saved_keys
 from .prng import Prng
@@ -213,7 +213,7 @@ def ticket_keys(smtpd_cache: SessionCache | None, random_bytes: Callable[[int], 
                          on_change=saved.save_ring if saved is not None else None)
     if saved is not None and smtpd_cache is not None:
         ring.restore(saved.load(smtpd_cache.timeout))
-    if smtpd_cache is None or not smtpd_cache.store.blocking:
+    if smtpd_cache is None or not smtpd_cache.store.remote:
         return ring                       # no store on the network: not Redis
     from .stores.redis import RedisStore, RedisTicketKeys
     if not isinstance(smtpd_cache.store, RedisStore):
@@ -249,7 +249,7 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int,
     server = Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
                     cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
                     cfg.tlsmgr_client_buffer_limit,
-                    worker_deadline=cfg.tlsmgr_redis_timeout_ms / 1000 + WORKER_MARGIN,
+                    later_deadline=cfg.tlsmgr_redis_timeout_ms / 1000 + LATER_MARGIN,
                     tasks=spent_key_task(tickets, caches["smtpd"], saved))
     owner = mail_owner_uid(cfg)
     if owner is not None:
@@ -458,11 +458,9 @@ def run_standalone(args: argparse.Namespace) -> int:
 
 
 def end_now(status: int) -> NoReturn:
-    """Exit once the server is done, without waiting for worker threads.
-
-    One may still wait on a Redis that does not answer (for as long as its
-    timeouts allow); what must be saved was saved by the server, and waiting
-    for it would keep "postfix stop" or "postfix reload" waiting too."""
+    """Exit once the server is done, without waiting for anything else:
+    what must be saved was saved by the server, and waiting would keep
+    "postfix stop" or "postfix reload" waiting too."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

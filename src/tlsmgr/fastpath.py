@@ -20,6 +20,7 @@ the pure path alone, with the same replies, counts and log lines
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .protocol import CACHE_REPLIES, Tlsmgr
 from .stats import LATENCY_BOUNDS
@@ -39,15 +40,16 @@ else:
 
 def answerer(tlsmgr: Tlsmgr, size_limit: int) -> Answer | None:
     """The compiled answer() for tlsmgr's requests, or None when it is not
-    built.  Requests that may wait on the network are left to the pure
-    path, which hands them to a worker thread: those on a cache whose
-    store may block (Redis), and tktkey when any may (the fleet's keys)."""
+    built.  Requests that may be answered later, on the network, are left
+    to the pure path: those on a cache whose store is remote (Redis), and
+    tktkey when any is (the fleet's keys)."""
     if not COMPILED:
         return None
     caches = {cache_type: cache for cache_type, cache in tlsmgr.caches.items()
-              if cache is not None and not cache.store.blocking}
-    replies: dict[str, Callable[..., bytes]] = {"seed": tlsmgr.seed_reply}
-    if not tlsmgr.any_blocking:
+              if cache is not None and not cache.store.remote}
+    # Only what answers at once: a reply that comes later is the pure path's.
+    replies: dict[str, Callable[..., Any]] = {"seed": tlsmgr.seed_reply}
+    if not tlsmgr.any_remote:
         replies["tktkey"] = tlsmgr.key_reply
     stats = tlsmgr.stats
     path = FastPath(size_limit, stats.requests, stats.latency, LATENCY_BOUNDS, caches,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable
 
@@ -46,9 +45,6 @@ class KeyFile:
         self.path = os.path.join(directory, NAME)
         self._clock = clock
         self._warning = log.RateLimitedWarning()
-        # Fleet keys are taken on in worker threads, spent ones dropped in
-        # the event loop: one save at a time, or two would share the new file.
-        self._saving = threading.Lock()
         # Reached through this descriptor once in the jail.
         self._directory = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         remove_damaged_copies(self.path)
@@ -107,14 +103,12 @@ class KeyFile:
     def save_ring(self, ring: TicketKeyRing) -> None:
         """Save the ring as it is when the file is written: of two saves
         that meet, the one written last has the latest keys."""
-        with self._saving:
-            self._write(ring.keys)
+        self._write(ring.keys)
 
     def save(self, keys: list[TicketKey]) -> None:
         """Replace the file with these keys; a failure is a warning (the
         keys then live in memory only, as with the option off)."""
-        with self._saving:
-            self._write(keys)
+        self._write(keys)
 
     def _write(self, keys: list[TicketKey]) -> None:
         body = _MAGIC + bytes([len(keys)]) + b"".join(key.pack() for key in keys)

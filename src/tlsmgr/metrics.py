@@ -18,7 +18,6 @@ import asyncio
 import re
 import socket
 from collections.abc import Iterator
-from concurrent.futures import Executor
 from typing import Any
 
 from prometheus_client.core import (
@@ -31,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from . import httpd, log
 from .control import Control, Sources, snapshot
+from .pending import Later
 from .server import Server, SideListener
 
 # What scrapers, any local user among them, may take of the daemon.  The
@@ -40,7 +40,7 @@ METRICS_CONNECTIONS = 16    # at once; one more is closed as soon as it is accep
 METRICS_DEADLINE = 5.0      # seconds from accept(2) to close, whatever was sent or read
 METRICS_HEAD_LIMIT = 8192   # bytes of request line and headers
 METRICS_BACKLOG = 16        # connections the kernel queues for accept(2)
-# How long a scrape waits for a snapshot taken in a worker thread: within
+# How long a scrape waits for a snapshot from the network: within
 # METRICS_DEADLINE, so that it is told so (503) before it is closed.
 _SNAPSHOT_WITHIN = 3.0
 
@@ -180,25 +180,24 @@ def redis_health(stats: dict[str, Any]) -> Iterator[Metric]:
 class Scrapes:
     """The page of each scrape: a snapshot taken on the event loop, as text."""
 
-    def __init__(self, sources: Sources, workers: Executor):
+    def __init__(self, sources: Sources):
         self.sources = sources
-        self.workers = workers
-        # A snapshot under way in a worker thread, for the scrapes meanwhile.
+        # A snapshot waiting on the network, for the scrapes meanwhile.
         self._taking: asyncio.Future[dict[str, Any]] | None = None
 
     async def page(self) -> bytes:
         return generate_latest(Collector(await self._snapshot()))
 
     async def _snapshot(self) -> dict[str, Any]:
-        if not self.sources.tlsmgr.any_blocking:
-            return snapshot(self.sources)
-        # A store on the network is asked in a worker, not in the loop; the
-        # scrapes that come meanwhile share its answer, so that scrapers
-        # take at most one worker from the requests that need them.
         if self._taking is None:
-            self._taking = asyncio.get_running_loop().run_in_executor(
-                self.workers, snapshot, self.sources)
-            self._taking.add_done_callback(self._taken)
+            taken = snapshot(self.sources)
+            if not isinstance(taken, Later):
+                return taken
+            # A store on the network answers later; the scrapes that come
+            # meanwhile share its answer, so that scrapers add no more
+            # than one question at a time to what Redis is asked.
+            self._taking = taken
+            taken.add_done_callback(self._taken)
         try:
             return await asyncio.wait_for(asyncio.shield(self._taking), _SNAPSHOT_WITHIN)
         except TimeoutError:
@@ -233,7 +232,7 @@ def start(listen: str, control: Control, server: Server) -> None:
     except OSError as err:
         log.fatal("cannot serve metrics on %s port %d: %s", host, port, err.strerror or err)
     site = httpd.Site("metrics", _PATHS, CONTENT_TYPE_PLAIN_0_0_4,
-                      Scrapes(control.sources, server.workers).page,
+                      Scrapes(control.sources).page,
                       METRICS_CONNECTIONS, METRICS_DEADLINE, METRICS_HEAD_LIMIT)
     server.side_listeners.append(
         SideListener(sock, lambda: httpd.Responder(site), METRICS_BACKLOG))

@@ -24,7 +24,6 @@ import os
 import select
 import socket
 import struct
-import threading
 import time
 from typing import NoReturn
 
@@ -70,7 +69,7 @@ class Pool:
     input is mixed in, so no path leads to a state that must be refused.
     """
 
-    __slots__ = ("_key", "_lock", "_times", "_value")
+    __slots__ = ("_key", "_times", "_value")
 
     def __init__(self, extra: bytes = b"") -> None:
         # The pid and clock keep a forked or restored copy of the kernel's
@@ -87,9 +86,6 @@ class Pool:
         return pool
 
     def _instantiate(self, seed_material: bytes) -> None:
-        # Requests for a remote store are answered in worker threads, and
-        # two threads must never generate from the same state.
-        self._lock = threading.Lock()
         self._times = bytearray()
         self._key = bytes(32)
         self._value = b"\x01" * 32
@@ -101,8 +97,7 @@ class Pool:
         The new key is an HMAC keyed by the old one, so data of any origin,
         even chosen by an attacker, cannot make the state easier to guess.
         """
-        with self._lock:
-            self._update(self._take_times() + data)
+        self._update(self._take_times() + data)
 
     def _take_times(self) -> bytes:
         times, self._times = self._times, bytearray()
@@ -131,23 +126,22 @@ class Pool:
         """Return *n* fresh bytes: the DRBG generate function."""
         if not 0 <= n <= MAX_REQUEST:
             raise ValueError(f"cannot generate {n} bytes at once")
-        with self._lock:
-            if self._times:
-                self._update(self._take_times())
-            value = self._value
-            # One keyed HMAC, copied for each block: with OpenSSL 3, keying
-            # (and finding SHA-256) anew per block costs half as much again.
-            keyed = hmac.new(self._key, digestmod="sha256")
-            blocks = []
-            for _ in range(-(-n // 32)):
-                block = keyed.copy()
-                block.update(value)
-                value = block.digest()
-                blocks.append(value)
-            self._value = value
-            # Moving the key on means that whoever steals the state later
-            # cannot recompute the bytes just returned.
-            self._update(b"")
+        if self._times:
+            self._update(self._take_times())
+        value = self._value
+        # One keyed HMAC, copied for each block: with OpenSSL 3, keying
+        # (and finding SHA-256) anew per block costs half as much again.
+        keyed = hmac.new(self._key, digestmod="sha256")
+        blocks = []
+        for _ in range(-(-n // 32)):
+            block = keyed.copy()
+            block.update(value)
+            value = block.digest()
+            blocks.append(value)
+        self._value = value
+        # Moving the key on means that whoever steals the state later
+        # cannot recompute the bytes just returned.
+        self._update(b"")
         return b"".join(blocks)[:n]
 
 
@@ -200,7 +194,6 @@ class Prng:
         self.mix_time = self.pool.mix_time
         self._ahead = b""
         self._ahead_used = 0
-        self._ahead_lock = threading.Lock()
         self.source = source
         self.reseed_bytes = random_bytes
         self.exchange_path = exchange_path
@@ -255,17 +248,16 @@ class Prng:
         each byte is handed out once, and a mix discards the block."""
         if n > _SMALL:
             return self.pool.random_bytes(n)
-        with self._ahead_lock:
-            start = self._ahead_used
-            if start + n > len(self._ahead):
-                self._ahead, start = _keystream(self.pool.random_bytes(32)), 0
-            self._ahead_used = start + n
-            return self._ahead[start:start + n]
+        start = self._ahead_used
+        if start + n > len(self._ahead):
+            self._ahead, start = _keystream(self.pool.random_bytes(32)), 0
+        self._ahead_used = start + n
+        return self._ahead[start:start + n]
 
     def mix(self, data: bytes) -> None:
         self.pool.mix(data)
-        with self._ahead_lock:     # what follows must depend on the new data
-            self._ahead, self._ahead_used = b"", 0
+        # What follows must depend on the new data.
+        self._ahead, self._ahead_used = b"", 0
 
     def reseed(self) -> float | None:
         """Feed the pool from the external source; return the next delay.

@@ -23,10 +23,11 @@ are rate-limited after a burst, so that no client can flood the log.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from . import log
 from .attr import (
@@ -39,9 +40,10 @@ from .attr import (
     encode_data,
     encode_int,
 )
+from .pending import Later, MaybeLater, recover, then
 from .scache import SessionCache
 from .stats import Stats
-from .tickets import NAME_LENGTH, TicketKeys
+from .tickets import NAME_LENGTH, TicketKey, TicketKeys
 
 if TYPE_CHECKING:
     from .control import Control
@@ -86,13 +88,17 @@ def printable(text: bytes) -> str:
 
 
 class Reply:
-    """What to send back, and whether to close the connection after."""
+    """What to send back, and whether to close the connection after; or,
+    for a request that waits on the network, the future of what to send
+    (``later``: it never fails, a failure is a reply too)."""
 
-    __slots__ = ("close", "data")
+    __slots__ = ("close", "data", "later")
 
-    def __init__(self, data: bytes = b"", close: bool = False):
+    def __init__(self, data: bytes = b"", close: bool = False,
+                 later: asyncio.Future[bytes] | None = None):
         self.data = data
         self.close = close
+        self.later = later
 
 
 NO_REPLY = Reply()
@@ -148,6 +154,14 @@ _END = b"\0\0"
 CACHE_REPLIES = (_FOUND, _LOOKUP_MISS, _STATUS[STAT_OK], _STATUS[STAT_ERR])
 
 
+def _lookup_reply(found: bytes | None) -> bytes:
+    return _LOOKUP_MISS if found is None else b"".join((_FOUND, encode_data(found), _END))
+
+
+def _status_reply(done: bool) -> bytes:
+    return _STATUS[STAT_OK if done else STAT_ERR]
+
+
 class Client(Protocol):
     """What a request handler may know of the connection a request came on."""
 
@@ -183,10 +197,10 @@ class Tlsmgr:
         self.stats = stats or Stats()
         # The administrator's requests (control.py), when the server offers them.
         self.control: Control | None = None
-        # Whether any request may wait on the network (see blocking()):
-        # fleet ticket keys come with a Redis smtpd cache.
-        self.any_blocking = any(
-            cache is not None and cache.store.blocking for cache in caches.values())
+        # Whether any request may be answered later, on the network: the
+        # fleet's ticket keys come with a Redis smtpd cache.
+        self.any_remote = any(
+            cache is not None and cache.store.remote for cache in caches.values())
         self._key_reply: tuple[object, bytes] = (None, b"")   # see key_reply()
         self._handlers = {
             b"lookup": self._lookup,
@@ -228,9 +242,13 @@ class Tlsmgr:
         if handler is not None:
             self.stats.requests[request] += 1
             try:
-                return Reply(handler(message))
+                answer = handler(message)
             except Exception as err:
                 return Reply(self.failure(request, err))
+            if isinstance(answer, Later):
+                return Reply(later=cast("asyncio.Future[bytes]", recover(
+                    answer, functools.partial(self.failure, request), (Exception,))))
+            return Reply(answer)
         if request == WAKEUP:
             return HANG_UP
         self.stats.requests[b"unknown"] += 1
@@ -255,7 +273,7 @@ class Tlsmgr:
         request = message[0][1] if message and message[0][0] == b"request" else b""
         if request == b"tktkey":                # what memory holds will do
             try:
-                return Reply(self._tktkey(message, from_memory=True))
+                return Reply(cast(bytes, self._tktkey(message, from_memory=True)))
             except Exception as err:
                 return Reply(self.failure(request, err))
         return Reply(failed_reply(request, STAT_ERR))
@@ -263,22 +281,6 @@ class Tlsmgr:
     def _client_error(self, text: str, *args: object) -> None:
         self.stats.errors["protocol"] += 1
         self._warn(text, *args)
-
-    def blocking(self, message: Message) -> bool:
-        """Whether answering may wait on the network (a Redis cache or
-        fleet ticket keys): the server then answers in a worker thread."""
-        if not message or message[0][0] != b"request":
-            return False
-        request = message[0][1]
-        if request == b"tktkey":
-            name = decode_data(message[1][1]) if len(message) > 1 else b""
-            return name is not None and self.tickets.waits(name, self.timeouts[b"smtpd"])
-        if request in (b"lookup", b"update", b"delete") and len(message) > 1:
-            cache = self.caches.get(message[1][1])
-            return cache is not None and cache.store.blocking
-        # A control request may ask every cache (stats) or any one.
-        return self.control is not None and request in self.control.requests \
-            and self.any_blocking
 
     def handle_trigger(self, trigger: bytes) -> Reply:
         """A short NUL-terminated string from master(8), not a request."""
@@ -333,21 +335,18 @@ class Tlsmgr:
 
     # The requests.  Each returns the reply message.
 
-    def _lookup(self, message: Message) -> bytes:
+    def _lookup(self, message: Message) -> MaybeLater[bytes]:
         cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
-        found = self._enabled(cache_type, "lookup").lookup(cache_id)
-        return _LOOKUP_MISS if found is None else b"".join(
-            (_FOUND, encode_data(found), _END))
+        return then(self._enabled(cache_type, "lookup").lookup(cache_id), _lookup_reply)
 
-    def _update(self, message: Message) -> bytes:
+    def _update(self, message: Message) -> MaybeLater[bytes]:
         cache_type, cache_id, session = self.scan(message, 1, _UPDATE)
-        saved = self._enabled(cache_type, "update").update(cache_id, session)
-        return _STATUS[STAT_OK if saved else STAT_ERR]
+        return then(self._enabled(cache_type, "update").update(cache_id, session),
+                    _status_reply)
 
-    def _delete(self, message: Message) -> bytes:
+    def _delete(self, message: Message) -> MaybeLater[bytes]:
         cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
-        removed = self._enabled(cache_type, "delete").delete(cache_id)
-        return _STATUS[STAT_OK if removed else STAT_ERR]
+        return then(self._enabled(cache_type, "delete").delete(cache_id), _status_reply)
 
     def _enabled(self, cache_type: bytes, request: str) -> SessionCache:
         """The cache of a type; an unknown type (with a warning) or a
@@ -358,7 +357,7 @@ class Tlsmgr:
             raise BadRequest
         return cache
 
-    def _tktkey(self, message: Message, from_memory: bool = False) -> bytes:
+    def _tktkey(self, message: Message, from_memory: bool = False) -> MaybeLater[bytes]:
         # Like the stock daemon (Postfix 3.7), a name not found is echoed in
         # place of a key, and so is what could be decoded of a name that is
         # not base64.
@@ -377,20 +376,29 @@ class Tlsmgr:
     # which the compiled path (fastpath.py) calls too.  It answers cache
     # requests as the three above do, from CACHE_REPLIES.
 
-    def key_reply(self, name: bytes, from_memory: bool = False) -> bytes:
+    def key_reply(self, name: bytes, from_memory: bool = False) -> MaybeLater[bytes]:
         """The reply to a tktkey request for a name of a valid length
-        (empty: the current key)."""
+        (empty: the current key); later when the fleet's Redis is asked."""
         timeout = self.timeouts[b"smtpd"]
         if timeout <= 0:
             return failed_reply(b"tktkey", STAT_ERR)     # no tickets without the cache
         if from_memory:
-            key = self.tickets.at_hand(name, timeout)
-        elif name:
-            key, outcome = self.tickets.lookup(name, timeout)
-            self.stats.ticket_lookups[outcome] += 1
-        else:
-            key = self.tickets.current(timeout)
-            self.stats.ticket_lookups["current"] += 1
+            return self._reply_with_key(name, self.tickets.at_hand(name, timeout))
+        if name:
+            return then(self.tickets.lookup(name, timeout),
+                        functools.partial(self._found_key_reply, name))
+        self.stats.ticket_lookups["current"] += 1
+        key = self.tickets.current(timeout)
+        if isinstance(key, Later):
+            return then(key, functools.partial(self._reply_with_key, name))
+        return self._reply_with_key(name, key)
+
+    def _found_key_reply(self, name: bytes, found: tuple[TicketKey | None, str]) -> bytes:
+        key, outcome = found
+        self.stats.ticket_lookups[outcome] += 1
+        return self._reply_with_key(name, key)
+
+    def _reply_with_key(self, name: bytes, key: TicketKey | None) -> bytes:
         if key is None:
             return _status_and_data(STAT_ERR, b"keybuf", name)
         # Most requests ask for the current key: its reply is made once.

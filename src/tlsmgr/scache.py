@@ -10,12 +10,17 @@ waits for it.  The bytes of a session are never interpreted.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from . import log
+from .pending import Later, MaybeLater, recover, then
 from .stores import STAMP, CannotOpen, Entry, Limits, Store, StoreError, Trimmed
+
+T = TypeVar("T")
+_STORE_ERRORS = (StoreError,)
 
 NO_LIMITS = Limits()
 
@@ -80,21 +85,36 @@ class SessionCache:
         self._store_warning = log.RateLimitedWarning()
         self._unopened_warning = log.RateLimitedWarning()   # a writer may cause it at will
 
-    def lookup(self, cache_id: bytes) -> bytes | None:
+    # Each request asks the store, and finishes with its answer: at once
+    # for a local store, when it comes for one on the network (pending.py).
+    # A store's error, raised or in the future, is finished with too.
+
+    def lookup(self, cache_id: bytes) -> MaybeLater[bytes | None]:
         """The session saved under cache_id, unless absent or expired."""
         if self.verbose:
             log.info("lookup %s session id=%s", self.label, cache_id.decode(errors="replace"))
         try:
             packed = self.store.get(cache_id)
-        except CannotOpen as err:
+        except StoreError as err:
+            self._not_read(err)
+            return None
+        if isinstance(packed, Later):
+            return then(packed, functools.partial(self._read, cache_id), self._not_read,
+                        _STORE_ERRORS)
+        return self._read(cache_id, packed)
+
+    def _not_read(self, err: Exception) -> None:
+        """A miss: the store failed, or its entry did not open."""
+        if isinstance(err, CannotOpen):
             # Never handed to a client: it may have been planted.
             self.unopened += 1
             self._unopened_warning("%s TLS session cache: %s -- treated as a miss",
                                    self.label, err)
-            packed = None
-        except StoreError as err:
+        else:
             self._store_error("cannot look up %s TLS session: %s", err)
-            packed = None
+        self.misses += 1
+
+    def _read(self, cache_id: bytes, packed: bytes | None) -> MaybeLater[bytes | None]:
         if packed is None:
             self.misses += 1
             return None
@@ -105,13 +125,14 @@ class SessionCache:
                      cache_id.decode(errors="replace"), timestamp, len(packed) - STAMP.size)
         if timestamp + self.timeout < int(self.clock()):        # expired
             self.misses += 1
-            if self._remove(cache_id):
-                self.expired += 1
-            return None
+            return then(self._remove(cache_id), self._expired_removed)
         self.hits += 1
         return packed[STAMP.size:]
 
-    def update(self, cache_id: bytes, session: bytes) -> bool:
+    def _expired_removed(self, removed: bool) -> None:
+        self.expired += removed
+
+    def update(self, cache_id: bytes, session: bytes) -> MaybeLater[bool]:
         """Save a session; True when it was saved."""
         now = int(self.clock())
         if self.verbose:
@@ -123,12 +144,21 @@ class SessionCache:
             trimmed = self.store.save(cache_id, STAMP.pack(now) + session, self.limits,
                                       now - self.timeout)
         except StoreError as err:
-            self._store_error("cannot save %s TLS session: %s", err)
-            return False
+            return self._not_saved(err)
+        if isinstance(trimmed, Later):
+            return then(trimmed, functools.partial(self._saved, now), self._not_saved,
+                        _STORE_ERRORS)
+        return self._saved(now, trimmed)
+
+    def _saved(self, now: int, trimmed: Trimmed) -> bool:
         self.updates += 1
         if trimmed != (0, 0):
             self._count_trimmed(trimmed, now)
         return True
+
+    def _not_saved(self, err: Exception) -> bool:
+        self._store_error("cannot save %s TLS session: %s", err)
+        return False
 
     def _count_trimmed(self, trimmed: Trimmed, now: float) -> None:
         self.expired += trimmed.expired
@@ -148,52 +178,64 @@ class SessionCache:
         self._unlogged = Trimmed()
         self._logged_at = now
 
-    def delete(self, cache_id: bytes) -> bool:
+    def delete(self, cache_id: bytes) -> MaybeLater[bool]:
         """Remove a session; True when there was one."""
         if self.verbose:
             log.info("delete %s session id=%s", self.label, cache_id.decode(errors="replace"))
-        removed = self._remove(cache_id)
+        return then(self._remove(cache_id), self._deleted)
+
+    def _deleted(self, removed: bool) -> bool:
         self.deletes += removed
         return removed
 
-    def _remove(self, cache_id: bytes) -> bool:
-        try:
-            return self.store.delete(cache_id)
-        except StoreError as err:
-            self._store_error("cannot delete %s TLS session: %s", err)
-            return False
+    def _remove(self, cache_id: bytes) -> MaybeLater[bool]:
+        return self._ask(self.store.delete, (cache_id,), "cannot delete %s TLS session: %s",
+                         False)
 
-    def _store_error(self, text: str, err: StoreError) -> None:
+    def _ask(self, method: Callable[..., MaybeLater[T]], args: tuple[Any, ...],
+             failed: str, instead: T) -> MaybeLater[T]:
+        """What the store's method answers; on its error, a warning (failed,
+        with the label and the error) and ``instead``."""
+        def store_error(err: Exception) -> T:
+            self._store_error(failed, err)
+            return instead
+        try:
+            result = method(*args)
+        except StoreError as err:
+            return store_error(err)
+        return recover(result, store_error, _STORE_ERRORS)
+
+    def _store_error(self, text: str, err: Exception) -> None:
         self.store_errors += 1
         self._store_warning(text, self.label, err)
 
-    def flush(self) -> int:
-        """Remove every entry (an administrator's request); how many went."""
-        try:
-            removed = self.store.clear()
-        except StoreError as err:
-            self._store_error("cannot flush %s TLS session cache: %s", err)
-            return -1
-        log.info("%s TLS session cache flushed: removed %d entries", self.label, removed)
+    def flush(self) -> MaybeLater[int]:
+        """Remove every entry (an administrator's request); how many went,
+        -1 if the store failed."""
+        return then(self._ask(self.store.clear, (), "cannot flush %s TLS session cache: %s",
+                              -1), self._flushed)
+
+    def _flushed(self, removed: int) -> int:
+        if removed >= 0:
+            log.info("%s TLS session cache flushed: removed %d entries", self.label, removed)
         return removed
 
-    def ages(self, limit: int) -> list[tuple[bytes, int]]:
+    def ages(self, limit: int) -> MaybeLater[list[tuple[bytes, int]]]:
         """The ids of the oldest entries, at most limit, with their ages in
         seconds (never the sessions)."""
         now = int(self.clock())
-        try:
-            return [(cache_id, now - stamp) for cache_id, stamp in self.store.stamps(limit)]
-        except StoreError as err:
-            self._store_error("cannot list %s TLS session cache: %s", err)
-            return []
+        return then(self._ask(self.store.stamps, (limit,),
+                              "cannot list %s TLS session cache: %s",
+                              list[tuple[bytes, int]]()),
+                    lambda stamps: [(cache_id, now - stamp) for cache_id, stamp in stamps])
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> MaybeLater[dict[str, Any]]:
         """Counts for the stats request; the store is asked for its size."""
-        try:
-            entries, size = len(self.store), self.store.size
-        except StoreError as err:
-            self._store_error("cannot count %s TLS session cache: %s", err)
-            entries = size = -1
+        return then(self._ask(self.store.counts, (), "cannot count %s TLS session cache: %s",
+                              (-1, -1)), self._stats)
+
+    def _stats(self, counts: tuple[int, int]) -> dict[str, Any]:
+        entries, size = counts
         lookups = self.hits + self.misses
         found: dict[str, Any] = {
                 "entries": entries, "bytes": size, "hits": self.hits, "misses": self.misses,
@@ -213,14 +255,15 @@ class SessionCache:
         self._pass_removed = 0
         self._pass_started = time.monotonic()
 
-    def cleanup_step(self) -> list[Entry]:
+    def cleanup_step(self) -> MaybeLater[list[Entry]]:
         """One bounded step of the running pass; returns what it removed."""
         cutoff = int(self.clock()) - self.timeout
-        try:
-            removed, done = self.store.expire(cutoff, self.store.cleanup_batch)
-        except StoreError as err:
-            self._store_error("%s TLS session cache cleanup: %s", err)
-            removed, done = [], True
+        return then(self._ask(self.store.expire, (cutoff, self.store.cleanup_batch),
+                              "%s TLS session cache cleanup: %s", (list[Entry](), True)),
+                    self._cleaned)
+
+    def _cleaned(self, outcome: tuple[list[Entry], bool]) -> list[Entry]:
+        removed, done = outcome
         self.expired += len(removed)
         self._pass_removed += len(removed)
         if done:
@@ -240,6 +283,6 @@ class SessionCache:
         except StoreError as err:
             self._store_error("cannot save %s TLS sessions: %s", err)
 
-    def close(self) -> None:
+    def close(self) -> MaybeLater[None]:
         self.commit()
-        self.store.close()
+        return self.store.close()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Container
 
@@ -89,7 +88,6 @@ class Seal:
         self._prefix = _VERSION + _secret_id(secrets[0]) + salt
         self._key = _sealing_key(secrets[0], salt)
         self._next_nonce = 0
-        self._lock = threading.Lock()      # values are sealed in worker threads
         self._keys: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._keys[self._prefix[1:]] = self._key
 
@@ -99,9 +97,8 @@ class Seal:
         return [secret_id.hex() for secret_id in self._secrets]
 
     def seal(self, value: bytes, place: bytes) -> bytes:
-        with self._lock:
-            nonce = self._next_nonce.to_bytes(_NONCE_BYTES, "big")
-            self._next_nonce += 1
+        nonce = self._next_nonce.to_bytes(_NONCE_BYTES, "big")
+        self._next_nonce += 1
         return b"".join((self._prefix, nonce, self._key.encrypt(nonce, value, place)))
 
     def open(self, sealed: bytes, place: bytes) -> bytes:
@@ -118,10 +115,9 @@ class Seal:
                                 "(id %s; this host has %s)"
                                 % (secret_id.hex(), ", ".join(self.secret_ids)))
             key = _sealing_key(secret, key_id[_ID_BYTES:])
-            with self._lock:
-                self._keys[key_id] = key
-                if len(self._keys) > _KEYS_KEPT:
-                    self._keys.popitem(last=False)
+            self._keys[key_id] = key
+            if len(self._keys) > _KEYS_KEPT:
+                self._keys.popitem(last=False)
         nonce = sealed[1 + _ID_BYTES + _SALT_BYTES:_HEADER]
         try:
             return key.decrypt(nonce, sealed[_HEADER:], place)

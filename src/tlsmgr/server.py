@@ -26,7 +26,6 @@ import socket
 import stat
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,7 @@ from . import fastpath, log
 from .connection import Connection, Shared
 from .limits import ClientMemory, ConnectionTable
 from .master import StatusChannel, Watchdog, effective_ids
+from .pending import Later
 from .prng import MustExit, Prng
 from .protocol import Tlsmgr
 from .scache import SessionCache
@@ -178,7 +178,7 @@ class Server:
 
     def __init__(self, tlsmgr: Tlsmgr, prng: Prng, caches: list[SessionCache],
                  ipc_timeout: int, request_size_limit: int, connection_limit: int,
-                 client_buffer_limit: int, worker_deadline: float = 1.0,
+                 client_buffer_limit: int, later_deadline: float = 1.0,
                  master: StatusChannel | None = None, watchdog: Watchdog | None = None,
                  tasks: Sequence[Callable[[], float | None]] = ()):
         self.tlsmgr = tlsmgr
@@ -192,8 +192,8 @@ class Server:
         self.control_uids = {0}
         self.ipc_timeout = ipc_timeout
         self.request_size_limit = request_size_limit
-        # How long a request in a worker thread may take (connection.py).
-        self.worker_deadline = worker_deadline
+        # How long a request waiting on the network may take (connection.py).
+        self.later_deadline = later_deadline
         stats = tlsmgr.stats               # what the request handler counts too
         self.connections = ConnectionTable(connection_limit, stats)
         self.memory = ClientMemory(client_buffer_limit, stats)
@@ -202,8 +202,6 @@ class Server:
         self._status_due = False           # _tell_master() is on its way
         self._commit_due = False           # _commit() is on its way
         self.watchdog = watchdog
-        # For requests that may wait on the network; threads start on demand.
-        self.workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tlsmgr-worker")
         self.loop: asyncio.AbstractEventLoop         # from serve()
         self.exit_status: int | None = None
         self._stopped: asyncio.Event                 # from serve()
@@ -219,10 +217,10 @@ class Server:
         The socket files named in remove_at_exit go when the server does."""
         self.loop = asyncio.get_running_loop()
         self.memory.loop = self.loop
-        shared = Shared(self.tlsmgr, self.tlsmgr.stats, self.loop, self.workers,
+        shared = Shared(self.tlsmgr, self.tlsmgr.stats, self.loop,
                         self.connections, self.memory, self.served, self.active,
                         self.control_uids, self.ipc_timeout, self.request_size_limit,
-                        self.worker_deadline,
+                        self.later_deadline,
                         fastpath.answerer(self.tlsmgr, self.request_size_limit))
         self.loop.set_exception_handler(LoopErrorLog())
         self.control_uids.add(os.geteuid())        # after any privilege drop
@@ -321,7 +319,6 @@ class Server:
     async def _shut_down(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
-        self.workers.shutdown(wait=False, cancel_futures=True)
         for listener in self._listeners:
             listener.close()
         for connection in self.connections:
@@ -335,7 +332,9 @@ class Server:
             self.prng.save()
         finally:
             for cache in self.caches:
-                cache.close()
+                closing = cache.close()
+                if closing is not None:
+                    await closing
 
     # Housekeeping: each event mixes the time of day into the pool.
 
@@ -366,13 +365,12 @@ class Server:
         self.loop.call_later(cache.timeout, self._event, self._start_cleanup, cache)
 
     def _cleanup_step(self, cache: SessionCache) -> None:
-        if cache.store.blocking:
-            # A remote store's step waits on the network: not in the loop.
-            step = self.loop.run_in_executor(self.workers, cache.cleanup_step)
-            step.add_done_callback(lambda done: self._event(
+        removed = cache.cleanup_step()
+        if isinstance(removed, Later):          # a store on the network answers later
+            removed.add_done_callback(lambda done: self._event(
                 self._cleanup_stepped, cache, done.result()))
         else:
-            self._cleanup_stepped(cache, cache.cleanup_step())
+            self._cleanup_stepped(cache, removed)
 
     def _cleanup_stepped(self, cache: SessionCache, removed: list[Entry]) -> None:
         if removed:

@@ -11,7 +11,6 @@ counts (scache.py), since each is its own.
 from __future__ import annotations
 
 import bisect
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -28,20 +27,15 @@ LATENCY_BOUNDS = tuple(m * 10.0 ** e for e in range(-5, 0) for m in (1, 2.5, 5))
 class Histogram:
     """Counts of durations by bucket, and their sum, in seconds."""
 
-    __slots__ = ("counts", "lock", "sum")
+    __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(LATENCY_BOUNDS) + 1)     # the last: over 1 s
         self.sum = 0.0
-        self.lock = threading.Lock()      # for those observed in worker threads
 
     def observe(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
         self.sum += seconds
-
-    def observe_locked(self, seconds: float) -> None:
-        with self.lock:
-            self.observe(seconds)
 
     def snapshot(self) -> dict[str, object]:
         """The buckets as Prometheus has them: cumulative, by upper bound."""

@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import log
+from .pending import Later, MaybeLater, then
 from .stores import CannotOpen, StoreError
+
+_STORE_ERRORS = (StoreError,)
 
 NAME_LENGTH = 16
 CIPHER_KEY_LENGTH = 32
@@ -74,20 +77,15 @@ class TicketKeys(Protocol):
     def ring(self) -> TicketKeyRing:
         """This host's own ring (for the stats: its keys and rotations)."""
 
-    def current(self, timeout: int) -> TicketKey:
-        """The key to issue tickets with."""
+    def current(self, timeout: int) -> MaybeLater[TicketKey]:
+        """The key to issue tickets with: later when the fleet is asked."""
 
-    def find(self, name: bytes, timeout: int) -> TicketKey | None:
-        """The key of that name while it may decrypt."""
-
-    def lookup(self, name: bytes, timeout: int) -> tuple[TicketKey | None, str]:
-        """find(), and how it went: one of OUTCOMES."""
+    def lookup(self, name: bytes, timeout: int) -> MaybeLater[tuple[TicketKey | None, str]]:
+        """The key of that name while it may decrypt, and how the lookup
+        went: one of OUTCOMES; later when the fleet is asked."""
 
     def at_hand(self, name: bytes, timeout: int) -> TicketKey | None:
         """The answer for name (empty: the current key) from memory alone."""
-
-    def waits(self, name: bytes, timeout: int) -> bool:
-        """Whether answering for name may wait on the network."""
 
     @property
     def unopened(self) -> int:
@@ -175,10 +173,6 @@ class TicketKeyRing:
     def ring(self) -> TicketKeyRing:
         return self
 
-    def waits(self, name: bytes, timeout: int) -> bool:
-        """Whether answering for this key name may wait on the network: never."""
-        return False
-
     def at_hand(self, name: bytes, timeout: int) -> TicketKey | None:
         """The answer for this key name (empty: the current key) from memory."""
         return self.find(name, timeout) if name else self.current(timeout)
@@ -195,13 +189,15 @@ class TicketKeyRing:
 
 
 class SharedTicketKeys(Protocol):
-    """Where the fleet's keys are kept (stores/redis.py's RedisTicketKeys)."""
+    """Where the fleet's keys are kept (stores/redis.py's RedisTicketKeys).
+    Its answers come later, or it raises StoreError at once."""
 
-    def current(self, period: int, now: int, make_key: Callable[[int], bytes]) -> bytes:
+    def current(self, period: int, now: int,
+                make_key: Callable[[int], bytes]) -> MaybeLater[bytes]:
         """The packed key of the period that contains now, made with
         make_key(expires) if this host is the first to ask."""
 
-    def find(self, name: bytes) -> bytes | None:
+    def find(self, name: bytes) -> MaybeLater[bytes | None]:
         """The packed key of that name, if the fleet has it."""
 
     def health(self) -> dict[str, Any]:
@@ -217,7 +213,7 @@ class FleetTicketKeys:
     issuing tickets while it may decrypt them; after that this host falls
     back to its own ring, so that it still resumes its own tickets; sharing
     comes back with Redis.  The current key, and any key in this host's
-    ring, is answered from memory.
+    ring, is answered from memory, at once; the others when Redis answers.
     """
 
     shared = True
@@ -230,6 +226,9 @@ class FleetTicketKeys:
         self._random_bytes = random_bytes
         self._clock = clock
         self._current: TicketKey | None = None      # this period's, from Redis
+        # The fleet asked for this period's key: every request meanwhile
+        # waits for the one answer.
+        self._asking: MaybeLater[TicketKey] | None = None
         self.unopened = 0
         self._warn = log.RateLimitedWarning()
 
@@ -244,21 +243,43 @@ class FleetTicketKeys:
         return TicketKey(self._random_bytes(NAME_LENGTH), self._random_bytes(CIPHER_KEY_LENGTH),
                          self._random_bytes(HMAC_KEY_LENGTH), expires).pack()
 
-    def current(self, timeout: int) -> TicketKey:
+    def current(self, timeout: int) -> MaybeLater[TicketKey]:
         now = int(self._clock())
         last = self._current
         if last is not None and last.expires > now:
             return last
+        if self._asking is not None:
+            return self._asking
         try:
-            key = self._unpack(self.fleet.current(timeout // 2, now, self._make))
+            packed = self.fleet.current(timeout // 2, now, self._make)
         except StoreError as err:
-            self._failed(err)
-            return self._current_at_hand(timeout)
+            return self._not_current(timeout, err)
+        self._asking = asking = then(packed, lambda packed: self._made_current(timeout, packed),
+                                     lambda err: self._not_current(timeout, err),
+                                     _STORE_ERRORS)
+        if isinstance(asking, Later):
+            asking.add_done_callback(self._asked)
+        else:
+            self._asking = None
+        return asking
+
+    def _asked(self, _: object) -> None:
+        self._asking = None
+
+    def _made_current(self, timeout: int, packed: bytes) -> TicketKey:
+        try:
+            key = self._unpack(packed)
+        except StoreError as err:
+            return self._not_current(timeout, err)
         # Kept in this host's ring too, so that its tickets still decrypt
         # here while Redis is away.
         self.local.add(key)
         self._current = key
         return key
+
+    def _not_current(self, timeout: int, err: Exception) -> TicketKey:
+        self._failed(err)
+        return self._current_at_hand(timeout)
 
     def _current_at_hand(self, timeout: int) -> TicketKey:
         # Redis is away (as a period ends, perhaps).  Every host goes on
@@ -275,25 +296,33 @@ class FleetTicketKeys:
         when Redis did not answer in time."""
         return self.local.find(name, timeout) if name else self._current_at_hand(timeout)
 
-    def find(self, name: bytes, timeout: int) -> TicketKey | None:
-        return self.lookup(name, timeout)[0]
-
-    def lookup(self, name: bytes, timeout: int) -> tuple[TicketKey | None, str]:
+    def lookup(self, name: bytes, timeout: int) -> MaybeLater[tuple[TicketKey | None, str]]:
         # The current and previous keys are in memory: no need to ask Redis.
         key, outcome = self.local.lookup(name, timeout)
         if key is not None or outcome == "expired":
             return key, outcome
         try:
             packed = self.fleet.find(name)
-            if packed is None:
-                return None, "unknown"
+        except StoreError as err:
+            return self._not_found(err)
+        return then(packed, lambda packed: self._found(name, timeout, packed),
+                    self._not_found, _STORE_ERRORS)
+
+    def _found(self, name: bytes, timeout: int,
+               packed: bytes | None) -> tuple[TicketKey | None, str]:
+        if packed is None:
+            return None, "unknown"
+        try:
             key = self._unpack(packed, name)
         except StoreError as err:
-            self._failed(err)
-            return None, "unavailable"
+            return self._not_found(err)
         if key.decrypts_until(timeout) <= int(self._clock()):
             return None, "expired"
         return key, "found_fleet"
+
+    def _not_found(self, err: Exception) -> tuple[TicketKey | None, str]:
+        self._failed(err)
+        return None, "unavailable"
 
     @staticmethod
     def _unpack(packed: bytes, name: bytes | None = None) -> TicketKey:
@@ -306,17 +335,9 @@ class FleetTicketKeys:
             raise CannotOpen("the ticket key stored in Redis for one name has another")
         return key
 
-    def _failed(self, err: StoreError) -> None:
+    def _failed(self, err: Exception) -> None:
         if isinstance(err, CannotOpen):
             self.unopened += 1
             self._warn("TLS session ticket keys: %s -- not used", err)
         else:
             self._warn("cannot share TLS session ticket keys: %s", err)
-
-    def waits(self, name: bytes, timeout: int) -> bool:
-        """Whether answering for this key name may wait on Redis: not for
-        the current key while it is current, nor for a key in memory."""
-        if not name:
-            current = self._current
-            return current is None or current.expires <= int(self._clock())
-        return self.local.find(name, timeout) is None

@@ -61,12 +61,11 @@ def make_shared(path="pure", size_limit=CONNECTION_SIZE_LIMIT):
     tlsmgr = invariants.make_tlsmgr()
     return Shared(
         tlsmgr, tlsmgr.stats, FakeLoop(),
-        workers=None,                   # memory caches never go to a worker
         connections=ConnectionTable(1 << 30, tlsmgr.stats),
         memory=ClientMemory(1 << 62, tlsmgr.stats),
         served=lambda: None, active=lambda: None,
         control_uids=set(),             # nobody may send control requests
-        ipc_timeout=3600, request_size_limit=size_limit, worker_deadline=1.0,
+        ipc_timeout=3600, request_size_limit=size_limit, later_deadline=1.0,
         answer=fastpath.answerer(tlsmgr, size_limit) if path == "compiled" else None)
 
 

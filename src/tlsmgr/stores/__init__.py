@@ -22,6 +22,7 @@ import struct
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..pending import MaybeLater
 from .redis_url import redact_url
 
 if TYPE_CHECKING:
@@ -76,27 +77,102 @@ NOTHING_TRIMMED = Trimmed()
 
 
 class Store(ABC):
-    """The interface every session store provides.
+    """The interface every session store provides, as the session cache
+    (scache.py) uses it.
 
     Entries arrive stamped with the current time, so a store keeps them in
     time order and can always find its oldest entry: cleanup and eviction
     both start there.
+
+    A store on the network answers later (``remote``): its methods return
+    a future of what a local store returns (pending.py), and fail with
+    StoreError in it.  A local store answers at once, or raises StoreError.
     """
 
+    # True for a store whose answers come later, over the network: the
+    # compiled path (fastpath.py) leaves its requests to the pure path.
+    remote = False
+
+    # Entries removed per cleanup step: few enough that a step takes about
+    # a millisecond, so that requests interleave with a long pass.
+    cleanup_batch = 256
+
     @abstractmethod
-    def get(self, cache_id: bytes) -> bytes | None:
+    def get(self, cache_id: bytes) -> MaybeLater[bytes | None]:
         """The entry saved under cache_id, expired or not, as pack_entry()
         makes it, or None.  Packed, not an Entry: every lookup asks, and
         making the Entry would cost as much as the rest of the lookup."""
 
     @abstractmethod
+    def save(self, cache_id: bytes, packed: bytes, limits: Limits,
+             cutoff: int) -> MaybeLater[Trimmed]:
+        """Put an entry, packed as pack_entry() makes it (as get() gives
+        it back), replacing any entry under the same id; then remove the
+        oldest entries until the store is within its limits: expired ones
+        (saved before cutoff) are the oldest, so they go first."""
+
+    @abstractmethod
+    def delete(self, cache_id: bytes) -> MaybeLater[bool]:
+        """Remove an entry; True when there was one."""
+
+    @abstractmethod
+    def expire(self, cutoff: int, budget: int) -> MaybeLater[tuple[list[Entry], bool]]:
+        """Remove up to ``budget`` entries saved before ``cutoff``.
+
+        One step of an incremental cleanup pass: returns the entries removed
+        (those the store still has the sessions of) and whether no expired
+        entry is left.
+        """
+
+    @abstractmethod
+    def clear(self) -> MaybeLater[int]:
+        """Remove every entry; return how many there were."""
+
+    @abstractmethod
+    def stamps(self, limit: int) -> MaybeLater[list[tuple[bytes, int]]]:
+        """The ids of the oldest ``limit`` entries with their timestamps,
+        oldest first."""
+
+    @abstractmethod
+    def counts(self) -> MaybeLater[tuple[int, int]]:
+        """The entries held, expired ones included, and their bytes (ids
+        plus sessions)."""
+
+    def commit(self) -> None:
+        """Commit the writes held back (stores/lmdb.py commits them together);
+        nothing for a store that writes at once.  Raises StoreError, the
+        held writes lost, when that fails."""
+
+    @property
+    def writes_held(self) -> int:
+        """How many writes wait for commit()."""
+        return 0
+
+    def close(self) -> MaybeLater[None]:
+        """Commit what is held; release files and connections."""
+        return None
+
+    def health(self) -> dict[str, Any] | None:
+        """How a store on the network is doing (stores/redis.py), for the
+        stats; None for a local store."""
+        return None
+
+
+class LocalStore(Store):
+    """A store in this process or its files: it answers at once, and makes
+    room and expires entries from its oldest."""
+
+    @abstractmethod
+    def get(self, cache_id: bytes) -> bytes | None:
+        """As Store.get(), at once."""
+
+    @abstractmethod
     def put(self, cache_id: bytes, packed: bytes) -> None:
-        """Save an entry, packed as pack_entry() makes it (as get() gives
-        it back), replacing any entry under the same id."""
+        """Save an entry, replacing any entry under the same id."""
 
     @abstractmethod
     def delete(self, cache_id: bytes) -> bool:
-        """Remove an entry; True when there was one."""
+        """As Store.delete(), at once."""
 
     @abstractmethod
     def oldest(self) -> Entry | None:
@@ -115,10 +191,18 @@ class Store(ABC):
     def size(self) -> int:
         """The bytes held: ids plus sessions."""
 
+    @abstractmethod
+    def clear(self) -> int:
+        """As Store.clear(), at once."""
+
+    @abstractmethod
+    def stamps(self, limit: int) -> list[tuple[bytes, int]]:
+        """As Store.stamps(), at once."""
+
+    def counts(self) -> tuple[int, int]:
+        return len(self), self.size
+
     def save(self, cache_id: bytes, packed: bytes, limits: Limits, cutoff: int) -> Trimmed:
-        """Put an entry, then remove the oldest entries until the store is
-        within its limits: expired ones (saved before cutoff) are the oldest,
-        so they go first."""
         self.put(cache_id, packed)
         expired = evicted = 0
         while ((limits.entries and len(self) > limits.entries)
@@ -133,11 +217,6 @@ class Store(ABC):
         return Trimmed(expired, evicted) if expired or evicted else NOTHING_TRIMMED
 
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
-        """Remove up to ``budget`` entries saved before ``cutoff``.
-
-        One step of an incremental cleanup pass: returns the entries removed
-        and whether no expired entry is left.
-        """
         removed: list[Entry] = []
         while len(removed) < budget:
             oldest = self.oldest()
@@ -148,40 +227,8 @@ class Store(ABC):
                 removed.append(popped)
         return removed, False
 
-    @abstractmethod
-    def clear(self) -> int:
-        """Remove every entry; return how many there were."""
-
-    @abstractmethod
-    def stamps(self, limit: int) -> list[tuple[bytes, int]]:
-        """The ids of the oldest ``limit`` entries with their timestamps,
-        oldest first."""
-
-    def commit(self) -> None:
-        """Commit the writes held back (stores/lmdb.py commits them together);
-        nothing for a store that writes at once.  Raises StoreError, the
-        held writes lost, when that fails."""
-
-    @property
-    def writes_held(self) -> int:
-        """How many writes wait for commit()."""
-        return 0
-
     def close(self) -> None:
-        """Commit what is held; release files and connections."""
-
-    def health(self) -> dict[str, Any] | None:
-        """How a store on the network is doing (stores/redis.py), for the
-        stats; None for a local store."""
-        return None
-
-    # True when a request may wait on the network: the server then answers
-    # it in a worker thread, so that other clients do not wait with it.
-    blocking = False
-
-    # Entries removed per cleanup step: few enough that a step takes about
-    # a millisecond, so that requests interleave with a long pass.
-    cleanup_batch = 256
+        """Commit what is held; release files."""
 
 
 class StoreError(Exception):

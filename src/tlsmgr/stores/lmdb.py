@@ -29,7 +29,7 @@ import lmdb
 
 from .. import log
 from ..leftovers import remove_damaged_copies
-from . import STAMP, Entry, Store, StoreError, unpack_entry
+from . import STAMP, Entry, LocalStore, StoreError, unpack_entry
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ class _Damaged(Exception):
     """A cache file kept from before that does not hold together."""
 
 
-class LmdbStore(Store):
+class LmdbStore(LocalStore):
 
     # Each removal rewrites pages of two B-trees (copy-on-write): with a
     # million entries, 64 in one transaction take about a millisecond.

@@ -10,10 +10,10 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 
-from . import STAMP, Entry, Store, unpack_entry
+from . import STAMP, Entry, LocalStore, unpack_entry
 
 
-class MemoryStore(Store):
+class MemoryStore(LocalStore):
 
     def __init__(self) -> None:
         self._entries: OrderedDict[bytes, bytes] = OrderedDict()

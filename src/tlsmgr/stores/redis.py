@@ -49,17 +49,21 @@ about them:
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from .. import log
+from ..pending import MaybeLater, then
 from ..seal import NotOpened, Seal
 from ..stats import Histogram
 from . import (
@@ -70,7 +74,6 @@ from . import (
     Store,
     StoreError,
     Trimmed,
-    unpack_entry,
 )
 from .redis_url import Credentials, redact_url, split_credentials
 
@@ -205,17 +208,29 @@ def parse_url(url: str) -> Endpoint:
 
 
 class RedisLink:
-    """The redis-py client of one endpoint, made on first use.
+    """The asyncio client of one endpoint, and the pipeline that carries
+    every command to it.
 
-    Every socket it opens, to sentinels and cluster nodes too, waits at
-    most the timeout, and nothing is retried: what to do after a failure
-    is the breaker's business."""
+    Commands are sent on the event loop.  Those issued in one turn of the
+    loop (by every connection waiting on Redis, the ticket keys, cleanup)
+    go together, as one pipeline: one write and one read, however many
+    clients asked.  One pipeline is in flight at a time; what is issued
+    meanwhile goes in the next, as soon as it is answered.  So 64 waiting
+    smtpd processes cost Redis a round trip or two, not 64, and the link
+    holds one connection (per Cluster node).
+
+    Each pipeline, its connect included, is bounded by the timeout
+    (tlsmgr_redis_timeout_ms), and nothing is retried by the library: what
+    to do after a failure is the breaker's business.  The client is made
+    on first use, in the loop, and kept: after a fail-over a Sentinel
+    client asks the sentinels again, and a Cluster client refreshes its
+    topology from the nodes it learned, not only from the URL's."""
 
     def __init__(self, endpoint: Endpoint, settings: RedisSettings):
         self.endpoint = endpoint
-        timeout = settings.timeout_ms / 1000
+        self.timeout = settings.timeout_ms / 1000
         self._options: dict[str, Any] = dict(
-            socket_timeout=timeout, socket_connect_timeout=timeout,
+            socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
         # The URL's user name and password come before main.cf's, which
         # serve every redis: table; the password file's, the one private
@@ -232,7 +247,9 @@ class RedisLink:
         # What a refused login was given, which names the problem.
         self._credentials = "as user %s, with %s" % (username or "default", whose)
         self._client: Any = None
-        self._lock = threading.Lock()
+        self._waiting: list[_Command] = []           # for the next pipeline
+        self._in_flight: asyncio.Task[None] | None = None
+        self._scripts: dict[str, str] = {}           # source by SHA1, for NOSCRIPT
 
     @property
     def name(self) -> str:
@@ -263,56 +280,99 @@ class RedisLink:
             pass                     # what the library knows is only for show
         return self.name
 
-    def client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client
+    def script(self, source: str) -> str:
+        """The SHA1 of a Lua script, which send() may then name in an
+        EVALSHA: sent as EVAL once should Redis not know it."""
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        self._scripts[sha] = source
+        return sha
+
+    def send(self, *command: Any) -> asyncio.Future[Any]:
+        """Redis's answer to a command, when the pipeline it goes in is
+        answered: its value, or the error, as redis-py raises it."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        self._waiting.append(_Command(command, answer))
+        if len(self._waiting) == 1 and self._in_flight is None:
+            # After what else this turn of the loop issues.
+            loop.call_soon(self._dispatch)
+        return answer
+
+    def _dispatch(self) -> None:
+        if self._in_flight is not None or not self._waiting:
+            return
+        batch, self._waiting = self._waiting, []
+        self._in_flight = asyncio.get_running_loop().create_task(self._exchange(batch))
+        self._in_flight.add_done_callback(self._answered)
+
+    def _answered(self, _: asyncio.Task[None]) -> None:
+        self._in_flight = None
+        self._dispatch()
+
+    async def _exchange(self, batch: list[_Command]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._client is None:
+                    self._client = self._connect()
+                pipe = self._client.pipeline(transaction=False)
+                for command in batch:
+                    pipe.execute_command(*command.words)
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as err:          # TimeoutError from the bound, among others
+            for command in batch:
+                if not command.answer.done():
+                    command.answer.set_exception(err)
+            return
+        for command, result in zip(batch, results):
+            if command.answer.done():
+                continue                  # given up on (cancelled)
+            if isinstance(result, redis.exceptions.NoScriptError) \
+                    and command.words[0] == "EVALSHA":
+                # Redis restarted, or another node: the script itself,
+                # which Redis then keeps for the EVALSHAs after.
+                words = ("EVAL", self._scripts[command.words[1]], *command.words[2:])
+                self._waiting.append(_Command(words, command.answer))
+            elif isinstance(result, Exception):
+                command.answer.set_exception(result)
+            else:
+                command.answer.set_result(result)
 
     def _connect(self) -> Any:
         endpoint, options = self.endpoint, self._options
         if endpoint.kind == "cluster":
-            from redis.cluster import ClusterNode, RedisCluster
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
             return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in endpoint.nodes],
-                                cluster_error_retry_attempts=0, **options)
+                                **options)
         if endpoint.kind == "sentinel":
-            from redis.sentinel import Sentinel
+            from redis.asyncio.sentinel import Sentinel
             # The credentials are the master's: sentinels have their own.
             sentinel_options = {k: v for k, v in options.items()
                                 if k not in ("username", "password")}
             sentinel = Sentinel(list(endpoint.nodes), sentinel_kwargs=sentinel_options,
                                 **options)
             return sentinel.master_for(endpoint.service, db=endpoint.db, **options)
-        return redis.Redis.from_url(endpoint.address, **options)
-
-    def reset(self, failed: Any) -> None:
-        """Forget a client that failed to reach Redis: the next one learns
-        the topology anew (a Cluster's slots after a fail-over; a Cluster
-        client that lost a master does not look again by itself when
-        nothing is retried).
-
-        The store and the ticket keys share this link, each with its own
-        breaker: a client another breaker already replaced is left alone,
-        and the failed one is not closed here, since a call of the other
-        breaker may still be using it; its sockets close when the last
-        user lets it go."""
-        with self._lock:
-            if self._client is failed:
-                self._client = None
+        return redis.asyncio.Redis.from_url(endpoint.address, **options)
 
     def resolve_hosts(self) -> None:
-        """Look the host names up now: inside a chroot jail the resolver
-        may lack its files, and loads its modules on first use."""
+        """Look the host names up now, before the jail: inside it the
+        resolver may lack its files, and loads its modules on first use.
+        (This blocks, at start, as the rest of start-up does.)"""
         for host in self.endpoint.hosts():
             try:
                 socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
             except OSError:
                 pass                     # said when it is used, like any failure
 
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
+    async def close(self) -> None:
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+
+
+class _Command(NamedTuple):
+    words: tuple[Any, ...]
+    answer: asyncio.Future[Any]
 
 
 class Breaker:
@@ -321,11 +381,10 @@ class Breaker:
 
     A failure to reach Redis opens it: calls then fail at once, and a
     probe (a cheap read of the caller's own keys, so that in a Cluster it
-    asks the node that matters) runs in a thread of its own every second
-    until Redis answers, which closes it.  A command Redis refuses does
-    not open it."""
+    asks the node that matters) runs on the loop every second until Redis
+    answers, which closes it.  A command Redis refuses does not open it."""
 
-    def __init__(self, link: RedisLink, probe: Callable[[Any], Any],
+    def __init__(self, link: RedisLink, probe: tuple[Any, ...],
                  clock: Callable[[], float] = time.monotonic):
         self.link = link
         self.probe = probe
@@ -336,58 +395,67 @@ class Breaker:
         self.failures = 0                          # times it opened
         self.recoveries = 0                        # times a probe closed it
         self.round_trips = Histogram()             # every command through it
-        self.lock = threading.Lock()
+        self._probing: asyncio.Task[None] | None = None
 
-    def call(self, operation: Callable[[Any], Any]) -> Any:
+    def call(self, *command: Any) -> asyncio.Future[Any]:
+        """Redis's answer to a command, later; raises Unreachable at once
+        while the breaker is open.  The future fails with Unreachable or
+        Refused, naming the problem."""
         if self.opened_at is not None:
             raise Unreachable("Redis %s is unreachable (%s); it is probed every second"
                               % (self.link.name, self.last_error))
-        client = None
         started = time.monotonic()
-        try:
-            client = self.link.client()
-            result = operation(client)
-            self.round_trips.observe_locked(time.monotonic() - started)
-            return result
-        except Exception as err:
-            self.round_trips.observe_locked(time.monotonic() - started)
-            error = self.link.describe(err)
-            text = "Redis %s: %s" % (self.link.name, error)
-            if _is_unreachable(err):
-                self.link.reset(client)
-                self._open(error)
-                raise Unreachable(text) from None
+        answer = self.link.send(*command)
+        answered: asyncio.Future[Any] = answer.get_loop().create_future()
+        answer.add_done_callback(lambda done: self._answered(done, answered, started))
+        return answered
+
+    def _answered(self, done: asyncio.Future[Any], answered: asyncio.Future[Any],
+                  started: float) -> None:
+        self.round_trips.observe(time.monotonic() - started)
+        if answered.done():
+            return
+        err = done.exception()
+        if err is None:
+            answered.set_result(done.result())
+            return
+        if not isinstance(err, Exception):          # cancelled: the daemon stops
+            answered.set_exception(err)
+            return
+        error = self.link.describe(err)
+        text = "Redis %s: %s" % (self.link.name, error)
+        if _is_unreachable(err):
+            self._open(error)
+            answered.set_exception(Unreachable(text))
+        else:
             # Whatever else broke (Redis refusing, the client library), the
             # request is a miss or a failed update, never a crash.
-            raise Refused(text) from None
+            answered.set_exception(Refused(text))
 
     def _open(self, error: str) -> None:
-        with self.lock:
-            self.last_error = error
-            if self.opened_at is not None:
-                return
-            self.opened_at = self.clock()
-            self.paused_since = time.time()
-            self.failures += 1
-        threading.Thread(target=self._probe, daemon=True,
-                         name="tlsmgr-redis-probe").start()
+        self.last_error = error
+        if self.opened_at is not None:
+            return
+        self.opened_at = self.clock()
+        self.paused_since = time.time()
+        self.failures += 1
+        self._probing = asyncio.get_running_loop().create_task(self._probe())
 
-    def _probe(self) -> None:
+    async def _probe(self) -> None:
         while True:
-            time.sleep(PROBE_INTERVAL)
-            client = None
+            await asyncio.sleep(PROBE_INTERVAL)
             try:
-                client = self.link.client()
-                self.probe(client)
+                await self.link.send(*self.probe)
             except Exception as err:
                 if _is_unreachable(err):
                     self.last_error = self.link.describe(err)
-                    self.link.reset(client)
                     continue
-            with self.lock:
-                self.opened_at = self.paused_since = None
-                self.recoveries += 1
-            return
+            break
+        log.info("Redis %s answers again, after %d seconds", self.link.name,
+                 round(self.clock() - (self.opened_at or 0)))
+        self.opened_at = self.paused_since = None
+        self.recoveries += 1
+        self._probing = None
 
     def health(self) -> dict[str, Any]:
         """Whether Redis is asked now, since when not, and what went wrong
@@ -463,23 +531,22 @@ return #gone
 
 
 class _Script:
-    """A Lua script, registered with the client when first run."""
+    """A Lua script, sent by its SHA1 (RedisLink.send() sends the script
+    itself should Redis not know it)."""
 
-    def __init__(self, source: str):
-        self.source = source
-        self._registered: Any = None
+    def __init__(self, link: RedisLink, source: str):
+        self.sha = link.script(source)
 
-    def __call__(self, client: Any, keys: list[bytes], args: list[Any]) -> Any:
-        if self._registered is None:             # computes its digest; no I/O
-            self._registered = client.register_script(self.source)
-        return self._registered(keys=keys, args=args, client=client)
+    def __call__(self, breaker: Breaker, keys: list[bytes],
+                 args: list[Any]) -> asyncio.Future[Any]:
+        return breaker.call("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class RedisStore(Store):
-    """One cache's sessions on Redis, shared with every host of the fleet."""
+    """One cache's sessions on Redis, shared with every host of the fleet.
+    Every method answers later, on the event loop (pending.py)."""
 
-    # Answered in a worker thread: a request for it may wait on the network.
-    blocking = True
+    remote = True
 
     def __init__(self, url: str, label: str, settings: RedisSettings, timeout: int):
         self.link = RedisLink(parse_url(url), settings)
@@ -491,15 +558,15 @@ class RedisStore(Store):
         self._keys = [self._sessions] + [(tag + suffix).encode()
                                          for suffix in (":age", ":sizes", ":bytes")]
         self._age, self._sizes, self._total = self._keys[1:]
-        self.breaker = Breaker(self.link, lambda client: client.exists(self._total))
-        self._save = _Script(_SAVE)
-        self._remove = _Script(_REMOVE)
-        self._prune = _Script(_PRUNE)
+        self.breaker = Breaker(self.link, ("EXISTS", self._total))
+        self._save = _Script(self.link, _SAVE)
+        self._remove = _Script(self.link, _REMOVE)
+        self._prune = _Script(self.link, _PRUNE)
 
-    def get(self, cache_id: bytes) -> bytes | None:
+    def get(self, cache_id: bytes) -> MaybeLater[bytes | None]:
         place = self._sessions + cache_id
-        value = self.breaker.call(lambda client: client.get(place))
-        return None if value is None else self._open(place, value)
+        return then(self.breaker.call("GET", place),
+                    lambda value: None if value is None else self._open(place, value))
 
     def _open(self, place: bytes, value: bytes) -> bytes:
         """An entry as read from Redis, packed: unsealed, and checked to be one."""
@@ -509,10 +576,8 @@ class RedisStore(Store):
                              % printable_key(place))
         return value
 
-    def put(self, cache_id: bytes, packed: bytes) -> None:
-        self.save(cache_id, packed, Limits(), 0)
-
-    def save(self, cache_id: bytes, packed: bytes, limits: Limits, cutoff: int) -> Trimmed:
+    def save(self, cache_id: bytes, packed: bytes, limits: Limits,
+             cutoff: int) -> MaybeLater[Trimmed]:
         value = seal_for(self.settings.seal, packed, self._sessions + cache_id)
         (timestamp,) = STAMP.unpack_from(packed)
         size = len(cache_id) + len(packed) - STAMP.size
@@ -520,69 +585,51 @@ class RedisStore(Store):
         # still valid at exactly timestamp + timeout.
         args = [cache_id, value, self.timeout + 1, timestamp, size, cutoff,
                 limits.entries, limits.bytes]
-        expired, evicted = self.breaker.call(
-            lambda client: self._save(client, self._keys, args))
-        return Trimmed(expired, evicted)
+        return then(self._save(self.breaker, self._keys, args),
+                    lambda trimmed: Trimmed(*trimmed))
 
-    def delete(self, cache_id: bytes) -> bool:
+    def delete(self, cache_id: bytes) -> MaybeLater[bool]:
         if not cache_id:
             return False            # the empty id asks _REMOVE for the oldest
-        found = self.breaker.call(lambda client: self._remove(client, self._keys, [cache_id]))
-        return found is not None
+        return then(self._remove(self.breaker, self._keys, [cache_id]),
+                    lambda found: found is not None)
 
-    def oldest(self) -> Entry | None:
-        def oldest(client: Any) -> tuple[bytes, bytes | None] | None:
-            ids = client.zrange(self._age, 0, 0)
-            return (ids[0], client.get(self._sessions + ids[0])) if ids else None
-        found = self.breaker.call(oldest)
-        if found is None or found[1] is None:
-            return None
-        return unpack_entry(self._open(self._sessions + found[0], found[1]))
-
-    def pop_oldest(self) -> Entry | None:
-        ids = self.breaker.call(lambda client: client.zrange(self._age, 0, 0))
-        if not ids:
-            return None
-        value = self.breaker.call(lambda client: self._remove(client, self._keys, ids))
-        if value is None:
-            return None
-        # An index entry whose session Redis already expired: say so.
-        return unpack_entry(self._open(self._sessions + ids[0], value)) if value else Entry(0, b"")
-
-    def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
+    def expire(self, cutoff: int, budget: int) -> MaybeLater[tuple[list[Entry], bool]]:
         # Redis expires the sessions; only their index entries are left.
-        pruned = self.breaker.call(
-            lambda client: self._prune(client, self._keys, [cutoff, budget]))
-        return [], pruned < budget
+        return then(self._prune(self.breaker, self._keys, [cutoff, budget]),
+                    lambda pruned: (list[Entry](), pruned < budget))
 
-    def clear(self) -> int:
+    def clear(self, removed: int = 0) -> MaybeLater[int]:
         # In bounded steps, so that Redis serves the fleet in between.
-        removed, pruned = 0, _CLEAR_STEP
-        while pruned == _CLEAR_STEP:
-            pruned = self.breaker.call(
-                lambda client: self._prune(client, self._keys, [_FOREVER, _CLEAR_STEP]))
-            removed += pruned
-        return removed
+        def stepped(pruned: int) -> MaybeLater[int]:
+            return self.clear(removed + pruned) if pruned == _CLEAR_STEP else removed + pruned
+        return then(self._prune(self.breaker, self._keys, [_FOREVER, _CLEAR_STEP]), stepped)
 
-    def stamps(self, limit: int) -> list[tuple[bytes, int]]:
+    def stamps(self, limit: int) -> MaybeLater[list[tuple[bytes, int]]]:
         if limit <= 0:
             return []
-        found = self.breaker.call(
-            lambda client: client.zrange(self._age, 0, limit - 1, withscores=True))
-        return [(cache_id, int(stamp)) for cache_id, stamp in found]
+        return then(self.breaker.call("ZRANGE", self._age, 0, limit - 1, "WITHSCORES"),
+                    lambda found: [(cache_id, int(float(stamp)))
+                                   for cache_id, stamp in _pairs(found)])
 
-    def __len__(self) -> int:
-        return int(self.breaker.call(lambda client: client.zcard(self._age)))
-
-    @property
-    def size(self) -> int:
-        return int(self.breaker.call(lambda client: client.get(self._total)) or 0)
+    def counts(self) -> MaybeLater[tuple[int, int]]:
+        entries = self.breaker.call("ZCARD", self._age)
+        size = self.breaker.call("GET", self._total)
+        both: asyncio.Future[tuple[Any, Any]] = asyncio.gather(entries, size)
+        return then(both, lambda both: (int(both[0]), int(both[1] or 0)))
 
     def health(self) -> dict[str, Any]:
         return self.breaker.health()
 
-    def close(self) -> None:
-        self.link.close()
+    def close(self) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self.link.close())
+
+
+def _pairs(flat: list[Any]) -> list[tuple[Any, Any]]:
+    """[a, 1, b, 2] as [(a, 1), (b, 2)]: a WITHSCORES reply, as sent."""
+    if flat and isinstance(flat[0], (list, tuple)):
+        return [(pair[0], pair[1]) for pair in flat]
+    return list(zip(flat[::2], flat[1::2]))
 
 
 _CREATE_KEY = """
@@ -606,20 +653,21 @@ class RedisTicketKeys:
 
     The keys have a hash tag of their own, so in a Cluster they may be on
     another node than the sessions: they have a breaker of their own.
+    Answers come later, on the event loop (pending.py).
     """
 
     def __init__(self, store: RedisStore):
         self.link = store.link
         self._seal = store.settings.seal
         self._tag = "{%stickets}" % store.settings.key_prefix
-        self._create = _Script(_CREATE_KEY)
-        probe_key = (self._tag + ":probe").encode()
-        self.breaker = Breaker(self.link, lambda client: client.exists(probe_key))
+        self._create = _Script(self.link, _CREATE_KEY)
+        self.breaker = Breaker(self.link, ("EXISTS", (self._tag + ":probe").encode()))
 
     def _by_name(self, name: bytes) -> bytes:
         return (self._tag + ":name:").encode() + name
 
-    def current(self, period: int, now: int, make_key: Callable[[int], bytes]) -> bytes:
+    def current(self, period: int, now: int,
+                make_key: Callable[[int], bytes]) -> MaybeLater[bytes]:
         """The packed key of the period that contains now; make_key(expires)
         gives a new packed key should this host be the first to ask."""
         # A key issues tickets until the last second of its period: in that
@@ -631,24 +679,26 @@ class RedisTicketKeys:
         # A key decrypts for one period after its own: keep it for three.
         args = [seal_for(self._seal, candidate, period_key), 3 * period,
                 seal_for(self._seal, candidate, name_key)]
-        try:
-            found = self.breaker.call(
-                lambda client: self._create(client, [period_key, name_key], args))
-        except Refused:
+
+        def made_elsewhere(err: Exception) -> asyncio.Future[Any]:
             # A full Redis refuses the script (it may write), but still
             # serves the key another host made: this host takes that one.
-            found = self.breaker.call(lambda client: client.get(period_key))
-            if found is None:
-                raise
-        return open_from(self._seal, bytes(found), period_key, "the ticket key")
+            def taken(found: Any) -> Any:
+                if found is None:
+                    raise err
+                return found
+            return then(self.breaker.call("GET", period_key), taken)
+
+        found = then(self._create(self.breaker, [period_key, name_key], args),
+                     lambda found: found, made_elsewhere, errors=(Refused,))
+        return then(found, lambda found: open_from(self._seal, bytes(found), period_key,
+                                                   "the ticket key"))
 
     def health(self) -> dict[str, Any]:
         return self.breaker.health()
 
-    def find(self, name: bytes) -> bytes | None:
+    def find(self, name: bytes) -> MaybeLater[bytes | None]:
         name_key = self._by_name(name)
-        found = self.breaker.call(lambda client: client.get(name_key))
-        if found is None:
-            return None
-        return open_from(self._seal, bytes(found), name_key, "the ticket key")
-
+        return then(self.breaker.call("GET", name_key),
+                    lambda found: None if found is None else open_from(
+                        self._seal, bytes(found), name_key, "the ticket key"))
