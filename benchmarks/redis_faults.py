@@ -164,6 +164,57 @@ def slow_tktkey(work: Path):
             proxy.close()
 
 
+def cluster_kill_only_named(work: Path):
+    """The URL names one node, the master then killed: the daemon must go
+    on with the nodes it has learned."""
+    with Cluster(work / "redis") as cluster:
+        master = cluster.master_of(TAG)
+
+        def fault():
+            master.kill()
+            return time.monotonic()
+        return with_load(work, cluster.url(master), fault,
+                         lambda: failed_over(cluster, master))
+
+
+def stopped_p99(work: Path):
+    """Redis stopped (SIGSTOP) while 16 clients ask it: the p99 of what
+    must not wait on it (seed, policy, tktkey for the key in memory, a
+    lookup of the local smtp cache), 500 requests each."""
+    with Servers(work / "redis") as servers:
+        node = servers.node()
+        daemon = fleet_host(work, "host", "redis://127.0.0.1:%d/0" % node.port,
+                            smtp_tls_session_cache_database="lmdb:%s" % (work / "smtp_scache"))
+        stop = threading.Event()
+
+        def waiting(n):
+            with TlsmgrClient(str(daemon.socket_path), timeout=30) as client:
+                while not stop.is_set():
+                    _quietly(client.lookup, "smtpd", "w%d" % n)
+
+        with TlsmgrClient(str(daemon.socket_path), timeout=30) as client:
+            client.tktkey()                                  # the key in memory
+            client.update("smtp", "local", b"s")
+            node.signal(signal.SIGSTOP)
+            threads = [threading.Thread(target=waiting, args=(n,)) for n in range(16)]
+            for thread in threads:
+                thread.start()
+            try:
+                time.sleep(0.5)
+                p99 = []
+                for call in (lambda: client.seed(32), lambda: client.policy("smtpd"),
+                             client.tktkey, lambda: client.lookup("smtp", "local")):
+                    took = sorted(timed(call)[1] for _ in range(500))
+                    p99.append(took[int(len(took) * 0.99)] * 1e6)
+            finally:
+                stop.set()
+                node.signal(signal.SIGCONT)
+                for thread in threads:
+                    thread.join(30)
+        daemon.stop()
+        return tuple(p99)
+
+
 def sigterm_stuck(work: Path):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -196,6 +247,10 @@ SCENARIOS = [
     ("Cluster: that master hung (SIGSTOP)", cluster_hang,
      "slowest request %.3f s; sessions found again %.1f s after the hang began "
      "(the cluster had failed over after %.1f s)"),
+    ("Cluster: the URL names only the master of the cache's slot, killed (kill -9)",
+     cluster_kill_only_named,
+     "slowest request %.3f s; sessions found again %.1f s after the kill "
+     "(the cluster had failed over after %.1f s)"),
     ("Sentinel: the master killed (kill -9)", sentinel_kill,
      "slowest request %.3f s; sessions found again %.1f s after the kill "
      "(the sentinels named the new master after %.1f s)"),
@@ -206,7 +261,9 @@ SCENARIOS = [
      "slowest request %.3f s; sessions found again %.1f s after the start"),
     ("Every Redis answer 150 ms late; 24 clients ask for the current key", slow_tktkey,
      "slowest tktkey %.3f s; a lookup %.3f s"),
-    ("SIGTERM while a worker waits on a silent Redis (5 s timeout)", sigterm_stuck,
+    ("Redis stopped (SIGSTOP), 16 clients waiting on it: p99 of what must not wait",
+     stopped_p99, "seed %.0f us, policy %.0f us, tktkey %.0f us, local lookup %.0f us"),
+    ("SIGTERM while a request waits on a silent Redis (5 s timeout)", sigterm_stuck,
      "exit after %.2f s"),
 ]
 

@@ -108,6 +108,32 @@ def test_cluster_master_killed_then_hung_under_load(tmp_path, cluster):
     assert len(nodes) >= 3 and all(re.fullmatch(r"127\.0\.0\.1:\d+", node) for node in nodes)
 
 
+def test_cluster_failover_of_the_only_node_the_url_names(tmp_path, cluster):
+    # As many write it: the URL names one node, the master that is then
+    # killed under load.  The daemon goes on with the nodes it learned,
+    # and is saving again within seconds of the promotion; what it
+    # acknowledged a second or more before the kill (replication's lag
+    # aside) is found afterwards.
+    tag = ("{faults%d:smtpd}" % os.getpid()).encode()
+    master = cluster.master_of(tag)
+    daemon = fleet_host(tmp_path, "a", cluster.url(master))
+    with Load(daemon.socket_path, "before") as load:
+        time.sleep(1.5)
+        killed_at = time.monotonic()
+        master.kill()
+        wait_for(cluster.healthy, timeout=30, what="the cluster to fail over")
+        promoted_at = time.monotonic()
+        wait_for(load.saving_again, timeout=10, what="sessions to be saved again")
+        back_after = time.monotonic() - promoted_at
+    assert back_after < 5, "saving again %.1f s after the promotion" % back_after
+    kept = [cache_id for at, cache_id in load.acknowledged if at < killed_at - 1]
+    assert len(kept) > 10
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        lost = [cache_id for cache_id in kept if client.lookup("smtpd", cache_id)[0] != 0]
+    assert not lost, "%d of %d acknowledged sessions lost" % (len(lost), len(kept))
+    assert "Traceback" not in daemon.log
+
+
 def redis_health(daemon) -> dict:
     with TlsmgrClient(str(daemon.socket_path)) as client:
         status, stats = client.stats()

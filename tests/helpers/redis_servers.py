@@ -67,7 +67,7 @@ class Load(threading.Thread):
     """A client that saves a session and looks it up again, one request
     after another, timing each; ``found`` counts lookups of sessions saved
     that were answered with the session, and ``found_at`` says when the
-    last one was."""
+    last one was; ``acknowledged`` holds when each saved one was saved."""
 
     def __init__(self, socket_path, name: str):
         super().__init__(daemon=True)
@@ -75,6 +75,7 @@ class Load(threading.Thread):
         self.slowest = 0.0
         self.saved = self.found = self.requests = 0
         self.found_at = 0.0
+        self.acknowledged: list[tuple[float, str]] = []
         self.done = threading.Event()
         self.error: Exception | None = None
 
@@ -89,6 +90,7 @@ class Load(threading.Thread):
                     self.slowest = max(self.slowest, took)
                     if status == 0:
                         self.saved += 1
+                        self.acknowledged.append((time.monotonic(), cache_id))
                         (status, _), took = timed(client.lookup, "smtpd", cache_id)
                         self.slowest = max(self.slowest, took)
                         if status == 0:
@@ -221,9 +223,20 @@ class Cluster(Servers):
                             "--cluster-replicas", "1", "--cluster-yes"],
                            check=True, capture_output=True, timeout=60)
             wait_for(self.healthy, timeout=30, what="the cluster to be ok")
+            # A replica takes its master's data a few seconds after it is
+            # made (repl-diskless-sync-delay): until then a fail-over
+            # would promote an empty replica.
+            wait_for(self.replicas_in_sync, timeout=30, what="the replicas to be in sync")
         except BaseException:
             self.close()
             raise
+
+    def replicas_in_sync(self) -> bool:
+        for node in self.nodes:
+            info = node.client().info("replication")
+            if info["role"] == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
 
     def url(self, *nodes: Node) -> str:
         return "redis+cluster://" + ",".join("127.0.0.1:%d" % n.port
