@@ -21,7 +21,7 @@ from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.control import Sources, snapshot
 from tlsmgr.metrics import parse_listen
-from tlsmgr.pending import then
+from tlsmgr.pending import Later, then
 from tlsmgr.prng import Prng
 from tlsmgr.protocol import Tlsmgr
 from tlsmgr.scache import SessionCache
@@ -262,7 +262,7 @@ def test_scrapes_at_once_share_one_snapshot_from_the_network_and_wait_a_bounded_
     taken = []
 
     async def scenario():
-        release = asyncio.get_running_loop().create_future()
+        release = Later()
 
         def snapshot_from_afar(_):
             taken.append(1)
@@ -273,7 +273,7 @@ def test_scrapes_at_once_share_one_snapshot_from_the_network_and_wait_a_bounded_
         waited = await asyncio.gather(*(scrapes.page() for _ in range(3)),
                                       return_exceptions=True)
         shared = len(taken)
-        release.set_result(None)
+        release.settle(None)
         return waited, shared, await scrapes.page()
 
     monkeypatch.setattr(metrics, "_SNAPSHOT_WITHIN", 0.2)

@@ -4,6 +4,7 @@ import asyncio
 import itertools
 import os
 
+from tlsmgr.pending import Later
 from tlsmgr.stores import StoreError
 from tlsmgr.tickets import KEY_SIZE, FleetTicketKeys, TicketKey, TicketKeyRing
 
@@ -150,7 +151,7 @@ class LaterKeys(SharedKeys):
 
     def __init__(self, loop):
         super().__init__()
-        self.loop = loop
+        self.loop = loop        # on which Redis's answers come
 
     def current(self, period, now, make_key):
         return self._later(super().current, period, now, make_key)
@@ -159,13 +160,13 @@ class LaterKeys(SharedKeys):
         return self._later(super().find, name)
 
     def _later(self, ask, *args):
-        answer = self.loop.create_future()
+        answer = Later()
         try:
             value = ask(*args)
         except StoreError as err:
-            self.loop.call_soon(answer.set_exception, err)
+            self.loop.call_soon(answer.fail, err)
         else:
-            self.loop.call_soon(answer.set_result, value)
+            self.loop.call_soon(answer.settle, value)
         return answer
 
 
@@ -174,8 +175,8 @@ def test_requests_waiting_for_the_current_fleet_key_share_one_question():
         shared, clock = LaterKeys(asyncio.get_running_loop()), Clock()
         host = fleet_host(shared, clock, 1)
         waiting = [host.current(T) for _ in range(64)]
-        assert shared.asked == 1 and all(isinstance(w, asyncio.Future) for w in waiting)
-        keys = await asyncio.gather(*waiting)
+        assert shared.asked == 1 and all(isinstance(w, Later) for w in waiting)
+        keys = [await w for w in waiting]
         assert len(set(keys)) == 1 and host.current(T) == keys[0]   # now from memory
         assert await host.lookup(b"y" * 16, T) == (None, "unknown")
         shared.down = True                       # a lookup that fails: unavailable

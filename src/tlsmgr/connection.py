@@ -36,6 +36,7 @@ from . import log
 from .attr import Decoder, Message, MessageTooLarge
 from .fastpath import Answer
 from .limits import ClientMemory, ConnectionTable
+from .pending import Later
 from .protocol import HANDSHAKE, PROTOCOL_ERROR, Reply, Tlsmgr
 from .stats import Stats
 
@@ -211,7 +212,7 @@ class Connection(asyncio.Protocol):
         self.write: Callable[[bytes], object]        # the transport's, from connection_made()
         self.held = 0                      # bytes held for it, as ClientMemory knows
         self.idle_timer: asyncio.TimerHandle | None = None
-        self.waiting: asyncio.Future[bytes] | None = None   # a reply to come
+        self.waiting: Later[bytes] | None = None   # a reply to come
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream server's transports are read-write ones.
@@ -332,21 +333,24 @@ class Connection(asyncio.Protocol):
     # or at the deadline, whichever is first: whatever the network and
     # the client library do, no client waits longer.  A reply that comes
     # after the deadline is ignored.
-    def _wait_for(self, later: asyncio.Future[bytes], message: Message) -> None:
+    def _wait_for(self, later: Later[bytes], message: Message) -> None:
         shared = self.shared
         self.waiting = later
         late = shared.loop.call_later(shared.later_deadline, self._late, later, message)
         since = self.input.last_active
-        later.add_done_callback(lambda done: self._came(done, late, message, since))
+        later.on_done(lambda done: self._came(done, late, message, since))
 
-    def _came(self, later: asyncio.Future[bytes], late: asyncio.TimerHandle,
+    def _came(self, later: Later[bytes], late: asyncio.TimerHandle,
               message: Message, since: float) -> None:
         late.cancel()
-        if later.cancelled() or later is not self.waiting:
-            return                   # shutting down, or answered at the deadline
-        self._answered_later(Reply(later.result()), message, since)
+        if later is not self.waiting:
+            return                   # answered at the deadline
+        error = later.error()
+        self._answered_later(Reply(later.result() if error is None else
+                                   self.shared.tlsmgr.failure(message[0][1], error)),
+                             message, since)
 
-    def _late(self, later: asyncio.Future[bytes], message: Message) -> None:
+    def _late(self, later: Later[bytes], message: Message) -> None:
         if later is not self.waiting:
             return
         shared = self.shared

@@ -183,7 +183,7 @@ class Scrapes:
     def __init__(self, sources: Sources):
         self.sources = sources
         # A snapshot waiting on the network, for the scrapes meanwhile.
-        self._taking: asyncio.Future[dict[str, Any]] | None = None
+        self._taking: asyncio.Future[dict[str, Any]] | None = None   # as an asyncio one
 
     async def page(self) -> bytes:
         return generate_latest(Collector(await self._snapshot()))
@@ -196,8 +196,8 @@ class Scrapes:
             # A store on the network answers later; the scrapes that come
             # meanwhile share its answer, so that scrapers add no more
             # than one question at a time to what Redis is asked.
-            self._taking = taken
-            taken.add_done_callback(self._taken)
+            self._taking = asyncio.ensure_future(_awaited(taken))
+            self._taking.add_done_callback(self._taken)
         try:
             return await asyncio.wait_for(asyncio.shield(self._taking), _SNAPSHOT_WITHIN)
         except TimeoutError:
@@ -205,6 +205,10 @@ class Scrapes:
 
     def _taken(self, _: asyncio.Future[dict[str, Any]]) -> None:
         self._taking = None
+
+
+async def _awaited(later: Later[dict[str, Any]]) -> dict[str, Any]:
+    return await later
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -23,7 +23,6 @@ are rate-limited after a burst, so that no client can flood the log.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import re
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from .attr import (
     encode_data,
     encode_int,
 )
-from .pending import Later, MaybeLater, recover, then
+from .pending import Later, MaybeLater, then
 from .scache import SessionCache
 from .stats import Stats
 from .tickets import NAME_LENGTH, TicketKey, TicketKeys
@@ -89,13 +88,13 @@ def printable(text: bytes) -> str:
 
 class Reply:
     """What to send back, and whether to close the connection after; or,
-    for a request that waits on the network, the future of what to send
-    (``later``: it never fails, a failure is a reply too)."""
+    for a request that waits on the network, what to send later (when it
+    fails, Tlsmgr.failure() gives the reply)."""
 
     __slots__ = ("close", "data", "later")
 
     def __init__(self, data: bytes = b"", close: bool = False,
-                 later: asyncio.Future[bytes] | None = None):
+                 later: Later[bytes] | None = None):
         self.data = data
         self.close = close
         self.later = later
@@ -246,8 +245,7 @@ class Tlsmgr:
             except Exception as err:
                 return Reply(self.failure(request, err))
             if isinstance(answer, Later):
-                return Reply(later=cast("asyncio.Future[bytes]", recover(
-                    answer, functools.partial(self.failure, request), (Exception,))))
+                return Reply(later=answer)
             return Reply(answer)
         if request == WAKEUP:
             return HANG_UP

@@ -367,7 +367,7 @@ class Server:
     def _cleanup_step(self, cache: SessionCache) -> None:
         removed = cache.cleanup_step()
         if isinstance(removed, Later):          # a store on the network answers later
-            removed.add_done_callback(lambda done: self._event(
+            removed.on_done(lambda done: self._event(
                 self._cleanup_stepped, cache, done.result()))
         else:
             self._cleanup_stepped(cache, removed)

@@ -258,7 +258,7 @@ class FleetTicketKeys:
                                      lambda err: self._not_current(timeout, err),
                                      _STORE_ERRORS)
         if isinstance(asking, Later):
-            asking.add_done_callback(self._asked)
+            asking.on_done(self._asked)
         else:
             self._asking = None
         return asking

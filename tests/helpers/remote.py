@@ -4,6 +4,7 @@ Redis has answered."""
 
 import asyncio
 
+from tlsmgr.pending import Later
 from tlsmgr.stores import Limits
 
 
@@ -18,7 +19,7 @@ class Blocking:
         def call(*args, **kwargs):
             async def asked():
                 answer = method(*args, **kwargs)
-                return await answer if isinstance(answer, asyncio.Future) else answer
+                return await answer if isinstance(answer, Later) else answer
             return self.loop.run_until_complete(asked())
         return call
 

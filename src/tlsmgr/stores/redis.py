@@ -63,7 +63,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .. import log
-from ..pending import MaybeLater, then
+from ..pending import Later, MaybeLater, gather, then
 from ..seal import NotOpened, Seal
 from ..stats import Histogram
 from . import (
@@ -229,8 +229,11 @@ class RedisLink:
     def __init__(self, endpoint: Endpoint, settings: RedisSettings):
         self.endpoint = endpoint
         self.timeout = settings.timeout_ms / 1000
+        # Each pipeline is bounded as a whole (_exchange()); a timeout for
+        # each read besides would cost a timer a reply.  Connecting has its
+        # own, for the sockets redis-py opens outside a pipeline.
         self._options: dict[str, Any] = dict(
-            socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+            socket_timeout=None, socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
         # The URL's user name and password come before main.cf's, which
         # serve every redis: table; the password file's, the one private
@@ -287,15 +290,15 @@ class RedisLink:
         self._scripts[sha] = source
         return sha
 
-    def send(self, *command: Any) -> asyncio.Future[Any]:
+    def send(self, words: tuple[Any, ...], breaker: Breaker | None = None) -> Later[Any]:
         """Redis's answer to a command, when the pipeline it goes in is
-        answered: its value, or the error, as redis-py raises it."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
-        self._waiting.append(_Command(command, answer))
+        answered: its value, or the error, as redis-py raises it, or as
+        the breaker that sent it makes it (Breaker.failed())."""
+        answer: Later[Any] = Later()
+        self._waiting.append(_Command(words, answer, breaker))
         if len(self._waiting) == 1 and self._in_flight is None:
             # After what else this turn of the loop issues.
-            loop.call_soon(self._dispatch)
+            asyncio.get_running_loop().call_soon(self._dispatch)
         return answer
 
     def _dispatch(self) -> None:
@@ -310,6 +313,7 @@ class RedisLink:
         self._dispatch()
 
     async def _exchange(self, batch: list[_Command]) -> None:
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):
                 if self._client is None:
@@ -319,23 +323,22 @@ class RedisLink:
                     pipe.execute_command(*command.words)
                 results = await pipe.execute(raise_on_error=False)
         except Exception as err:          # TimeoutError from the bound, among others
-            for command in batch:
-                if not command.answer.done():
-                    command.answer.set_exception(err)
-            return
+            results = [err] * len(batch)
+        took = time.monotonic() - started
         for command, result in zip(batch, results):
-            if command.answer.done():
-                continue                  # given up on (cancelled)
+            breaker = command.breaker
+            if breaker is not None:
+                breaker.round_trips.observe(took)
             if isinstance(result, redis.exceptions.NoScriptError) \
                     and command.words[0] == "EVALSHA":
                 # Redis restarted, or another node: the script itself,
                 # which Redis then keeps for the EVALSHAs after.
                 words = ("EVAL", self._scripts[command.words[1]], *command.words[2:])
-                self._waiting.append(_Command(words, command.answer))
+                self._waiting.append(command._replace(words=words))
             elif isinstance(result, Exception):
-                command.answer.set_exception(result)
+                command.answer.fail(result if breaker is None else breaker.failed(result))
             else:
-                command.answer.set_result(result)
+                command.answer.settle(result)
 
     def _connect(self) -> Any:
         endpoint, options = self.endpoint, self._options
@@ -372,7 +375,8 @@ class RedisLink:
 
 class _Command(NamedTuple):
     words: tuple[Any, ...]
-    answer: asyncio.Future[Any]
+    answer: Later[Any]
+    breaker: Breaker | None            # that sent it, if one did
 
 
 class Breaker:
@@ -397,40 +401,26 @@ class Breaker:
         self.round_trips = Histogram()             # every command through it
         self._probing: asyncio.Task[None] | None = None
 
-    def call(self, *command: Any) -> asyncio.Future[Any]:
+    def call(self, *command: Any) -> Later[Any]:
         """Redis's answer to a command, later; raises Unreachable at once
         while the breaker is open.  The future fails with Unreachable or
         Refused, naming the problem."""
         if self.opened_at is not None:
             raise Unreachable("Redis %s is unreachable (%s); it is probed every second"
                               % (self.link.name, self.last_error))
-        started = time.monotonic()
-        answer = self.link.send(*command)
-        answered: asyncio.Future[Any] = answer.get_loop().create_future()
-        answer.add_done_callback(lambda done: self._answered(done, answered, started))
-        return answered
+        return self.link.send(command, self)
 
-    def _answered(self, done: asyncio.Future[Any], answered: asyncio.Future[Any],
-                  started: float) -> None:
-        self.round_trips.observe(time.monotonic() - started)
-        if answered.done():
-            return
-        err = done.exception()
-        if err is None:
-            answered.set_result(done.result())
-            return
-        if not isinstance(err, Exception):          # cancelled: the daemon stops
-            answered.set_exception(err)
-            return
+    def failed(self, err: Exception) -> StoreError:
+        """What a command sent through it failed with, as the caller is
+        told; a failure to reach Redis opens it."""
         error = self.link.describe(err)
         text = "Redis %s: %s" % (self.link.name, error)
         if _is_unreachable(err):
             self._open(error)
-            answered.set_exception(Unreachable(text))
-        else:
-            # Whatever else broke (Redis refusing, the client library), the
-            # request is a miss or a failed update, never a crash.
-            answered.set_exception(Refused(text))
+            return Unreachable(text)
+        # Whatever else broke (Redis refusing, the client library), the
+        # request is a miss or a failed update, never a crash.
+        return Refused(text)
 
     def _open(self, error: str) -> None:
         self.last_error = error
@@ -445,7 +435,7 @@ class Breaker:
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
             try:
-                await self.link.send(*self.probe)
+                await self.link.send(self.probe)
             except Exception as err:
                 if _is_unreachable(err):
                     self.last_error = self.link.describe(err)
@@ -538,7 +528,7 @@ class _Script:
         self.sha = link.script(source)
 
     def __call__(self, breaker: Breaker, keys: list[bytes],
-                 args: list[Any]) -> asyncio.Future[Any]:
+                 args: list[Any]) -> Later[Any]:
         return breaker.call("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
@@ -613,16 +603,18 @@ class RedisStore(Store):
                                    for cache_id, stamp in _pairs(found)])
 
     def counts(self) -> MaybeLater[tuple[int, int]]:
-        entries = self.breaker.call("ZCARD", self._age)
-        size = self.breaker.call("GET", self._total)
-        both: asyncio.Future[tuple[Any, Any]] = asyncio.gather(entries, size)
+        both = gather([self.breaker.call("ZCARD", self._age),
+                       self.breaker.call("GET", self._total)])
         return then(both, lambda both: (int(both[0]), int(both[1] or 0)))
 
     def health(self) -> dict[str, Any]:
         return self.breaker.health()
 
-    def close(self) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self.link.close())
+    def close(self) -> Later[None]:
+        closed: Later[None] = Later()
+        asyncio.get_running_loop().create_task(self.link.close()).add_done_callback(
+            lambda _: closed.settle(None))
+        return closed
 
 
 def _pairs(flat: list[Any]) -> list[tuple[Any, Any]]:
@@ -680,7 +672,7 @@ class RedisTicketKeys:
         args = [seal_for(self._seal, candidate, period_key), 3 * period,
                 seal_for(self._seal, candidate, name_key)]
 
-        def made_elsewhere(err: Exception) -> asyncio.Future[Any]:
+        def made_elsewhere(err: Exception) -> MaybeLater[Any]:
             # A full Redis refuses the script (it may write), but still
             # serves the key another host made: this host takes that one.
             def taken(found: Any) -> Any:
