@@ -81,6 +81,7 @@ _CLEAR_STEP = 1024         # entries removed per script call by clear()
 _FOREVER = 1 << 62         # a cutoff later than any timestamp
 
 PROBE_INTERVAL = 1.0       # seconds between probes of a Redis that failed
+_CLUSTER_READS = 0.8       # of tlsmgr_redis_timeout_ms: a Cluster node's reply
 _ERROR_TEXT = 160          # characters of a Redis error kept for a log line
 
 
@@ -230,10 +231,14 @@ class RedisLink:
         self.endpoint = endpoint
         self.timeout = settings.timeout_ms / 1000
         # Each pipeline is bounded as a whole (_exchange()); a timeout for
-        # each read besides would cost a timer a reply.  Connecting has its
-        # own, for the sockets redis-py opens outside a pipeline.
+        # each read besides would cost a timer a reply.  But a Cluster
+        # client looks for a new topology only after a timeout of its own,
+        # not when the bound cancels it: its reads time out a little
+        # sooner, so that it does, and a hung master is left for its
+        # replica.  Connecting has a timeout of its own too.
+        read_timeout = _CLUSTER_READS * self.timeout if endpoint.kind == "cluster" else None
         self._options: dict[str, Any] = dict(
-            socket_timeout=None, socket_connect_timeout=self.timeout,
+            socket_timeout=read_timeout, socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
         # The URL's user name and password come before main.cf's, which
         # serve every redis: table; the password file's, the one private
