@@ -190,6 +190,30 @@ def _works(store):
 
 # Two daemons, two hosts of one fleet.
 
+def test_many_clients_waiting_on_redis_are_answered_by_one_thread(tmp_path, redis_server):
+    # 32 clients at once, each waiting on Redis for every request: all are
+    # answered, by the event loop's thread alone (no worker threads).
+    daemon = host(tmp_path, "a", redis_server)
+    errors = []
+
+    def client(n):
+        try:
+            with TlsmgrClient(str(daemon.socket_path)) as c:
+                for i in range(50):
+                    assert c.update("smtpd", "c%d-%d" % (n, i), b"s%d" % i) == 0
+                    assert c.lookup("smtpd", "c%d-%d" % (n, i)) == (0, b"s%d" % i)
+        except Exception as err:
+            errors.append(err)
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(60)
+    assert not errors, errors[:3]
+    assert os.listdir("/proc/%d/task" % daemon.process.pid) == [str(daemon.process.pid)]
+
+
 def test_two_hosts_share_sessions_and_ticket_keys(tmp_path, redis_server):
     first, second = (host(tmp_path, name, redis_server) for name in ("a", "b"))
     try:
