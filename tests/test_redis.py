@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -436,3 +437,29 @@ def test_control_requests_on_a_fleet_cache(tmp_path, redis_server):
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_clients_made_inside_the_jail_need_no_module_not_loaded_before():
+    # Under chroot the Python installation is out of reach: what making a
+    # client of each kind, and its first connection, import is imported
+    # before the jail.
+    script = """
+import asyncio, sys
+from tlsmgr import master
+master.preload_modules()
+from tlsmgr.stores.redis import RedisLink, RedisSettings, parse_url
+before = set(sys.modules)
+async def asked():
+    for url in ("redis://localhost:1/0", "rediss://localhost:1/0", "unix:///nowhere.sock",
+                "redis+sentinel://127.0.0.1:1/pool", "redis+cluster://127.0.0.1:1"):
+        try:                                  # made, and connecting refused
+            await RedisLink(parse_url(url), RedisSettings()).send(("PING",))
+        except Exception:
+            pass
+asyncio.run(asked())
+print(sorted(set(sys.modules) - before))
+"""
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "[]", found.stdout

@@ -217,7 +217,8 @@ _LAZY_MODULES = (
     # Cluster and Sentinel clients, made on first use.  encodings.idna (and
     # what it imports) for the host name of a Redis reached over TCP.
     "redis.connection", "secrets", "importlib.metadata", "email.parser",
-    "email.feedparser", "redis.cluster", "redis.sentinel", "encodings.idna",
+    "email.feedparser", "redis.asyncio.connection", "redis.asyncio.cluster",
+    "redis.asyncio.sentinel", "encodings.idna",
     "stringprep", "unicodedata",
     "tlsmgr.stores.memory", "tlsmgr.stores.lmdb", "tlsmgr.stores.redis",
 )

@@ -87,7 +87,7 @@ class SessionCache:
 
     # Each request asks the store, and finishes with its answer: at once
     # for a local store, when it comes for one on the network (pending.py).
-    # A store's error, raised or in the future, is finished with too.
+    # A store's error, raised or in its Later, is finished with too.
 
     def lookup(self, cache_id: bytes) -> MaybeLater[bytes | None]:
         """The session saved under cache_id, unless absent or expired."""

@@ -85,7 +85,7 @@ class Store(ABC):
     both start there.
 
     A store on the network answers later (``remote``): its methods return
-    a future of what a local store returns (pending.py), and fail with
+    a pending.Later of what a local store returns, and fail with
     StoreError in it.  A local store answers at once, or raises StoreError.
     """
 

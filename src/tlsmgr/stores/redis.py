@@ -440,7 +440,7 @@ class Breaker:
 
     def call(self, *command: Any) -> Later[Any]:
         """Redis's answer to a command, later; raises Unreachable at once
-        while the breaker is open.  The future fails with Unreachable or
+        while the breaker is open.  The Later fails with Unreachable or
         Refused, naming the problem."""
         if self.opened_at is not None:
             raise Unreachable("Redis %s is unreachable (%s); it is probed every second"
