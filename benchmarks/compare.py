@@ -24,6 +24,11 @@ into an LMDB file as our lmdb: store does, and does nothing else: a limit
 that also writes, ``ours/wlimit``.  Without liblmdb-dev that column is left
 out, and the run says so.
 
+With ``--ours-table redis:URL``, what ``redis-benchmark`` (redis-tools), a
+C client, gets for GET and SET from the same Redis, at each connection
+count and session size of the matrix, is printed after the table: the
+round trip a client of that Redis gets, beside ours.
+
 Prints the machine, the command line and a table; ``--json`` writes every
 raw measurement too.  Every daemon is stopped by its pid and every
 temporary directory removed at the end, whatever happened.
@@ -32,9 +37,11 @@ temporary directory removed at the end, whatever happened.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import platform
@@ -47,6 +54,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
@@ -507,6 +515,63 @@ def settings_from(args) -> Settings:
                                  (item.split("=", 1) for item in args.ours_param)})
 
 
+# What a C client gets from the same Redis.
+
+def redis_benchmark_target(table: str) -> list[str] | None:
+    """redis-benchmark's options for the Redis of a redis: table (the
+    master a Sentinel names; a Cluster with --cluster), or None.  Not for
+    a Redis with a password, which its command line would show."""
+    if not table.startswith("redis:") or shutil.which("redis-benchmark") is None:
+        return None
+    from redis import Redis
+
+    from tlsmgr.stores.redis import parse_url
+    endpoint = parse_url(table[len("redis:"):])
+    if endpoint.credentials.password:
+        return None
+    if endpoint.kind == "cluster":
+        host, port = endpoint.nodes[0]
+        return ["--cluster", "-h", host, "-p", str(port)]
+    if endpoint.kind == "sentinel":
+        host, port = endpoint.nodes[0]
+        sentinel = Redis(host=host, port=port, socket_timeout=5)
+        host, port = sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                              endpoint.service)
+        return ["-h", host.decode(), "-p", port.decode()]
+    if endpoint.address.startswith("unix:"):
+        return ["-s", urlsplit(endpoint.address).path]
+    parts = urlsplit(endpoint.address)
+    return ["-h", parts.hostname or "localhost", "-p", str(parts.port or 6379)]
+
+
+def redis_benchmark(target: list[str], cells: list[Cell], settings: Settings) -> list[dict]:
+    """GET and SET rates and latencies from redis-benchmark, for each
+    (connections, size) of the cells, on the generator's CPUs."""
+    measured = []
+    for conns, size in sorted({(cell.conns, cell.size) for cell in cells}):
+        command = ["redis-benchmark", *target, "-c", str(conns), "-d", str(size),
+                   "-t", "get,set", "-n", str(max(20000, 20000 * conns // 8)),
+                   "-r", "100000", "--csv"]
+        cpus = placement(settings.pin)[1]
+        if cpus is not None:
+            command = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *command]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=300).stdout
+        for line in csv.DictReader(io.StringIO(out)):
+            measured.append({"conns": conns, "size": size, "test": line["test"],
+                             "rps": float(line["rps"]),
+                             "p50_us": float(line["p50_latency_ms"]) * 1000,
+                             "p99_us": float(line["p99_latency_ms"]) * 1000})
+    return measured
+
+
+def print_redis_benchmark(measured: list[dict]) -> None:
+    print("\nredis-benchmark, a C client of the same Redis (GET and SET, -r 100000):")
+    print("%-5s %6s %5s %10s %8s %8s" % ("test", "conns", "size", "req/s", "p50us", "p99us"))
+    for line in measured:
+        print("%-5s %6d %5d %10.0f %8.0f %8.0f" % (line["test"], line["conns"], line["size"],
+                                                  line["rps"], line["p50_us"], line["p99_us"]))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not harness.stock_available():
@@ -536,6 +601,10 @@ def main(argv=None) -> int:
             results.append(result)
             print(row(cell, result["stock"], result["ours"], result["limit"],
                       result.get("wlimit"), result["attempts"]), flush=True)
+        target = redis_benchmark_target(settings.ours_table)
+        if target is not None:
+            info["redis_benchmark"] = redis_benchmark(target, cells, settings)
+            print_redis_benchmark(info["redis_benchmark"])
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -24,7 +24,8 @@ from conftest import require
 from helpers.harness import Redis, redis_available, wait_for
 from helpers.redis_servers import Cluster, Load, SentinelSet, Servers, SlowProxy, fleet_host, timed
 
-from tlsmgr.client import ClientError, TlsmgrClient
+from tlsmgr.attr import Message, encode
+from tlsmgr.client import ClientError, ReplyAttributes, TlsmgrClient
 from tlsmgr.connection import LATER_MARGIN
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
@@ -258,6 +259,39 @@ def test_a_slow_redis_holds_up_no_ticket_key(tmp_path, tcp_redis):
             thread.join(60)
         assert answers == [50] * 24
         assert max(slowest) < 0.15, "a tktkey waited %.3f s: on Redis" % max(slowest)
+    finally:
+        proxy.close()
+
+
+def test_a_slow_redis_is_sent_no_more_than_one_command_a_waiting_connection(tmp_path, tcp_redis):
+    # Every answer 200 ms late; 8 clients each send 10 lookups at once,
+    # as no Postfix client does.  A connection waiting on Redis is not
+    # read, so no pipeline carries more lookups than there are
+    # connections: what is outstanding stays bounded however much a
+    # client sends.  Every lookup is answered, in order.
+    proxy = SlowProxy(tcp_redis.port, 0.2)
+    try:
+        daemon = fleet_host(tmp_path, "a", "redis://127.0.0.1:%d/0" % proxy.port,
+                            timeout_ms=3000)
+        requests = b"".join(encode([("request", "lookup"), ("cache_type", "smtpd"),
+                                    ("cache_id", "id%d" % i)]) for i in range(10))
+        clients = [TlsmgrClient(str(daemon.socket_path), timeout=30) for _ in range(8)]
+        try:
+            for client in clients:
+                client.send_raw(requests)
+            for client in clients:
+                replies: list[Message] = []
+                while len(replies) < 10:
+                    replies += client.decoder.feed(client.sock.recv(65536))
+                assert [ReplyAttributes.from_message(reply).status
+                        for reply in replies] == [-1] * 10
+        finally:
+            for client in clients:
+                client.close()
+        lookups = [chunk.count(b"\r\nGET\r\n") for chunk in proxy.sent]
+        assert sum(lookups) == 80
+        assert max(lookups) <= 8, lookups
+        assert max(lookups) >= 4, "the lookups were not pipelined: %s" % lookups
     finally:
         proxy.close()
 

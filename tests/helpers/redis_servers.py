@@ -313,7 +313,8 @@ class SentinelSet(Servers):
 
 class SlowProxy:
     """A TCP proxy in front of a Redis that holds every answer back for
-    delay seconds: a Redis far away, or overloaded."""
+    delay seconds: a Redis far away, or overloaded.  What each read from
+    a client brought, on its way to Redis, is kept in ``sent``."""
 
     def __init__(self, target_port: int, delay: float):
         self.target_port = target_port
@@ -322,6 +323,7 @@ class SlowProxy:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
+        self.sent: list[bytes] = []
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -343,7 +345,10 @@ class SlowProxy:
                 data = source.recv(65536)
                 if not data:
                     break
-                time.sleep(delay)
+                if delay:
+                    time.sleep(delay)
+                else:
+                    self.sent.append(data)
                 sink.sendall(data)
         except OSError:
             pass
