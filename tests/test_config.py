@@ -306,8 +306,50 @@ def test_bad_integer(tmp_path, value):
 def test_integer_out_of_range(tmp_path):
     assert fatal(tmp_path, "tls_random_bytes = 0\n") == (
         "invalid tls_random_bytes parameter value 0 < 1")
-    assert fatal(tmp_path, "tlsmgr_request_size_limit = 1000\n") == (
-        "invalid tlsmgr_request_size_limit parameter value 1000 < 65536")
+
+
+# A bad value of one of ours (tlsmgr_*), which only this daemon reads, is
+# no reason to stop serving smtpd: a warning that names it and the default.
+
+@pytest.mark.parametrize("setting, warning, name, default", [
+    ("tlsmgr_preserve_sessions = yse",
+     "bad boolean configuration: tlsmgr_preserve_sessions = yse (expected yes or no); "
+     "using the default, tlsmgr_preserve_sessions = no", "tlsmgr_preserve_sessions", False),
+    ("tlsmgr_redis_timeout_ms = fast",
+     "bad numerical configuration: tlsmgr_redis_timeout_ms = fast (expected an integer); "
+     "using the default, tlsmgr_redis_timeout_ms = 250", "tlsmgr_redis_timeout_ms", 250),
+    ("tlsmgr_request_size_limit = 1000",
+     "invalid tlsmgr_request_size_limit parameter value 1000 < 65536; "
+     "using the default, tlsmgr_request_size_limit = 65536", "tlsmgr_request_size_limit", 65536),
+    ("tlsmgr_event_loop = twisted",
+     "parameter tlsmgr_event_loop: bad value: twisted (expected uvloop or asyncio); "
+     "using the default, tlsmgr_event_loop = uvloop", "tlsmgr_event_loop", "uvloop"),
+    ("tlsmgr_redis_key_prefix = ${nowhere",
+     'parameter tlsmgr_redis_key_prefix: truncated macro reference: "${nowhere"; '
+     "using the default, tlsmgr_redis_key_prefix = tlsmgr:", "tlsmgr_redis_key_prefix",
+     "tlsmgr:"),
+])
+def test_a_bad_value_of_ours_is_a_warning_and_the_default(tmp_path, caplog, setting, warning,
+                                                           name, default):
+    cfg = load(tmp_path, setting + "\n")
+    assert warnings(caplog) == [warning]
+    assert getattr(cfg, name) == default
+
+
+def test_a_bad_secret_of_ours_is_not_shown_in_its_warning(tmp_path, caplog):
+    cfg = load(tmp_path, "tlsmgr_redis_password = hunter$(2\n")
+    assert cfg.tlsmgr_redis_password == ""
+    [warning] = warnings(caplog)
+    assert "hunter" not in warning
+    assert warning.endswith("using the default, tlsmgr_redis_password =")
+
+
+def test_a_buffer_limit_below_the_request_limit_is_raised_to_it(tmp_path, caplog):
+    cfg = load(tmp_path, "tlsmgr_request_size_limit = 131072\n"
+                         "tlsmgr_client_buffer_limit = 65536\n")
+    assert cfg.tlsmgr_client_buffer_limit == 131072
+    assert warnings(caplog) == ["tlsmgr_client_buffer_limit (65536) must be at least "
+                                "tlsmgr_request_size_limit (131072): using 131072"]
 
 
 def test_integer_forms(tmp_path):

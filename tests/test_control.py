@@ -231,21 +231,38 @@ def test_metrics_listen_forms_and_loopback_by_default(value, where):
     assert parse_listen(value) == where
 
 
-def test_metrics_off_by_default_and_a_bad_value_is_one_fatal_line(tmp_path):
+def test_metrics_off_by_default_and_a_bad_value_is_one_warning(tmp_path):
     started = start_ours(tmp_path, data_directory=tmp_path)
     try:
         assert "metrics" not in started.log
     finally:
         started.stop()
-    bad = start_ours(tmp_path / "bad", wait=False, data_directory=tmp_path,
-                     tlsmgr_metrics_listen="host:port")
+    bad = start_ours(tmp_path / "bad", data_directory=tmp_path, tlsmgr_metrics_listen="host:port")
     try:
-        assert bad.process.wait(20) == 1
-        assert "fatal: parameter tlsmgr_metrics_listen: bad value: host:port (expected " \
-               "PORT, HOST:PORT or [IPv6]:PORT)" in bad.log
+        with TlsmgrClient(str(bad.socket_path)) as client:
+            assert client.seed(8)[0] == 0
+        assert "warning: parameter tlsmgr_metrics_listen: bad value: host:port (expected " \
+               "PORT, HOST:PORT or [IPv6]:PORT): metrics are not served" in bad.log
         assert "Traceback" not in bad.log
     finally:
-        bad.stop()
+        assert bad.stop() == 0
+
+
+def test_a_metrics_port_already_taken_is_a_warning(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        started = start_ours(tmp_path, data_directory=tmp_path, tlsmgr_metrics_listen=port)
+        with TlsmgrClient(str(started.socket_path)) as client:
+            assert client.seed(8)[0] == 0
+        assert started.stop() == 0
+        assert ("warning: cannot serve metrics on 127.0.0.1 port %d: Address already in use: "
+                "metrics are not served (choose another tlsmgr_metrics_listen)" % port
+                ) in started.log
+    finally:
+        taken.close()
 
 
 def test_scrapes_at_once_share_one_snapshot_from_the_network_and_wait_a_bounded_time(

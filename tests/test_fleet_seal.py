@@ -8,9 +8,12 @@ import base64
 import os
 
 import pytest
+import redis
 from conftest import require
-from helpers.harness import start_ours
+from helpers.harness import start_ours, wait_for
 
+from tlsmgr import config
+from tlsmgr import daemon as tlsmgr_daemon
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.seal import new_secret_line
 
@@ -233,7 +236,9 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
-def test_a_bad_secret_file_is_one_fatal_line(tmp_path, redis_server, case):
+def test_a_bad_secret_file_turns_the_fleet_off_with_a_warning(tmp_path, redis_server, case):
+    # Only this daemon reads the file: it is no reason to stop serving
+    # smtpd.  The cache stays on this host, and nothing goes to Redis.
     mode, text, problem = BAD_FILES[case]
     path = tmp_path / "fleet.secret"
     if text is not None:
@@ -242,11 +247,36 @@ def test_a_bad_secret_file_is_one_fatal_line(tmp_path, redis_server, case):
     if case == "others'":
         require(os.geteuid() == 0, "root (to give the file to another user)")
         os.chown(path, 65534, 65534)
-    table = "redis:" + redis_server.url
-    daemon = start_ours(tmp_path / "host", wait=False, data_directory=tmp_path,
-                        smtpd_tls_session_cache_database=table,
-                        tlsmgr_fleet_secret_file=path)
-    assert daemon.process.wait(20) == 1
-    lines = [line for line in daemon.log.splitlines() if line.strip()]
-    assert lines == [line for line in lines if "fatal:" in line] and len(lines) == 1, lines
-    assert "fatal: tlsmgr_fleet_secret_file %s: %s" % (path, problem) in lines[0]
+    prefix = "off%d:" % os.getpid()
+    daemon = start_ours(tmp_path / "host", data_directory=tmp_path,
+                        smtpd_tls_session_cache_database="redis:" + redis_server.url,
+                        tlsmgr_redis_key_prefix=prefix, tlsmgr_fleet_secret_file=path)
+    try:
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            assert client.update("smtpd", "id", b"a session") == 0
+            assert client.lookup("smtpd", "id") == (0, b"a session")
+            assert client.tktkey()[0] == 0
+        wait_for(lambda: "the fleet is off" in daemon.log, what="the warning")
+    finally:
+        assert daemon.stop() == 0
+    [line] = [line for line in daemon.log.splitlines() if line.strip()]
+    assert line.startswith("tlsmgr: warning: tlsmgr_fleet_secret_file %s: %s" % (path, problem))
+    assert line.endswith("; the fleet is off: the smtpd TLS session cache is in memory on this "
+                         'host, and nothing is written to Redis (fix the file, then "postfix '
+                         'reload")'), line
+    assert redis.Redis(unix_socket_path=str(redis_server.socket_path)).keys("*%s*" % prefix) == []
+
+
+def test_while_the_fleet_is_off_it_is_said_every_minute(tmp_path, caplog):
+    (tmp_path / "main.cf").write_text("smtpd_tls_session_cache_database = redis:unix:///r\n"
+                                      "smtp_tls_session_cache_database = redis:unix:///r\n")
+    cfg = config.load(str(tmp_path), environ={})
+    secrets = tlsmgr_daemon.Secrets(None, "", fleet_off="tlsmgr_fleet_secret_file /f: too open")
+    [warn] = tlsmgr_daemon.fleet_off_task(secrets, {"smtpd": object(), "smtp": object(),
+                                             "lmtp": None}, cfg)
+    assert [warn(), warn()] == [60.0, 60.0]
+    assert [record.getMessage() for record in caplog.records] == 2 * [
+        "tlsmgr_fleet_secret_file /f: too open; the fleet is off: the smtpd and smtp TLS "
+        "session caches are in memory on this host, and nothing is written to Redis (fix the "
+        'file, then "postfix reload")']
+    assert tlsmgr_daemon.fleet_off_task(tlsmgr_daemon.Secrets(None, ""), {}, cfg) == []

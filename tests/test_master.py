@@ -295,3 +295,43 @@ def test_master_hanging_up_is_noticed_once():
 
     _, gone = run_channel(actions)
     assert gone == [True]
+
+
+def postlogd(queue: Path) -> socket.socket:
+    """A stand-in for postlogd(8): its socket, where maillog_file's lines go."""
+    (queue / "public").mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(queue / "public" / "postlog"))
+    os.chmod(queue / "public" / "postlog", 0o666)
+    sock.settimeout(10)
+    return sock
+
+
+@pytest.mark.parametrize("setting, line", [
+    ("tlsmgr_preserve_sessions = yse",
+     "warning: bad boolean configuration: tlsmgr_preserve_sessions = yse (expected yes or no); "
+     "using the default, tlsmgr_preserve_sessions = no"),
+    ("smtpd_tls_session_cache_timeout = forever",
+     "fatal: parameter smtpd_tls_session_cache_timeout: bad time value or unit: forever "
+     "(expected a number with an optional unit s, m, h, d or w)"),
+])
+def test_what_reading_main_cf_meets_reaches_maillog_file(tmp_path, setting, line):
+    # With maillog_file set, Postfix's lines go to postlogd, and so must
+    # every line of ours: those met reading main.cf too, a fatal one too.
+    name, value = (part.strip() for part in setting.split("="))
+    queue = tmp_path / "queue"
+    listener = postlogd(queue)
+    try:
+        daemon = start_ours_as_master_does(
+            tmp_path, wait=False, maillog_file="/var/log/postfix.log", **{name: value})
+        fatal = line.startswith("fatal:")
+        if fatal:
+            assert daemon.process.wait(20) == 1
+        else:
+            wait_for(daemon.connectable, what="tlsmgr to listen")
+        datagram = listener.recv(4096).decode()
+        assert re.fullmatch(r"\w{3} [ \d]\d \d\d:\d\d:\d\d \S+ postfix/tlsmgr\[%d\]: %s"
+                            % (daemon.process.pid, re.escape(line)), datagram), datagram
+    finally:
+        listener.close()
+        daemon.stop()

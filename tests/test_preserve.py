@@ -213,11 +213,17 @@ def test_a_memory_cache_cannot_be_preserved_and_one_warning_says_so(tmp_path):
         daemon.stop()
 
 
-def test_a_bad_value_is_one_fatal_line(tmp_path):
-    daemon = start_ours(tmp_path, wait=False, **params(tmp_path, preserve="sometimes"))
-    assert daemon.process.wait(20) == 1
-    assert "fatal: bad boolean configuration: tlsmgr_preserve_sessions = sometimes " \
-           "(expected yes or no)" in daemon.log
+def test_a_bad_value_is_a_warning_and_nothing_is_preserved(tmp_path):
+    daemon = start_ours(tmp_path, **params(tmp_path, preserve="sometimes"))
+    try:
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            assert client.tktkey()[0] == 0
+        assert "warning: bad boolean configuration: tlsmgr_preserve_sessions = sometimes " \
+               "(expected yes or no); using the default, tlsmgr_preserve_sessions = no" \
+               in daemon.log
+    finally:
+        assert daemon.stop() == 0
+    assert not (tmp_path / "data" / NAME).exists()
 
 
 def test_saves_that_meet_leave_the_latest_ring_in_the_file(tmp_path):

@@ -343,7 +343,7 @@ def test_a_password_file_lets_the_daemon_in_and_wins(tmp_path, redis_server):
 
 @pytest.mark.redis
 @pytest.mark.parametrize("case", ["group readable", "symlink", "absent", "two lines"])
-def test_a_bad_password_file_is_one_fatal_line(tmp_path, redis_server, case):
+def test_a_bad_password_file_turns_the_fleet_off_with_a_warning(tmp_path, redis_server, case):
     path = tmp_path / "redis.password"
     problem = {
         "group readable": "may be read or written by group or others (mode 0644); "
@@ -358,13 +358,20 @@ def test_a_bad_password_file_is_one_fatal_line(tmp_path, redis_server, case):
         password_file(path, PASSWORD + "\nmore\n" if case == "two lines" else PASSWORD,
                       0o644 if case == "group readable" else 0o600)
     (tmp_path / "host").mkdir()
-    daemon = start_ours(tmp_path / "host", wait=False, data_directory=tmp_path,
+    daemon = start_ours(tmp_path / "host", data_directory=tmp_path,
                         smtpd_tls_session_cache_database="redis:" + redis_server.url,
                         tlsmgr_redis_password_file=path)
-    assert daemon.process.wait(20) == 1
+    try:
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            assert client.update("smtpd", "id", b"a session") == 0
+            assert client.lookup("smtpd", "id") == (0, b"a session")
+        wait_for(lambda: "the fleet is off" in daemon.log, what="the warning")
+    finally:
+        assert daemon.stop() == 0
     lines = [line for line in daemon.log.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].endswith(
-        "fatal: tlsmgr_redis_password_file %s: %s" % (path, problem)), lines
+    assert len(lines) == 1 and lines[0].startswith(
+        "tlsmgr: warning: tlsmgr_redis_password_file %s: %s; the fleet is off" % (path, problem)
+    ), lines
     assert PASSWORD not in daemon.log
 
 

@@ -263,32 +263,67 @@ def bad_cache_garbage(tmp_path):
 
 def bad_cache_directory(tmp_path):
     (tmp_path / "smtpd_scache.lmdb").mkdir()
-    return "fatal: open smtpd TLS cache lmdb:%s/smtpd_scache: cannot remove old " \
-           "cache file %s/smtpd_scache.lmdb: Is a directory" % (tmp_path, tmp_path)
+    return "warning: lmdb:%s/smtpd_scache is unavailable. cannot remove old cache file " \
+           "%s/smtpd_scache.lmdb: Is a directory: the smtpd TLS session cache is off " \
+           "(fix smtpd_tls_session_cache_database)" % (tmp_path, tmp_path)
 
 
 @pytest.mark.parametrize("make_bad", [
     bad_exchange_directory, bad_exchange_garbage, bad_exchange_huge,
     bad_cache_garbage, bad_cache_directory])
-def test_a_damaged_file_is_repaired_or_named_in_one_fatal_line(tmp_path, make_bad):
-    fatal = make_bad(tmp_path)
-    started = start_ours(tmp_path, wait=fatal is None, data_directory=tmp_path,
+def test_a_damaged_file_is_repaired_or_its_cache_is_off(tmp_path, make_bad):
+    # What cannot be repaired turns its cache off with one warning, as in
+    # the stock daemon: smtpd goes on, without resuming sessions.  Only
+    # the PRNG exchange file is fatal, as it is there.
+    warning = make_bad(tmp_path)
+    started = start_ours(tmp_path, wait=False, data_directory=tmp_path,
                          smtpd_tls_session_cache_database="lmdb:%s/smtpd_scache" % tmp_path)
     try:
-        if fatal is None:
-            assert healthy(started)
-            with TlsmgrClient(str(started.socket_path)) as client:
+        if warning is not None and "fatal:" in warning:
+            # As in the stock daemon, which cannot do without it.
+            assert started.process.wait(20) == 1
+            assert started.log.strip().endswith(warning), started.log
+            return
+        wait_for(started.connectable, what="tlsmgr to listen")
+        assert healthy(started)
+        with TlsmgrClient(str(started.socket_path)) as client:
+            if warning is None:
                 assert client.update("smtpd", "id", b"s") == 0
                 assert client.lookup("smtpd", "id") == (0, b"s")
-            started.stop()
-            assert (tmp_path / "prng_exch").stat().st_size == 1024
-        else:
-            assert started.process.wait(20) == 1
-            lines = [line for line in started.log.splitlines() if "fatal:" in line]
-            assert len(lines) == 1 and lines[0].endswith(fatal), started.log
-        assert "Traceback" not in started.log
+            else:
+                assert client.policy("smtpd") == (0, 0, 3600)       # not cachable
+                assert client.tktkey()[0] == 0                     # tickets still
+        started.stop()
+        assert (tmp_path / "prng_exch").stat().st_size == 1024
+        lines = [line for line in started.log.splitlines() if "warning:" in line]
+        if warning is not None:
+            assert len(lines) == 1 and lines[0].endswith(warning), started.log
+        assert "Traceback" not in started.log and "fatal:" not in started.log
     finally:
         started.stop()
+
+
+@pytest.mark.parametrize("table, problem", [
+    ("btree:/nonexistent-dir/smtpd_scache", "No such file or directory"),
+    ("lmdb:/nonexistent-dir/smtpd_scache", "No such file or directory"),
+    ("cdb:/var/lib/postfix/smtpd_scache", "unsupported dictionary type: cdb"),
+])
+def test_an_unusable_cache_is_off_with_one_warning(tmp_path, table, problem):
+    # As in the stock daemon: a warning, and smtpd goes on without it.
+    started = start_ours(tmp_path, data_directory=tmp_path,
+                         smtpd_tls_session_cache_database=table,
+                         smtp_tls_session_cache_database="memory:")
+    try:
+        with TlsmgrClient(str(started.socket_path)) as client:
+            assert client.policy("smtpd") == (0, 0, 3600)
+            assert client.lookup("smtpd", "id")[0] == -2             # as a cache that is off
+            assert client.tktkey()[0] == 0
+            assert client.update("smtp", "id", b"s") == 0           # the others serve
+    finally:
+        assert started.stop() == 0
+    [line] = [line for line in started.log.splitlines() if line.strip()]
+    assert line.startswith("tlsmgr: warning: %s is unavailable. " % table), line
+    assert problem in line and "the smtpd TLS session cache is off" in line, line
 
 
 @pytest.mark.parametrize("text", [

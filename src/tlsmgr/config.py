@@ -13,6 +13,11 @@ bad setting is reported before anything else happens.
 Two differences are deliberate: a missing main.cf means the built-in
 defaults, and ``$name`` knows only the parameters in :data:`PARAMETERS`
 and the names that main.cf or ``-o`` define; anything else is empty.
+
+A bad value is fatal, with the stock daemon's words, only for Postfix's
+own parameters, which smtpd reads too.  A bad value of one of ours
+(``tlsmgr_*``), which only this daemon reads, is a warning naming it and
+the default used instead: no mistake in them stops inbound mail.
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ class Parameter(NamedTuple):
     kind: str = "str"
     min: int | None = None
     max: int | None = None
+    choices: tuple[str, ...] = ()          # the values a "str" may have, if not any
+
+    @property
+    def ours(self) -> bool:
+        """Read by this daemon alone: a bad value falls back to the default."""
+        return self.name.startswith("tlsmgr_")
 
 
 _TEXT_KINDS = ("str", "table", "secret")
@@ -121,13 +132,14 @@ PARAMETERS: tuple[Parameter, ...] = (
     # Ours: keep the caches on disk and the ticket keys across restarts.
     Parameter("tlsmgr_preserve_sessions", "no", "bool"),
     # Ours: uvloop or asyncio.
-    Parameter("tlsmgr_event_loop", "uvloop"),
+    Parameter("tlsmgr_event_loop", "uvloop", choices=("uvloop", "asyncio")),
     # Ours: Prometheus metrics over HTTP at [host:]port; empty is off.
     Parameter("tlsmgr_metrics_listen", ""),
 )
 
 _DEFAULTS = {p.name: p.default for p in PARAMETERS}
 _KINDS = {p.name: p.kind for p in PARAMETERS}
+_BY_NAME = {p.name: p for p in PARAMETERS}
 
 
 @dataclass(frozen=True)
@@ -419,33 +431,62 @@ def _seconds(text: str) -> int | None:
     return seconds if seconds <= _INT_MAX else None
 
 
+class BadValue(ValueError):
+    """A value its parameter cannot have; the text says why, in the stock
+    daemon's words."""
+
+
 def _convert(param: Parameter, value: str) -> str | int | bool:
-    """Return the typed value of a parameter, or exit with Postfix's message."""
+    """The typed value of a parameter; BadValue if it cannot have it."""
     if param.kind in _TEXT_KINDS:
+        if param.choices and value not in param.choices:
+            raise BadValue("parameter %s: bad value: %s (expected %s)"
+                           % (param.name, value, " or ".join(param.choices)))
         return value
     if param.kind == "bool":
         # As Postfix's get_mail_conf_bool(): yes or no, in any case.
         word = value.strip().lower()
         if word not in ("yes", "no"):
-            log.fatal("bad boolean configuration: %s = %s (expected yes or no)",
-                      param.name, value)
+            raise BadValue("bad boolean configuration: %s = %s (expected yes or no)"
+                           % (param.name, value))
         return word == "yes"
     if param.kind == "time":
         number = _seconds(value)
         if number is None:
-            log.fatal("parameter %s: bad time value or unit: %s (expected a number"
-                      " with an optional unit s, m, h, d or w)", param.name, value)
+            raise BadValue("parameter %s: bad time value or unit: %s (expected a number"
+                           " with an optional unit s, m, h, d or w)" % (param.name, value))
     else:
         number, rest = _strtol(value)
         if number is None or rest or not _INT_MIN <= number <= _INT_MAX:
-            log.fatal("bad numerical configuration: %s = %s (expected an integer)",
-                      param.name, value)
+            raise BadValue("bad numerical configuration: %s = %s (expected an integer)"
+                           % (param.name, value))
     too_small, too_large = _RANGE_ERRORS[param.kind]
     if param.min is not None and number < param.min:
-        log.fatal(too_small, param.name, number, param.min)
+        raise BadValue(too_small % (param.name, number, param.min))
     if param.max is not None and number > param.max:
-        log.fatal(too_large, param.name, number, param.max)
+        raise BadValue(too_large % (param.name, number, param.max))
     return number
+
+
+def _typed(param: Parameter, value: str | None) -> str | int | bool:
+    """The typed value of a parameter, its expanded text (None: it could
+    not be expanded, which was said).  Fatal for a bad value of Postfix's,
+    as in the stock daemon; for one of ours, a warning and the default."""
+    try:
+        if value is None:
+            raise BadValue("")
+        return _convert(param, value)
+    except BadValue as err:
+        if not param.ours:
+            log.fatal("%s", err)
+        if value is not None:
+            log.warn("%s; %s", err, _using_the_default(param))
+        return _convert(param, param.default)
+
+
+def _using_the_default(param: Parameter) -> str:
+    return ("using the default, %s = %s"
+            % (param.name, shown_value(param.name, param.default))).rstrip(" ")
 
 
 def _cache_settings(label: str, typed: Mapping[str, Any]) -> CacheSettings:
@@ -468,10 +509,49 @@ def load(config_directory: str | None = None, overrides: Sequence[str] = (),
 
     *service_name* is the master.cf service name (``-n``).  The directory
     is *config_directory*, else $MAIL_CONFIG, else /etc/postfix; without a
-    main.cf there, the defaults apply.  Every error is fatal: it is logged
-    and log.Fatal raised.
+    main.cf there, the defaults apply.  An error in one of Postfix's
+    parameters is fatal: it is logged and log.Fatal raised.  In one of
+    ours, it is a warning, and the default is used.
     """
     directory = config_directory or environ.get("MAIL_CONFIG") or DEFAULT_CONFIG_DIRECTORY
+    explicit, settings = _settings(directory, overrides, service_name)
+    # config_directory counts as set, as in postconf -n, and shows which
+    # main.cf was read.
+    raw_settings = {name: settings[name] for name in [*explicit, "config_directory"]}
+
+    params: dict[str, str] = {}
+    for name, value in settings.items():
+        try:
+            params[name] = expand(value, settings.get)
+        except MacroError as err:
+            # Stock tlsmgr never evaluates the parameters it does not use,
+            # so a value meant for another daemon must not stop this one.
+            param = _BY_NAME.get(name)
+            if param is None:
+                continue
+            if not param.ours:
+                log.fatal("parameter %s: %s", name, _error_shown(name, str(err)))
+            log.warn("parameter %s: %s; %s", name, _error_shown(name, str(err)),
+                     _using_the_default(param))
+
+    # Each value is of its parameter's kind: str, or int for int and time.
+    typed: dict[str, Any] = {p.name: _typed(p, params.get(p.name)) for p in PARAMETERS}
+    if typed["tlsmgr_client_buffer_limit"] < typed["tlsmgr_request_size_limit"]:
+        log.warn("tlsmgr_client_buffer_limit (%d) must be at least "
+                 "tlsmgr_request_size_limit (%d): using %d", typed["tlsmgr_client_buffer_limit"],
+                 typed["tlsmgr_request_size_limit"], typed["tlsmgr_request_size_limit"])
+        typed["tlsmgr_client_buffer_limit"] = typed["tlsmgr_request_size_limit"]
+    field_names = {field.name for field in dataclasses.fields(Config)}
+    return Config(caches=tuple(_cache_settings(label, typed) for label in CACHE_LABELS),
+                  params=MappingProxyType(params),
+                  raw_settings=MappingProxyType(raw_settings),
+                  **{name: value for name, value in typed.items() if name in field_names})
+
+
+def _settings(directory: str, overrides: Sequence[str],
+              service_name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """What main.cf in directory and the overrides set, and that over the
+    defaults: each unexpanded."""
     path = os.path.join(directory, "main.cf")
     try:
         with open(path, "rb") as file:
@@ -496,31 +576,41 @@ def load(config_directory: str | None = None, overrides: Sequence[str] = (),
     # can change them.
     settings |= {"config_directory": directory, "process_name": "tlsmgr",
                  "service_name": service_name, "process_id": str(os.getpid())}
-    # config_directory counts as set, as in postconf -n, and shows which
-    # main.cf was read.
-    raw_settings = {name: settings[name] for name in [*explicit, "config_directory"]}
+    return explicit, settings
 
-    params: dict[str, str] = {}
-    for name, value in settings.items():
+
+class LogSettings(NamedTuple):
+    """Where log lines go (log.py; daemon.setup_master_logging())."""
+
+    syslog_name: str
+    syslog_facility: str
+    maillog_file: str
+    maillog_file_prefixes: str
+    postlog_service_name: str
+    queue_directory: str
+    myhostname: str
+
+
+def log_settings(config_directory: str | None = None, overrides: Sequence[str] = (),
+                 environ: Mapping[str, str] = os.environ,
+                 service_name: str = "tlsmgr") -> LogSettings:
+    """Where log lines go, read before the rest of main.cf, so that what
+    reading the rest meets goes there too: a fatal error included.  Says
+    nothing and never fails: a value that cannot be read is its default
+    here, and load() then says what is wrong with it."""
+    directory = config_directory or environ.get("MAIL_CONFIG") or DEFAULT_CONFIG_DIRECTORY
+    with log.muted():
         try:
-            params[name] = expand(value, settings.get)
-        except MacroError as err:
-            # Stock tlsmgr never evaluates the parameters it does not use,
-            # so a value meant for another daemon must not stop this one.
-            if name in _DEFAULTS:
-                log.fatal("parameter %s: %s", name, _error_shown(name, str(err)))
-
-    # Each value is of its parameter's kind: str, or int for int and time.
-    typed: dict[str, Any] = {p.name: _convert(p, params[p.name]) for p in PARAMETERS}
-    if typed["tlsmgr_client_buffer_limit"] < typed["tlsmgr_request_size_limit"]:
-        log.fatal("tlsmgr_client_buffer_limit (%d) must be at least "
-                  "tlsmgr_request_size_limit (%d)", typed["tlsmgr_client_buffer_limit"],
-                  typed["tlsmgr_request_size_limit"])
-    field_names = {field.name for field in dataclasses.fields(Config)}
-    return Config(caches=tuple(_cache_settings(label, typed) for label in CACHE_LABELS),
-                  params=MappingProxyType(params),
-                  raw_settings=MappingProxyType(raw_settings),
-                  **{name: value for name, value in typed.items() if name in field_names})
+            settings = _settings(directory, overrides, service_name)[1]
+        except log.Fatal:
+            settings = dict(_DEFAULTS)
+    values = []
+    for name in LogSettings._fields:
+        try:
+            values.append(expand(settings[name], settings.get))
+        except MacroError:
+            values.append(expand(_DEFAULTS[name], _DEFAULTS.get))
+    return LogSettings(*values)
 
 
 def _default_cache_db_type(settings: Mapping[str, str]) -> str:

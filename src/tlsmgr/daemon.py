@@ -78,12 +78,20 @@ class Secrets(NamedTuple):
 
     seal: Seal | None                # tlsmgr_fleet_secret_file
     redis_password: str              # tlsmgr_redis_password_file
+    # Why the fleet is off, if it is: a file of secrets that failed its
+    # checks.  Its caches then stay on this host, and nothing is written
+    # to Redis unsealed, nor without its password.
+    fleet_off: str = ""
 
 
 def open_caches(cfg: config.Config, uid: int,
                 secrets: Secrets) -> dict[str, SessionCache | None]:
     """Every cache type, mapped to its open (empty) cache or None if off;
-    Redis caches sealed with the fleet's secret, if it has one."""
+    Redis caches sealed with the fleet's secret, if it has one.
+
+    A cache that cannot be used (its type, its directory, its file) is
+    off, with a warning, as the stock daemon serves without it: smtpd
+    then goes on without resuming sessions, rather than without TLS."""
     caches: dict[str, SessionCache | None] = {}
     in_use: dict[str, str] = {}
     for settings in cfg.caches:
@@ -103,10 +111,13 @@ def open_caches(cfg: config.Config, uid: int,
                 log.fatal("do not use the same TLS cache file %s for %s and %s",
                           spec, in_use[where], settings.label)
             in_use[where] = settings.label
+        elif kind == REDIS_TYPE and secrets.fleet_off:
+            kind, name = MEMORY_TYPE, ""          # said every minute (fleet_off_task())
         elif kind not in (MEMORY_TYPE, REDIS_TYPE):
-            log.fatal("parameter %s: unsupported dictionary type: %s (expected %s)",
-                      settings.database_param, kind,
-                      ", ".join((MEMORY_TYPE, *FILE_TYPES, REDIS_TYPE)))
+            log.warn("%s is unavailable. unsupported dictionary type: %s (expected %s): "
+                     "the %s TLS session cache is off", redact_table(spec), kind,
+                     ", ".join((MEMORY_TYPE, *FILE_TYPES, REDIS_TYPE)), settings.label)
+            continue
         if kind == MEMORY_TYPE and cfg.tlsmgr_preserve_sessions:
             log.warn("tlsmgr_preserve_sessions = yes, but %s %s is in memory: it starts "
                      "empty at every restart (use an lmdb: table to keep it)",
@@ -116,7 +127,9 @@ def open_caches(cfg: config.Config, uid: int,
                                redis_settings(cfg, secrets) if kind == REDIS_TYPE else None,
                                preserve=cfg.tlsmgr_preserve_sessions)
         except StoreError as err:
-            log.fatal("open %s TLS cache %s: %s", settings.label, redact_table(spec), err)
+            log.warn("%s is unavailable. %s: the %s TLS session cache is off (fix %s)",
+                     redact_table(spec), err, settings.label, settings.database_param)
+            continue
         verbose = logs_cache_activity(settings.loglevel_param, settings.loglevel)
         if verbose:
             log.info("open %s TLS cache %s", settings.label, redact_table(spec))
@@ -144,6 +157,10 @@ def mail_owner_uid(cfg: config.Config) -> int | None:
         return None
 
 
+# While the fleet is off, how often it is said (seconds).
+FLEET_OFF_WARNING_INTERVAL = 60.0
+
+
 def secret_file_owners(cfg: config.Config) -> set[int]:
     """Whom a file of secrets may belong to: root, mail_owner, ourselves."""
     return {uid for uid in (0, os.geteuid(), mail_owner_uid(cfg)) if uid is not None}
@@ -151,8 +168,8 @@ def secret_file_owners(cfg: config.Config) -> set[int]:
 
 def read_fleet_secret(cfg: config.Config) -> Seal | None:
     """The seal of tlsmgr_fleet_secret_file, if set: read as root, before
-    the privilege drop and the jail.  A file that is not private, or not
-    wholly secrets, is a fatal error."""
+    the privilege drop and the jail.  SecretFileError, naming the file,
+    if it is not private, or not wholly secrets."""
     path = cfg.tlsmgr_fleet_secret_file
     if not path:
         return None
@@ -160,20 +177,21 @@ def read_fleet_secret(cfg: config.Config) -> Seal | None:
     try:
         return seal.read_secret_file(path, secret_file_owners(cfg))
     except SecretFileError as err:
-        log.fatal("%s %s: %s", seal.PARAMETER, path, err)
+        raise SecretFileError("%s %s: %s" % (seal.PARAMETER, path, err)) from None
 
 
 def read_redis_password(cfg: config.Config) -> str:
     """The password of tlsmgr_redis_password_file, if set, read as the
-    fleet's secret is; it wins over any other, which is warned about.  A
-    file that is not private, or not one line, is a fatal error."""
+    fleet's secret is; it wins over any other, which is warned about.
+    SecretFileError, naming the file, if it is not private, or not one
+    line."""
     path = cfg.tlsmgr_redis_password_file
     if not path:
         return ""
     try:
         password = read_secret_line(path, secret_file_owners(cfg))
     except SecretFileError as err:
-        log.fatal("tlsmgr_redis_password_file %s: %s", path, err)
+        raise SecretFileError("tlsmgr_redis_password_file %s: %s" % (path, err)) from None
     overridden = ["tlsmgr_redis_password"] if cfg.tlsmgr_redis_password else []
     for cache in cfg.caches:
         kind, _, url = cache.database.partition(":")
@@ -185,7 +203,31 @@ def read_redis_password(cfg: config.Config) -> str:
 
 
 def read_secrets(cfg: config.Config) -> Secrets:
-    return Secrets(read_fleet_secret(cfg), read_redis_password(cfg))
+    """The fleet's secrets; a file of them that fails its checks turns the
+    fleet off, rather than the daemon: only this daemon reads them."""
+    try:
+        return Secrets(read_fleet_secret(cfg), read_redis_password(cfg))
+    except SecretFileError as err:
+        return Secrets(None, "", fleet_off=str(err))
+
+
+def fleet_off_task(secrets: Secrets, caches: dict[str, SessionCache | None],
+                   cfg: config.Config) -> list[Callable[[], float | None]]:
+    """While the fleet is off, a warning every minute that says why."""
+    if not secrets.fleet_off:
+        return []
+    local = [c.label for c in cfg.caches if c.enabled and caches[c.label] is not None
+             and c.database.startswith(REDIS_TYPE + ":")]
+    consequence = ("the fleet is off: the %s TLS session cache%s in memory on this host, "
+                   "and nothing is written to Redis" % (
+                       " and ".join(local), "s are" if len(local) > 1 else " is")
+                   if local else "no cache is on Redis")
+
+    def warn() -> float:
+        log.warn("%s; %s (fix the file, then \"postfix reload\")",
+                 secrets.fleet_off, consequence)
+        return FLEET_OFF_WARNING_INTERVAL
+    return [warn]
 
 
 def saved_keys(cfg: config.Config) -> KeyFile | None:
@@ -250,7 +292,8 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int,
                     cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
                     cfg.tlsmgr_client_buffer_limit,
                     later_deadline=cfg.tlsmgr_redis_timeout_ms / 1000 + LATER_MARGIN,
-                    tasks=spent_key_task(tickets, caches["smtpd"], saved))
+                    tasks=[*spent_key_task(tickets, caches["smtpd"], saved),
+                           *fleet_off_task(secrets, caches, cfg)])
     owner = mail_owner_uid(cfg)
     if owner is not None:
         server.control_uids.add(owner)
@@ -267,7 +310,11 @@ def build_server_as_mail_owner(cfg: config.Config) -> Server:
     connection_limit = raise_open_files_limit(cfg.tlsmgr_connection_limit)
     serve_metrics: Callable[[str, Control, Server], None] | None = None
     if cfg.tlsmgr_metrics_listen:
-        from .metrics import start as serve_metrics  # and prometheus-client: when wanted
+        try:
+            from .metrics import start as serve_metrics  # and prometheus-client: when wanted
+        except ImportError as err:
+            log.warn("tlsmgr_metrics_listen = %s, but %s: metrics are not served (install "
+                     "prometheus-client)", cfg.tlsmgr_metrics_listen, err)
     secrets = read_secrets(cfg)
     if os.geteuid() != 0:
         server, control = build_server(cfg, os.geteuid(), connection_limit, secrets)
@@ -343,32 +390,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def mail_task(cfg: config.Config) -> str:
+def mail_task(logs: config.LogSettings) -> str:
     """The log tag, as Postfix's mail_task(): MAIL_LOGTAG or syslog_name, then /tlsmgr."""
-    return "%s/tlsmgr" % (os.environ.get("MAIL_LOGTAG") or cfg.syslog_name)
+    return "%s/tlsmgr" % (os.environ.get("MAIL_LOGTAG") or logs.syslog_name)
 
 
-def setup_master_logging(cfg: config.Config, args: argparse.Namespace) -> None:
-    """syslog, or postlogd when maillog_file is set; stderr too with -V."""
-    tag = mail_task(cfg)
-    if cfg.maillog_file:
-        prefixes = cfg.maillog_file_prefixes
-        if not any(cfg.maillog_file.startswith(p)
+def setup_master_logging(args: argparse.Namespace) -> None:
+    """syslog, or postlogd when maillog_file is set; stderr too with -V.
+    Set up before the rest of main.cf is read, so that every line met
+    reading it, a fatal one included, goes where Postfix's lines go."""
+    def with_stderr(handlers: list[logging.Handler], tag: str) -> list[logging.Handler]:
+        return [*handlers, log.stderr_handler(tag)] if args.stderr else handlers
+
+    # Until main.cf says otherwise, as the stock daemon before it reads it.
+    log.setup(with_stderr([log.SyslogHandler("postfix/tlsmgr", syslog.LOG_MAIL)],
+                          "postfix/tlsmgr"))
+    logs = config.log_settings(overrides=args.overrides, service_name=args.service)
+    tag = mail_task(logs)
+    if logs.maillog_file:
+        prefixes = logs.maillog_file_prefixes
+        if not any(logs.maillog_file.startswith(p)
                    for p in prefixes.replace(",", " ").split()):
             log.fatal("maillog_file value '%s' does not match any prefix in "
-                      "maillog_file_prefixes", cfg.maillog_file)
-        path = os.path.join(cfg.queue_directory, "public",
-                            cfg.postlog_service_name)
-        hostname = cfg.myhostname
-        handlers: list[logging.Handler] = [log.PostlogHandler(tag, hostname, path)]
+                      "maillog_file_prefixes", logs.maillog_file)
+        path = os.path.join(logs.queue_directory, "public", logs.postlog_service_name)
+        handlers: list[logging.Handler] = [log.PostlogHandler(tag, logs.myhostname, path)]
     else:
-        facility = log.facility_code(cfg.syslog_facility)
+        facility = log.facility_code(logs.syslog_facility)
         if facility is None:
-            log.fatal("invalid syslog_facility: %s", cfg.syslog_facility)
+            log.fatal("invalid syslog_facility: %s", logs.syslog_facility)
         handlers = [log.SyslogHandler(tag, facility)]
-    if args.stderr:
-        handlers.append(log.stderr_handler(tag))
-    log.setup(handlers)
+    log.setup(with_stderr(handlers, tag))
 
 
 def serve_one_request(server: Server) -> int:
@@ -391,9 +443,6 @@ def event_loop_runner(cfg: config.Config) -> Callable[[Coroutine[Any, Any, int]]
     """asyncio.run, or uvloop's (faster, same behaviour) as configured."""
     if cfg.tlsmgr_event_loop == "asyncio":
         return asyncio.run
-    if cfg.tlsmgr_event_loop != "uvloop":
-        log.fatal("parameter tlsmgr_event_loop: bad value: %s (expected uvloop or asyncio)",
-                  cfg.tlsmgr_event_loop)
     try:
         import uvloop
     except ImportError:
@@ -404,10 +453,9 @@ def event_loop_runner(cfg: config.Config) -> Callable[[Coroutine[Any, Any, int]]
 
 def run_under_master(args: argparse.Namespace) -> int:
     """Start-up in the order of Postfix's multi_server_main()."""
-    log.setup([log.SyslogHandler("postfix/tlsmgr", syslog.LOG_MAIL)])
-    cfg = config.load(overrides=args.overrides, service_name=args.service)
-    setup_master_logging(cfg, args)
+    setup_master_logging(args)
     log.verbose = args.verbose
+    cfg = config.load(overrides=args.overrides, service_name=args.service)
     if not args.single:
         if args.transport is None:
             log.fatal("no transport type specified")

@@ -12,13 +12,14 @@ entry points turn into exit status 1: no traceback ever reaches a user.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
 import syslog
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 logger = logging.getLogger("tlsmgr")
@@ -171,6 +172,17 @@ def setup(handlers: list[logging.Handler], level: int = logging.INFO) -> None:
     logger.handlers[:] = handlers
     logger.setLevel(level)
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def muted() -> Iterator[None]:
+    """Nothing is logged meanwhile: for what is read again later, and
+    said then."""
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = False
 
 
 def facility_code(name: str) -> int | None:

@@ -67,8 +67,8 @@ def parse_listen(value: str) -> tuple[str, int]:
     [IPv6]:PORT; the host is 127.0.0.1 when not given."""
     match = _LISTEN.fullmatch(value.strip())
     if match is None or not 0 < int(match["port"]) < 65536:
-        log.fatal("parameter tlsmgr_metrics_listen: bad value: %s (expected PORT, "
-                  "HOST:PORT or [IPv6]:PORT)", value)
+        raise ValueError("parameter tlsmgr_metrics_listen: bad value: %s (expected PORT, "
+                         "HOST:PORT or [IPv6]:PORT)" % value)
     return match["v6"] or match["host"] or "127.0.0.1", int(match["port"])
 
 
@@ -229,12 +229,20 @@ def bind(host: str, port: int) -> socket.socket:
 
 def start(listen: str, control: Control, server: Server) -> None:
     """Bind listen (a tlsmgr_metrics_listen value) now, and have the
-    server serve what control reports there once its event loop runs."""
-    host, port = parse_listen(listen)
+    server serve what control reports there once its event loop runs.
+    Metrics are not worth stopping mail for: a bad value, or a port that
+    cannot be bound, is a warning, and the daemon serves without them."""
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as err:
+        log.warn("%s: metrics are not served", err)
+        return
     try:
         sock = bind(host, port)
     except OSError as err:
-        log.fatal("cannot serve metrics on %s port %d: %s", host, port, err.strerror or err)
+        log.warn("cannot serve metrics on %s port %d: %s: metrics are not served (choose "
+                 "another tlsmgr_metrics_listen)", host, port, err.strerror or err)
+        return
     site = httpd.Site("metrics", _PATHS, CONTENT_TYPE_PLAIN_0_0_4,
                       Scrapes(control.sources).page,
                       METRICS_CONNECTIONS, METRICS_DEADLINE, METRICS_HEAD_LIMIT)
