@@ -331,6 +331,33 @@ def test_redis_outage_is_survived(tmp_path, redis_server):
                      what="sharing to come back")
             assert client.lookup("smtpd", "after") == (0, b"back")
             assert client.tktkey() == (0, shared_key)                     # the fleet's again
+        back = re.findall(r"Redis \S+ answers again, after (\d+) seconds", daemon.log)
+        assert back and int(back[0]) >= 0, daemon.log
+    finally:
+        daemon.stop()
+
+
+def test_the_end_of_refused_writes_is_logged_too(tmp_path, redis_server):
+    # A full Redis refuses writes and serves reads: the breaker stays
+    # closed, so "answers again" is never said; that sessions are saved
+    # again is, once, with how long and how many were not.
+    daemon = host(tmp_path, "a", redis_server)
+    try:
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            assert client.update("smtpd", "before", b"s") == 0
+            redis_server.client().config_set("maxmemory-policy", "noeviction")
+            redis_server.client().config_set("maxmemory", 1)
+            try:
+                for n in range(5):
+                    assert client.update("smtpd", "during%d" % n, b"s") == -1
+                    assert client.lookup("smtpd", "before") == (0, b"s")
+            finally:
+                redis_server.client().config_set("maxmemory", 0)
+            for n in range(3):
+                assert client.update("smtpd", "after%d" % n, b"s") == 0
+        lines = re.findall(r"tlsmgr: smtpd TLS sessions are saved again, after \d+ seconds in "
+                           r"which (\d+) could not be", daemon.log)
+        assert lines == ["5"], daemon.log
     finally:
         daemon.stop()
 

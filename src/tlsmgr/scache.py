@@ -84,6 +84,11 @@ class SessionCache:
         self._logged_at: float | None = None
         self._store_warning = log.RateLimitedWarning()
         self._unopened_warning = log.RateLimitedWarning()   # a writer may cause it at will
+        # Since when sessions could not be saved (a Redis refusing writes
+        # while it serves reads, a full disk), and how many: so that the
+        # end is said too, not only the rate-limited warnings.
+        self._unsaved_since: float | None = None
+        self._unsaved = 0
 
     # Each request asks the store, and finishes with its answer: at once
     # for a local store, when it comes for one on the network (pending.py).
@@ -154,10 +159,18 @@ class SessionCache:
         self.updates += 1
         if trimmed != (0, 0):
             self._count_trimmed(trimmed, now)
+        if self._unsaved_since is not None:
+            log.info("%s TLS sessions are saved again, after %d seconds in which %d could "
+                     "not be", self.label, round(time.monotonic() - self._unsaved_since),
+                     self._unsaved)
+            self._unsaved_since, self._unsaved = None, 0
         return True
 
     def _not_saved(self, err: Exception) -> bool:
         self._store_error("cannot save %s TLS session: %s", err)
+        if self._unsaved_since is None:
+            self._unsaved_since = time.monotonic()
+        self._unsaved += 1
         return False
 
     def _count_trimmed(self, trimmed: Trimmed, now: float) -> None:
