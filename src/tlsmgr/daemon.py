@@ -341,7 +341,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="tlsmgr",
         description="Postfix TLS session cache and PRNG manager (a drop-in tlsmgr(8)). "
                     "master(8) starts it with the generic daemon options; --listen "
-                    "runs it stand-alone; --show-config prints its settings.",
+                    "runs it stand-alone; --show-config prints its settings; --check "
+                    "looks for problems before a reload.",
         epilog="Configuration is read from main.cf in $MAIL_CONFIG (default "
                "/etc/postfix); without main.cf, built-in defaults apply.")
     mode = parser.add_mutually_exclusive_group()
@@ -353,6 +354,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                            "other than its default, as 'name = value' unexpanded (like "
                            "postconf -n), and exit; with -d, print every one with its "
                            "default instead (like postconf -d)")
+    mode.add_argument("--check", action="store_true",
+                      help="check main.cf and what it names (parameter values, cache "
+                           "directories and permissions, files of secrets, Redis, the "
+                           "metrics port, the Postfix version) as the daemon would meet "
+                           "them, changing nothing; exit 1 on any problem.  Run it before "
+                           "\"postfix reload\"")
     parser.add_argument("-o", dest="overrides", metavar="name=value", action="append",
                         default=[], help="override a main.cf parameter (repeatable)")
     parser.add_argument("-v", dest="verbose", action="count", default=0,
@@ -528,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
             # Here -d (args.foreground) has postconf's meaning: defaults.
             sys.stdout.writelines(line + "\n" for line in config.show(cfg, args.foreground))
             return 0
+        if args.check:
+            from . import check
+            return check.run(args.overrides)
         if args.listen:
             end_now(run_standalone(args))
         if args.single:
