@@ -65,14 +65,20 @@ class LmdbStore(LocalStore):
                 self._count, self._size = self._check()
         except (lmdb.Error, _Damaged) as err:
             if not preserve:
-                raise StoreError("cannot open cache file %s: %s" % (self.path, err)) from None
+                raise StoreError("cannot open cache file %s: %s"
+                                 % (self.path, self._why(err))) from None
             self._remove_damaged(err)
             try:
                 self._open()
             except lmdb.Error as again:
-                raise StoreError("cannot open cache file %s: %s" % (self.path, again)) from None
+                raise StoreError("cannot open cache file %s: %s"
+                                 % (self.path, self._why(again))) from None
         self._map = _mapping(os.path.abspath(self.path))
         self._writes = 0
+
+    def _why(self, err: Exception) -> str:
+        """An error without the path that py-lmdb puts first."""
+        return str(err).removeprefix(self.path + ": ")
 
     def _remove_files(self) -> None:
         for stale in (self.path, self.path + "-lock"):
