@@ -279,8 +279,9 @@ def test_redis_back_is_logged_with_how_long_it_was_out(postfix, redis_node, tmp_
         wait_for(back, timeout=LOG_WAIT, interval=0.2, what="a line saying Redis is back")
     except AssertionError as err:
         raise AssertionError("%s\n%s" % (err, tlsmgr_said(instance))) from None
-    [line] = back()
-    assert "redis" in line.lower(), line
+    # Redis answers again, once; that sessions are saved again may be said too.
+    lines = [line for line in back() if "redis" in line.lower()]
+    assert len(lines) == 1, back()
     starttls(instance, *TLS12)
     assert_not_stopped(instance)
 
