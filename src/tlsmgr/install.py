@@ -4,15 +4,17 @@ master(8) runs ``$daemon_directory/COMMAND`` for each master.cf service.
 Installing makes ``$daemon_directory/pytlsmgr`` a symlink to this
 package's ``tlsmgr`` console script and switches the command of the
 ``tlsmgr/unix`` service from ``tlsmgr`` to ``pytlsmgr``; uninstalling
-switches it back and removes the symlink.  Only the command name changes:
-its arguments and the other fields (chroot, wakeup, process limit) stay.
+switches it back and removes the symlink.  The entry's other fields
+(chroot, wakeup, process limit) and its arguments stay, but for one
+``-o`` that installing adds and uninstalling removes (see REFERENCE).
 
-master.cf is changed only by Postfix's own ``postconf -F``, and what is
-shown is what ``postconf -Mf`` prints.  postconf rewrites the one entry it
-changes in its own layout (one space where the file had several, say),
-so the entry after install and uninstall is the same entry as before,
-shown byte for byte the same by ``postconf -Mf``.  daemon_directory comes
-from ``postconf -h``: it is the Postfix installation's own answer.
+master.cf is changed only by Postfix's own postconf (``-F``, ``-P`` and
+``-PX``), and what is shown is what ``postconf -Mf`` prints.  postconf
+rewrites the one entry it changes in its own layout (one space where the
+file had several, say), so the entry after install and uninstall is the
+same entry as before, shown byte for byte the same by ``postconf -Mf``.
+daemon_directory comes from ``postconf -h``: it is the Postfix
+installation's own answer.
 
 These are the ``tlsmgr-ctl install`` and ``tlsmgr-ctl uninstall``
 commands.  Every problem is one line naming it and the fix, exit status 2.
@@ -27,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -42,10 +44,29 @@ RELOAD_TIMEOUT = 120
 # Where Postfix's commands live when PATH lacks the sbin directories.
 SBIN_PATH = os.pathsep.join(("/usr/sbin", "/usr/local/sbin", "/sbin"))
 
+# postconf(1) warns about each parameter of main.cf or of an -o whose name
+# it does not know, as "unused", unless a $name of it appears in a
+# name=value of main.cf or master.cf; and about each $name there of a
+# parameter set nowhere, as "undefined" (postconf_user.c).  So while this
+# daemon runs, its entry carries "-o REFERENCE=${REFERENCE?}${p?}..." for
+# each parameter p of ours that main.cf or the entry sets: not for those
+# set nowhere, which would be "undefined", nor for a misspelt tlsmgr_*,
+# whose warning is worth keeping.  One set or removed later is followed by
+# the next install.  ${p?} is empty whatever p holds, so the daemon reads
+# REFERENCE, a name it does not know, as empty, and holds no copy of a
+# secret in it; REFERENCE's own ${REFERENCE?} is what keeps postconf from
+# calling the -o itself unused.
+OUR_PREFIX = "tlsmgr_"
+OUR_PARAMETERS = tuple(p.name for p in config.PARAMETERS if p.name.startswith(OUR_PREFIX))
+REFERENCE = "tlsmgr_used_parameters"
+
 HELP = {
     "install": "switch Postfix's tlsmgr service to this daemon (no server needed)",
     "uninstall": "switch Postfix's tlsmgr service back to the stock tlsmgr",
 }
+
+# The arguments of one postconf command, without "-c DIR".
+Edit = tuple[str, ...]
 
 
 class InstallError(Exception):
@@ -65,26 +86,31 @@ class Site:
     def link(self) -> str:
         return os.path.join(self.daemon_directory, OUR_COMMAND)
 
+    @property
+    def main_cf(self) -> str:
+        return os.path.join(self.config_directory, "main.cf")
+
 
 @dataclass(frozen=True)
 class Plan:
     """What install or uninstall would do to one site.
 
-    *new_command* is None when master.cf stays as it is; *new_target* is
-    what the symlink should point to, None for no symlink.
+    *edits* are the postconf commands to run, in order, and *after* the
+    entry once they are run.  *new_target* is what the symlink should
+    point to, None for no symlink.
     """
 
     action: str
     site: Site
     before: tuple[str, ...]
     after: tuple[str, ...]
-    new_command: str | None
+    edits: tuple[Edit, ...]
     old_target: str | None
     new_target: str | None
 
     @property
     def changes_master_cf(self) -> bool:
-        return self.new_command is not None
+        return self.after != self.before
 
     @property
     def changes_link(self) -> bool:
@@ -92,7 +118,7 @@ class Plan:
 
     @property
     def changes(self) -> bool:
-        return self.changes_master_cf or self.changes_link
+        return bool(self.edits) or self.changes_link
 
 
 # --- finding things ------------------------------------------------------
@@ -178,9 +204,39 @@ def service_entry(site: Site, config_dir: str | None = None) -> tuple[str, ...]:
     return tuple(postconf(site, "-Mf", SERVICE, config_dir=config_dir).splitlines())
 
 
-def service_command(site: Site) -> str:
+def service_command(site: Site, config_dir: str | None = None) -> str:
     """The entry's command field: the command name and its arguments."""
-    return postconf(site, "-Fh", SERVICE + "/command").strip()
+    return postconf(site, "-Fh", SERVICE + "/command", config_dir=config_dir).strip()
+
+
+def settings(text: str) -> dict[str, str]:
+    """The ``name = value`` lines postconf prints, with ``-P``'s
+    ``service/type/`` taken off each name."""
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" =")
+        found[name.rpartition("/")[2]] = value[1:]
+    return found
+
+
+def service_settings(site: Site, *options: str) -> dict[str, str]:
+    """The entry's ``-o`` parameters; with -x, their values expanded."""
+    return settings(postconf(site, "-P", *options, SERVICE))
+
+
+def main_cf_names(site: Site) -> set[str]:
+    """The parameters main.cf sets.
+
+    They are read from the file, by the daemon's own reader, because
+    ``postconf -n`` leaves out each one it takes for unused: ours, until
+    the entry refers to them.
+    """
+    try:
+        with open(site.main_cf, "rb") as file:
+            text = os.fsdecode(file.read())
+    except OSError as err:
+        raise InstallError("cannot read %s: %s" % (site.main_cf, err.strerror)) from None
+    return set(config.parse_main_cf(text, site.main_cf))
 
 
 def with_name(command: str, name: str) -> str:
@@ -217,26 +273,60 @@ def plan(action: str, option: str | None) -> Plan:
                            % (site.master_cf, SERVICE, name, STOCK_COMMAND, OUR_COMMAND,
                               site.config_directory, SERVICE, STOCK_COMMAND))
     old_target = link_target(site.link)
+    main_names = main_cf_names(site)
+    entry = service_settings(site)
     if action == "install":
         wanted, new_target = OUR_COMMAND, our_script()
+        reference = reference_value(main_names | entry.keys())
     else:
-        wanted, new_target = STOCK_COMMAND, None
-    new_command = None if name == wanted else with_name(command, wanted)
-    after = before if new_command is None else preview(site, new_command)
-    return Plan(action, site, before, after, new_command, old_target, new_target)
-
-
-def preview(site: Site, new_command: str) -> tuple[str, ...]:
-    """The entry as postconf would write it, from an edit of a private copy."""
+        wanted, new_target, reference = STOCK_COMMAND, None, None
     with tempfile.TemporaryDirectory(prefix="tlsmgr-install.") as scratch:
+        rehearsal = Rehearsal(site, scratch)
+        if name != wanted:
+            # -F sets the whole command field, arguments and all: the -o
+            # REFERENCE too, which is then added or removed.
+            rehearsal.make("-F", "%s/command=%s" % (SERVICE, with_name(rehearsal.command(),
+                                                                        wanted)))
+        if reference != entry.get(REFERENCE):
+            rehearsal.make(*(("-PX", "%s/%s" % (SERVICE, REFERENCE)) if reference is None
+                             else ("-P", "%s/%s=%s" % (SERVICE, REFERENCE, reference))))
+        after = rehearsal.entry()
+    return Plan(action, site, before, after, tuple(rehearsal.edits), old_target, new_target)
+
+
+def reference_value(names: Iterable[str]) -> str | None:
+    """The value of the -o REFERENCE for our parameters among *names*;
+    None when there are none."""
+    ours = [name for name in OUR_PARAMETERS if name in names]
+    if not ours:
+        return None
+    return "".join("${%s?}" % name for name in (REFERENCE, *ours))
+
+
+class Rehearsal:
+    """Edits made first on a private copy of main.cf and master.cf, by
+    postconf, so that each is planned on what the ones before it left."""
+
+    def __init__(self, site: Site, scratch: str):
+        self.site = site
+        self.scratch = scratch
+        self.edits: list[Edit] = []
         for name in ("main.cf", "master.cf"):
             source = os.path.join(site.config_directory, name)
             if os.path.exists(source):
                 # copy2 keeps the time stamp: postconf waits for a main.cf
                 # changed in the last second or so to settle.
                 shutil.copy2(source, os.path.join(scratch, name))
-        postconf(site, "-F", "%s/command=%s" % (SERVICE, new_command), config_dir=scratch)
-        return service_entry(site, config_dir=scratch)
+
+    def make(self, *edit: str) -> None:
+        postconf(self.site, *edit, config_dir=self.scratch)
+        self.edits.append(edit)
+
+    def command(self) -> str:
+        return service_command(self.site, config_dir=self.scratch)
+
+    def entry(self) -> tuple[str, ...]:
+        return service_entry(self.site, config_dir=self.scratch)
 
 
 # --- making the change ---------------------------------------------------
@@ -253,25 +343,22 @@ def apply(p: Plan) -> tuple[str, ...]:
                            % (p.site.master_cf, p.site.daemon_directory))
     if p.action == "install" and p.changes_link and p.new_target:
         make_link(p.site.link, p.new_target)
-    if p.new_command is not None:                   # master.cf changes
+    for edit in p.edits:
         try:
-            set_command(p.site, p.new_command)
+            postconf(p.site, *edit)
         except InstallError:
-            if p.action == "install" and p.old_target is None:
+            # Installing, -F is what would have named the new link.
+            if edit[0] == "-F" and p.action == "install" and p.old_target is None:
                 remove_link(p.site.link)
             raise
+    now = service_entry(p.site) if p.edits else p.before
+    if now != p.after:
+        raise InstallError("postconf -c %s left the %s entry as %r, not %r: check master.cf "
+                           "by hand" % (p.site.config_directory, SERVICE,
+                                        shown(" ".join(now)), shown(" ".join(p.after))))
     if p.action == "uninstall" and p.changes_link:
         remove_link(p.site.link)
-    return service_entry(p.site) if p.changes_master_cf else p.before
-
-
-def set_command(site: Site, command: str) -> None:
-    postconf(site, "-F", "%s/command=%s" % (SERVICE, command))
-    now = service_command(site)
-    if now != command:
-        raise InstallError("postconf -c %s -F left the %s command as %r, not %r: "
-                           "check master.cf by hand" % (site.config_directory, SERVICE,
-                                                        shown(now), shown(command)))
+    return now
 
 
 def make_link(path: str, target: str) -> None:
