@@ -395,7 +395,7 @@ def test_uninstall_leaves_master_cf_as_it_was_byte_for_byte(make_site):
     text = site.master_cf.read_bytes()
     assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
     assert install.REFERENCE.encode() in site.master_cf.read_bytes()
-    done = ctl_cli("uninstall", "-c", str(site.config_dir))
+    done = ctl_cli("uninstall", "-c", str(site.config_dir), "--fix-settings")
     assert done.returncode == 0, done.stderr
     assert site.master_cf.read_bytes() == text
 
@@ -433,9 +433,128 @@ def test_the_daemon_runs_under_master_with_the_reference(tmp_path):
         assert "%s=%s" % (install.REFERENCE, install.reference_value(
             {"tlsmgr_connection_limit"})) in argv
         assert "fatal" not in instance.log()
-        done = ctl_cli("uninstall", "-c", str(instance.conf), "--reload")
+        done = ctl_cli("uninstall", "-c", str(instance.conf), "--reload", "--fix-settings")
         assert done.returncode == 0, done.stderr
         wait_for(lambda: not instance.tlsmgr_pids(ours=True), timeout=30,
                  what="our tlsmgr to exit")
     finally:
         instance.destroy()
+
+
+# --- uninstall: what the stock tlsmgr cannot do ---------------------------
+
+REDIS_URL = "redis://fleet:s3cret@redis.example:6379/0"
+
+
+def site_with_leftovers(make_site) -> Site:
+    """A site whose main.cf and tlsmgr entry ask what only this daemon does."""
+    site = make_site(smtpd_tls_session_cache_database="redis:" + REDIS_URL,
+                     smtp_tls_session_cache_database="memory:",
+                     lmtp_tls_session_cache_database="btree:${data_directory}/lmtp_scache",
+                     tlsmgr_connection_limit="100", tlsmgr_redis_password="s3cret")
+    site.postconf("-F", "tlsmgr/unix/command=tlsmgr -o tlsmgr_event_loop=asyncio "
+                        "-o lmtp_tls_session_cache_database=memory:")
+    return site
+
+
+def assert_leftovers_named(site: Site, stderr: str) -> None:
+    main_cf, entry = site.config_dir / "main.cf", "%s: tlsmgr/unix" % site.master_cf
+    named = [
+        (main_cf, '"smtpd_tls_session_cache_database = '
+                  'redis:redis://fleet:****@redis.example:6379/0"'),
+        (main_cf, '"smtp_tls_session_cache_database = memory:"'),
+        (entry, '"lmtp_tls_session_cache_database = memory:"'),
+        (main_cf, "tlsmgr_connection_limit"),
+        (main_cf, "tlsmgr_redis_password"),
+        (entry, "tlsmgr_event_loop"),
+    ]
+    lines = stderr.splitlines()
+    assert len(lines) == len(named), stderr
+    for line, (where, setting) in zip(lines, named):
+        assert line.startswith("tlsmgr-ctl: warning: %s: %s: " % (where, setting)), line
+    assert "s3cret" not in stderr
+
+
+def assert_only_stock_settings(site: Site) -> None:
+    settings = site.postconf("-n") + site.postconf("-P", "tlsmgr/unix")
+    assert "redis:" not in settings and "memory:" not in settings
+    assert "tlsmgr_" not in settings
+    # postconf -n leaves out what it takes for unused: look at the files too.
+    for path in (site.config_dir / "main.cf", site.master_cf):
+        assert b"tlsmgr_" not in path.read_bytes().replace(b"tlsmgr ", b"")
+    assert postconf_warnings(site) == []
+    assert site.postconf("-h", "smtpd_tls_session_cache_database").strip() == \
+        "btree:${data_directory}/smtpd_scache"
+    assert site.postconf("-h", "lmtp_tls_session_cache_database").strip() == \
+        "btree:${data_directory}/lmtp_scache"
+    assert site.postconf("-Ph", "tlsmgr/unix/lmtp_tls_session_cache_database").strip() == \
+        "btree:${data_directory}/lmtp_scache"
+
+
+def test_uninstall_names_what_the_stock_tlsmgr_cannot_do(make_site):
+    site = site_with_leftovers(make_site)
+    assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
+    main_cf = (site.config_dir / "main.cf").read_bytes()
+    done = ctl_cli("uninstall", "-c", str(site.config_dir))
+    assert done.returncode == 0, done.stderr
+    assert site.field("command") == "tlsmgr -o tlsmgr_event_loop=asyncio " \
+                                    "-o lmtp_tls_session_cache_database=memory:"
+    assert not os.path.lexists(site.link)
+    assert (site.config_dir / "main.cf").read_bytes() == main_cf
+    assert_leftovers_named(site, done.stderr)
+    # The commands it prints, run as printed, leave only what stock uses.
+    out = done.stdout.splitlines()
+    first = out.index("to leave the stock tlsmgr settings it can use, give "
+                      "--fix-settings, or run:") + 1
+    commands = [line.strip() for line in out[first:] if line.startswith("  postconf ")]
+    assert len(commands) == 4
+    for line in commands:
+        subprocess.run(line, shell=True, check=True, timeout=30)
+    assert_only_stock_settings(site)
+    # Then nothing more is said.
+    done = ctl_cli("uninstall", "-c", str(site.config_dir))
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("not installed") and "postconf" not in done.stdout
+
+
+def test_uninstall_fix_settings_leaves_only_what_stock_uses(make_site):
+    site = site_with_leftovers(make_site)
+    assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
+    files = site.files()
+    dry = ctl_cli("uninstall", "-c", str(site.config_dir), "--fix-settings", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert site.files() == files
+    assert "settings the stock tlsmgr cannot use: would be changed with" in dry.stdout
+
+    done = ctl_cli("uninstall", "-c", str(site.config_dir), "--fix-settings")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "settings the stock tlsmgr cannot use: changed with" in done.stdout
+    assert "s3cret" not in done.stdout
+    assert site.field("command") == "tlsmgr -o lmtp_tls_session_cache_database=" \
+                                    "btree:${data_directory}/lmtp_scache"
+    assert not os.path.lexists(site.link)
+    assert_only_stock_settings(site)
+
+
+def test_uninstall_when_not_installed_still_names_and_fixes_them(make_site):
+    site = site_with_leftovers(make_site)
+    done = ctl_cli("uninstall", "-c", str(site.config_dir))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("not installed")
+    assert_leftovers_named(site, done.stderr)
+    done = ctl_cli("uninstall", "-c", str(site.config_dir), "--fix-settings")
+    assert done.returncode == 0, done.stderr
+    assert_only_stock_settings(site)
+
+
+def test_uninstall_says_nothing_of_a_configuration_stock_can_use(make_site):
+    site = make_site()
+    assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
+    files = site.files()
+    done = ctl_cli("uninstall", "-c", str(site.config_dir))
+    assert done.returncode == 0
+    assert done.stderr == ""
+    assert "fix-settings" not in done.stdout and "stock tlsmgr cannot" not in done.stdout
+    changed = {name for name in files if site.files()[name] != files[name]}
+    assert changed == {"master.cf"}

@@ -8,11 +8,19 @@ switches it back and removes the symlink.  The entry's other fields
 (chroot, wakeup, process limit) and its arguments stay, but for one
 ``-o`` that installing adds and uninstalling removes (see REFERENCE).
 
-master.cf is changed only by Postfix's own postconf (``-F``, ``-P`` and
-``-PX``), and what is shown is what ``postconf -Mf`` prints.  postconf
-rewrites the one entry it changes in its own layout (one space where the
-file had several, say), so the entry after install and uninstall is the
-same entry as before, shown byte for byte the same by ``postconf -Mf``.
+Uninstalling also looks for what the stock daemon cannot do: a session
+cache that is a ``memory:`` or ``redis:`` table, and parameters of this
+daemon (``tlsmgr_*``), in main.cf or in the service's own ``-o``.  It
+names each one, and with --fix-settings replaces such a cache by a file
+and removes such a parameter; without, it prints the postconf commands
+that would.
+
+main.cf and master.cf are changed only by Postfix's own postconf (``-e``
+and ``-X`` for main.cf, ``-F``, ``-P`` and ``-PX`` for the entry), and
+what is shown is what ``postconf -Mf`` prints.  postconf rewrites the one
+entry it changes in its own layout (one space where the file had several,
+say), so the entry after install and uninstall is the same entry as
+before, shown byte for byte the same by ``postconf -Mf``.
 daemon_directory comes from ``postconf -h``: it is the Postfix
 installation's own answer.
 
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
-from . import config, log
+from . import config, log, stores
 
 SERVICE = "tlsmgr/unix"
 STOCK_COMMAND = "tlsmgr"
@@ -59,6 +68,17 @@ SBIN_PATH = os.pathsep.join(("/usr/sbin", "/usr/local/sbin", "/sbin"))
 OUR_PREFIX = "tlsmgr_"
 OUR_PARAMETERS = tuple(p.name for p in config.PARAMETERS if p.name.startswith(OUR_PREFIX))
 REFERENCE = "tlsmgr_used_parameters"
+
+# Table types this daemon opens and the stock one does not.
+OURS_ONLY_TYPES = (stores.MEMORY_TYPE, stores.REDIS_TYPE)
+# The type of a session cache for the stock daemon: btree, as Debian's
+# main.cf has it, or lmdb where Postfix is built without Berkeley DB.
+STOCK_CACHE_TYPES = ("btree", "lmdb")
+CACHE_PARAMETERS = tuple("%s_tls_session_cache_database" % label
+                         for label in config.CACHE_LABELS)
+
+# The order in which fixes are made and shown: main.cf, then the entry.
+FIX_OPTIONS = ("-e", "-X", "-P", "-PX")
 
 HELP = {
     "install": "switch Postfix's tlsmgr service to this daemon (no server needed)",
@@ -92,12 +112,28 @@ class Site:
 
 
 @dataclass(frozen=True)
+class Leftover:
+    """A setting the stock tlsmgr cannot use, and the postconf edit,
+    option and argument, that replaces or removes it."""
+
+    where: str          # the file, and for an -o the service
+    setting: str        # as it may be shown
+    problem: str
+    option: str
+    argument: str
+
+    def warning(self) -> str:
+        return "%s: %s: %s" % (self.where, self.setting, self.problem)
+
+
+@dataclass(frozen=True)
 class Plan:
     """What install or uninstall would do to one site.
 
     *edits* are the postconf commands to run, in order, and *after* the
-    entry once they are run.  *new_target* is what the symlink should
-    point to, None for no symlink.
+    entry once they are run; *fixes* are the commands that fix the
+    *leftovers*, among the edits only with *fix*.  *new_target* is what
+    the symlink should point to, None for no symlink.
     """
 
     action: str
@@ -107,6 +143,9 @@ class Plan:
     edits: tuple[Edit, ...]
     old_target: str | None
     new_target: str | None
+    leftovers: tuple[Leftover, ...]
+    fixes: tuple[Edit, ...]
+    fix: bool
 
     @property
     def changes_master_cf(self) -> bool:
@@ -257,8 +296,9 @@ def link_target(path: str) -> str | None:
 
 # --- what would change ---------------------------------------------------
 
-def plan(action: str, option: str | None) -> Plan:
-    """Look at the site and work out what *action* would change."""
+def plan(action: str, option: str | None, fix: bool = False) -> Plan:
+    """Look at the site and work out what *action* would change; with
+    *fix*, uninstall also fixes the leftovers."""
     site = locate(option)
     before = service_entry(site)
     if not before:
@@ -278,20 +318,27 @@ def plan(action: str, option: str | None) -> Plan:
     if action == "install":
         wanted, new_target = OUR_COMMAND, our_script()
         reference = reference_value(main_names | entry.keys())
+        left: list[Leftover] = []
     else:
         wanted, new_target, reference = STOCK_COMMAND, None, None
+        left = leftovers(site, main_names)
+    fixes = fix_edits(left)
     with tempfile.TemporaryDirectory(prefix="tlsmgr-install.") as scratch:
         rehearsal = Rehearsal(site, scratch)
+        # The stock daemon is named only once the leftovers are fixed.
+        for edit in fixes if fix else ():
+            rehearsal.make(*edit)
         if name != wanted:
-            # -F sets the whole command field, arguments and all: the -o
-            # REFERENCE too, which is then added or removed.
+            # -F sets the whole command field: its arguments are taken as
+            # the fixes left them, the -o REFERENCE among them.
             rehearsal.make("-F", "%s/command=%s" % (SERVICE, with_name(rehearsal.command(),
                                                                         wanted)))
         if reference != entry.get(REFERENCE):
             rehearsal.make(*(("-PX", "%s/%s" % (SERVICE, REFERENCE)) if reference is None
                              else ("-P", "%s/%s=%s" % (SERVICE, REFERENCE, reference))))
         after = rehearsal.entry()
-    return Plan(action, site, before, after, tuple(rehearsal.edits), old_target, new_target)
+    return Plan(action, site, before, after, tuple(rehearsal.edits), old_target, new_target,
+                tuple(left), fixes, fix)
 
 
 def reference_value(names: Iterable[str]) -> str | None:
@@ -301,6 +348,54 @@ def reference_value(names: Iterable[str]) -> str | None:
     if not ours:
         return None
     return "".join("${%s?}" % name for name in (REFERENCE, *ours))
+
+
+def leftovers(site: Site, main_names: set[str]) -> list[Leftover]:
+    """What main.cf and the entry's -o ask that the stock tlsmgr cannot do."""
+    entry_where = "%s: %s" % (site.master_cf, SERVICE)
+    main_values = settings(postconf(site, "-x", *CACHE_PARAMETERS))
+    entry_values = service_settings(site, "-x")
+    found = []
+    stock_type = ""                 # asked of postconf when first needed
+    for where, values, option, prefix in ((site.main_cf, main_values, "-e", ""),
+                                          (entry_where, entry_values, "-P", SERVICE + "/")):
+        for label, name in zip(config.CACHE_LABELS, CACHE_PARAMETERS):
+            value = values.get(name, "")
+            kind = value.partition(":")[0]
+            if kind not in OURS_ONLY_TYPES:
+                continue
+            stock_type = stock_type or stock_cache_type(site)
+            found.append(Leftover(
+                where, '"%s = %s"' % (name, config.shown_value(name, value)),
+                "the stock tlsmgr cannot open a %s: table" % kind, option,
+                "%s%s=%s:${data_directory}/%s_scache" % (prefix, name, stock_type, label)))
+    ours = "a parameter of this daemon: the stock tlsmgr ignores it and postconf " \
+           "warns that it is unused"
+    found += [Leftover(site.main_cf, name, ours, "-X", name)
+              for name in sorted(main_names) if name.startswith(OUR_PREFIX)]
+    found += [Leftover(entry_where, name, ours, "-PX", "%s/%s" % (SERVICE, name))
+              for name in sorted(entry_values)
+              if name.startswith(OUR_PREFIX) and name != REFERENCE]
+    return found
+
+
+def stock_cache_type(site: Site) -> str:
+    """The table type for a stock session cache that this Postfix has."""
+    have = postconf(site, "-m").split()
+    for kind in STOCK_CACHE_TYPES:
+        if kind in have:
+            return kind
+    raise InstallError("postconf -c %s -m lists none of %s for a TLS session cache: "
+                       "set the *_tls_session_cache_database parameters by hand"
+                       % (site.config_directory, ", ".join(STOCK_CACHE_TYPES)))
+
+
+def fix_edits(found: Iterable[Leftover]) -> tuple[Edit, ...]:
+    """The postconf commands that fix *found*, one for each option used."""
+    arguments: dict[str, list[str]] = {option: [] for option in FIX_OPTIONS}
+    for leftover in found:
+        arguments[leftover.option].append(leftover.argument)
+    return tuple((option, *args) for option, args in arguments.items() if args)
 
 
 class Rehearsal:
@@ -336,11 +431,13 @@ def apply(p: Plan) -> tuple[str, ...]:
 
     The symlink is made before master.cf names it, and master.cf stops
     naming it before it goes, so master(8) never finds a missing command.
+    The leftovers are fixed before the stock daemon is named, so that a
+    failure leaves this daemon running.
     """
     if os.geteuid() != 0:
-        raise InstallError("must be root to change %s and %s: run this as root "
-                           "(or with --dry-run to see the change)"
-                           % (p.site.master_cf, p.site.daemon_directory))
+        raise InstallError("must be root to change Postfix's configuration in %s and %s: "
+                           "run this as root (or with --dry-run to see the change)"
+                           % (p.site.config_directory, p.site.daemon_directory))
     if p.action == "install" and p.changes_link and p.new_target:
         make_link(p.site.link, p.new_target)
     for edit in p.edits:
@@ -351,6 +448,9 @@ def apply(p: Plan) -> tuple[str, ...]:
             if edit[0] == "-F" and p.action == "install" and p.old_target is None:
                 remove_link(p.site.link)
             raise
+    if p.fix and p.fixes and leftovers(p.site, main_cf_names(p.site)):
+        raise InstallError("postconf -c %s left settings the stock tlsmgr cannot use: "
+                           "check main.cf and master.cf by hand" % p.site.config_directory)
     now = service_entry(p.site) if p.edits else p.before
     if now != p.after:
         raise InstallError("postconf -c %s left the %s entry as %r, not %r: check master.cf "
@@ -411,12 +511,28 @@ def entry_lines(label: str, entry: tuple[str, ...]) -> list[str]:
     return [shown(head + entry[0]), *(shown(" " * len(head) + line) for line in entry[1:])]
 
 
+def with_directory(site: Site, command: str) -> str:
+    """A Postfix command line, with -c DIR unless DIR is the default."""
+    if site.config_directory == config.DEFAULT_CONFIG_DIRECTORY:
+        return command
+    return "%s -c %s" % (command, shlex.quote(site.config_directory))
+
+
+def command_lines(site: Site, edits: Iterable[Edit]) -> list[str]:
+    """The postconf commands of *edits*, as one types them."""
+    return ["  %s %s" % (with_directory(site, "postconf"), shlex.join(edit)) for edit in edits]
+
+
 def describe(p: Plan, after: tuple[str, ...], dry_run: bool) -> list[str]:
     """The lines saying what changed, or with *dry_run* what would."""
     site = p.site
     lines = []
     if dry_run:
         lines.append("dry run, nothing is changed: %s would do this" % p.action)
+    if p.fix and p.fixes:
+        lines.append("settings the stock tlsmgr cannot use: %s with"
+                     % ("would be changed" if dry_run else "changed"))
+        lines += command_lines(site, p.fixes)
     if p.changes_master_cf:
         lines.append("master.cf: %s, service %s" % (site.master_cf, SERVICE))
         lines += entry_lines("before", p.before)
@@ -448,17 +564,27 @@ def nothing_to_do(p: Plan) -> str:
             % (SERVICE, STOCK_COMMAND, p.site.link))
 
 
+def warn_leftovers(p: Plan, out: TextIO) -> None:
+    """Without --fix-settings: a warning for each leftover, and the
+    commands that would fix them."""
+    if p.fix or not p.leftovers:
+        return
+    for leftover in p.leftovers:
+        log.warn("%s", leftover.warning())
+    print("to leave the stock tlsmgr settings it can use, give --fix-settings, or run:",
+          file=out)
+    print("\n".join(command_lines(p.site, p.fixes)), file=out)
+
+
 def reload_hint(p: Plan) -> str:
-    option = "" if p.site.config_directory == config.DEFAULT_CONFIG_DIRECTORY \
-        else "-c %s " % p.site.config_directory
     which = "this daemon" if p.action == "install" else "the stock tlsmgr"
-    return ('now run "postfix %sreload" (or give --reload) so that master(8) runs %s'
-            % (option, which))
+    return ('now run "%s" (or give --reload) so that master(8) runs %s'
+            % (with_directory(p.site, "postfix") + " reload", which))
 
 
 # --- the commands --------------------------------------------------------
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, action: str) -> None:
     parser.add_argument("-c", dest="config_dir", metavar="DIR",
                         help="Postfix's configuration directory (default: $MAIL_CONFIG, "
                              "else /etc/postfix)")
@@ -466,21 +592,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the change that would be made, and change nothing")
     parser.add_argument("--reload", action="store_true",
                         help="run \"postfix -c DIR reload\" after the change")
+    if action == "uninstall":
+        parser.add_argument("--fix-settings", action="store_true",
+                            help="also change what the stock tlsmgr cannot use: a memory: "
+                                 "or redis: session cache becomes a btree: (or lmdb:) file, "
+                                 "and tlsmgr_* parameters are removed (postconf -e, -X, -P, "
+                                 "-PX)")
+    else:
+        parser.set_defaults(fix_settings=False)
 
 
 def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``tlsmgr-ctl install`` or ``uninstall``: 0, or 2 after one error line."""
     out = out or sys.stdout
     try:
-        p = plan(args.command, args.config_dir)
+        p = plan(args.command, args.config_dir, args.fix_settings)
         if not p.changes:
             print(nothing_to_do(p), file=out)
+            warn_leftovers(p, out)
             return 0
         if args.dry_run:
             print("\n".join(describe(p, p.after, dry_run=True)), file=out)
+            warn_leftovers(p, out)
             return 0
         after = apply(p)
         print("\n".join(describe(p, after, dry_run=False)), file=out)
+        warn_leftovers(p, out)
         if not args.reload:
             print(reload_hint(p), file=out)
             return 0
