@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import require, require_command
+from helpers.harness import wait_for
+from helpers.postfix_instance import PostfixInstance, available, handshake
 
-from tlsmgr import ctl, install
+from tlsmgr import config, ctl, install
 
 pytestmark = pytest.mark.postfix
 
@@ -88,6 +90,32 @@ def site(tmp_path) -> Site:
 @pytest.fixture
 def root():
     require(os.geteuid() == 0, "root (install writes master.cf and daemon_directory)")
+
+
+@pytest.fixture
+def make_site(root):
+    """Makes a private Postfix instance (helpers/postfix_instance.py) with
+    these main.cf settings, running the stock tlsmgr, and returns it as a
+    Site; it is not started."""
+    require(available(), "Debian's postfix package and root (apt-get install postfix)")
+    instances = []
+
+    def make(**params: str) -> Site:
+        instance = PostfixInstance(ours=False, **params)
+        instances.append(instance)
+        an_hour_ago = time.time() - 3600
+        os.utime(instance.conf / "main.cf", (an_hour_ago, an_hour_ago))
+        return Site(instance.conf, instance.daemons)
+    yield make
+    for instance in instances:
+        instance.destroy()
+
+
+def postconf_warnings(site: Site, *args: str) -> list[str]:
+    """What postconf says on stderr about the configuration."""
+    done = subprocess.run(["postconf", "-c", str(site.config_dir), *args],
+                          capture_output=True, text=True, check=True, timeout=30)
+    return done.stderr.splitlines()
 
 
 def ctl_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -304,3 +332,229 @@ def test_postconf_missing(site, capsys, monkeypatch):
 def test_with_name_keeps_the_arguments():
     assert install.with_name("tlsmgr", "pytlsmgr") == "pytlsmgr"
     assert install.with_name("tlsmgr -v -o a=b", "pytlsmgr") == "pytlsmgr -v -o a=b"
+
+
+# --- postconf's "unused parameter" warnings -------------------------------
+
+def test_install_refers_to_our_parameters_so_postconf_stops_warning(make_site):
+    site = make_site(tlsmgr_connection_limit="100", tlsmgr_redis_password="s3cret",
+                     tlsmgr_conection_limit="1")              # misspelt
+    site.postconf("-F", "tlsmgr/unix/command=tlsmgr -o tlsmgr_event_loop=asyncio")
+    main_cf, master_cf = site.config_dir / "main.cf", site.master_cf
+    misspelt = "postconf: warning: %s: unused parameter: tlsmgr_conection_limit=1" % main_cf
+    assert sorted(postconf_warnings(site)) == sorted([
+        "postconf: warning: %s: unused parameter: tlsmgr_connection_limit=100" % main_cf,
+        "postconf: warning: %s: unused parameter: tlsmgr_redis_password=s3cret" % main_cf,
+        misspelt,
+        "postconf: warning: %s: unused parameter: tlsmgr_event_loop=asyncio" % master_cf])
+
+    done = ctl_cli("install", "-c", str(site.config_dir))
+    assert done.returncode == 0, done.stderr
+    assert "s3cret" not in done.stdout
+    assert site.field("command").startswith("pytlsmgr ")
+    # Ours are used now; what this daemon does not read is still reported.
+    assert postconf_warnings(site) == [misspelt]
+    assert postconf_warnings(site, "-n") == [misspelt]
+    assert postconf_warnings(site, "-Mf") == []
+    assert "tlsmgr_connection_limit = 100" in site.postconf("-n").splitlines()
+
+
+def test_install_again_follows_the_parameters_main_cf_sets(make_site):
+    site = make_site(tlsmgr_connection_limit="100")
+    plain = site.entry()
+    assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
+    site.postconf("-e", "tlsmgr_metrics_listen=9100")
+    assert postconf_warnings(site) == [
+        "postconf: warning: %s/main.cf: unused parameter: tlsmgr_metrics_listen=9100"
+        % site.config_dir]
+    done = ctl_cli("install", "-c", str(site.config_dir))
+    assert done.returncode == 0, done.stderr
+    assert "already installed" not in done.stdout
+    assert postconf_warnings(site) == []
+
+    # A $name of a parameter set nowhere is "undefined" to postconf.
+    site.postconf("-X", "tlsmgr_connection_limit")
+    assert postconf_warnings(site) == [
+        "postconf: warning: %s: undefined parameter: tlsmgr_connection_limit" % site.master_cf]
+    assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
+    assert postconf_warnings(site) == []
+
+    # With none of ours set, the entry has no -o of ours either.
+    site.postconf("-X", "tlsmgr_metrics_listen")
+    assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
+    assert site.entry().split() == plain.split()[:-1] + ["pytlsmgr"]
+    assert ctl_cli("install", "-c", str(site.config_dir)).stdout.startswith("already installed")
+
+
+def test_uninstall_leaves_master_cf_as_it_was_byte_for_byte(make_site):
+    site = make_site(tlsmgr_connection_limit="100", tlsmgr_event_loop="asyncio")
+    # postconf writes the entry it edits in its own layout: start from
+    # that layout, as after any earlier postconf -F (the round trip from
+    # Debian's own layout keeps the words: see the test above).
+    site.postconf("-F", "tlsmgr/unix/command=tlsmgr -o syslog_name=postfix/tls")
+    text = site.master_cf.read_bytes()
+    assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
+    assert install.REFERENCE.encode() in site.master_cf.read_bytes()
+    done = ctl_cli("uninstall", "-c", str(site.config_dir), "--fix-settings")
+    assert done.returncode == 0, done.stderr
+    assert site.master_cf.read_bytes() == text
+
+
+def test_the_reference_changes_nothing_the_daemon_reads(tmp_path):
+    (tmp_path / "main.cf").write_text(
+        "tlsmgr_connection_limit = 100\ntlsmgr_redis_password = s3cret\n"
+        "smtpd_tls_session_cache_database = btree:${data_directory}/smtpd_scache\n")
+    value = install.reference_value({"tlsmgr_connection_limit", "tlsmgr_redis_password"})
+    assert value is not None
+    assert install.REFERENCE not in {parameter.name for parameter in config.PARAMETERS}
+    plain = config.load(str(tmp_path))
+    referred = config.load(str(tmp_path), ["%s=%s" % (install.REFERENCE, value)])
+    assert referred.params[install.REFERENCE] == ""         # no copy of the password
+    assert {name: value for name, value in referred.params.items()
+            if name != install.REFERENCE} == dict(plain.params)
+    assert config.show(referred) == config.show(plain)
+
+
+def test_the_daemon_runs_under_master_with_the_reference(tmp_path):
+    require(available(), "Debian's postfix package and root (apt-get install postfix; "
+                         "run the tests as root)")
+    instance = PostfixInstance(ours=False, tlsmgr_connection_limit="100")
+    try:
+        instance.start()
+        done = ctl_cli("install", "-c", str(instance.conf), "--reload")
+        assert done.returncode == 0, done.stderr
+        session = tmp_path / "session"
+        assert handshake(instance, "-tls1_2", "-no_ticket", "-sess_out", str(session)) \
+            .startswith("New,")
+        assert handshake(instance, "-tls1_2", "-no_ticket", "-sess_in", str(session)) \
+            .startswith("Reused,")
+        [pid] = instance.tlsmgr_pids(ours=True)
+        argv = Path("/proc/%d/cmdline" % pid).read_bytes().decode().split("\0")
+        assert "%s=%s" % (install.REFERENCE, install.reference_value(
+            {"tlsmgr_connection_limit"})) in argv
+        assert "fatal" not in instance.log()
+        done = ctl_cli("uninstall", "-c", str(instance.conf), "--reload", "--fix-settings")
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: not instance.tlsmgr_pids(ours=True), timeout=30,
+                 what="our tlsmgr to exit")
+    finally:
+        instance.destroy()
+
+
+# --- uninstall: what the stock tlsmgr cannot do ---------------------------
+
+REDIS_URL = "redis://fleet:s3cret@redis.example:6379/0"
+
+
+def site_with_leftovers(make_site) -> Site:
+    """A site whose main.cf and tlsmgr entry ask what only this daemon does."""
+    site = make_site(smtpd_tls_session_cache_database="redis:" + REDIS_URL,
+                     smtp_tls_session_cache_database="memory:",
+                     lmtp_tls_session_cache_database="btree:${data_directory}/lmtp_scache",
+                     tlsmgr_connection_limit="100", tlsmgr_redis_password="s3cret")
+    site.postconf("-F", "tlsmgr/unix/command=tlsmgr -o tlsmgr_event_loop=asyncio "
+                        "-o lmtp_tls_session_cache_database=memory:")
+    return site
+
+
+def assert_leftovers_named(site: Site, stderr: str) -> None:
+    main_cf, entry = site.config_dir / "main.cf", "%s: tlsmgr/unix" % site.master_cf
+    named = [
+        (main_cf, '"smtpd_tls_session_cache_database = '
+                  'redis:redis://fleet:****@redis.example:6379/0"'),
+        (main_cf, '"smtp_tls_session_cache_database = memory:"'),
+        (entry, '"lmtp_tls_session_cache_database = memory:"'),
+        (main_cf, "tlsmgr_connection_limit"),
+        (main_cf, "tlsmgr_redis_password"),
+        (entry, "tlsmgr_event_loop"),
+    ]
+    lines = stderr.splitlines()
+    assert len(lines) == len(named), stderr
+    for line, (where, setting) in zip(lines, named):
+        assert line.startswith("tlsmgr-ctl: warning: %s: %s: " % (where, setting)), line
+    assert "s3cret" not in stderr
+
+
+def assert_only_stock_settings(site: Site) -> None:
+    settings = site.postconf("-n") + site.postconf("-P", "tlsmgr/unix")
+    assert "redis:" not in settings and "memory:" not in settings
+    assert "tlsmgr_" not in settings
+    # postconf -n leaves out what it takes for unused: look at the files too.
+    for path in (site.config_dir / "main.cf", site.master_cf):
+        assert b"tlsmgr_" not in path.read_bytes().replace(b"tlsmgr ", b"")
+    assert postconf_warnings(site) == []
+    assert site.postconf("-h", "smtpd_tls_session_cache_database").strip() == \
+        "btree:${data_directory}/smtpd_scache"
+    assert site.postconf("-h", "lmtp_tls_session_cache_database").strip() == \
+        "btree:${data_directory}/lmtp_scache"
+    assert site.postconf("-Ph", "tlsmgr/unix/lmtp_tls_session_cache_database").strip() == \
+        "btree:${data_directory}/lmtp_scache"
+
+
+def test_uninstall_names_what_the_stock_tlsmgr_cannot_do(make_site):
+    site = site_with_leftovers(make_site)
+    assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
+    main_cf = (site.config_dir / "main.cf").read_bytes()
+    done = ctl_cli("uninstall", "-c", str(site.config_dir))
+    assert done.returncode == 0, done.stderr
+    assert site.field("command") == "tlsmgr -o tlsmgr_event_loop=asyncio " \
+                                    "-o lmtp_tls_session_cache_database=memory:"
+    assert not os.path.lexists(site.link)
+    assert (site.config_dir / "main.cf").read_bytes() == main_cf
+    assert_leftovers_named(site, done.stderr)
+    # The commands it prints, run as printed, leave only what stock uses.
+    out = done.stdout.splitlines()
+    first = out.index("to leave the stock tlsmgr settings it can use, give "
+                      "--fix-settings, or run:") + 1
+    commands = [line.strip() for line in out[first:] if line.startswith("  postconf ")]
+    assert len(commands) == 4
+    for line in commands:
+        subprocess.run(line, shell=True, check=True, timeout=30)
+    assert_only_stock_settings(site)
+    # Then nothing more is said.
+    done = ctl_cli("uninstall", "-c", str(site.config_dir))
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("not installed") and "postconf" not in done.stdout
+
+
+def test_uninstall_fix_settings_leaves_only_what_stock_uses(make_site):
+    site = site_with_leftovers(make_site)
+    assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
+    files = site.files()
+    dry = ctl_cli("uninstall", "-c", str(site.config_dir), "--fix-settings", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert site.files() == files
+    assert "settings the stock tlsmgr cannot use: would be changed with" in dry.stdout
+
+    done = ctl_cli("uninstall", "-c", str(site.config_dir), "--fix-settings")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "settings the stock tlsmgr cannot use: changed with" in done.stdout
+    assert "s3cret" not in done.stdout
+    assert site.field("command") == "tlsmgr -o lmtp_tls_session_cache_database=" \
+                                    "btree:${data_directory}/lmtp_scache"
+    assert not os.path.lexists(site.link)
+    assert_only_stock_settings(site)
+
+
+def test_uninstall_when_not_installed_still_names_and_fixes_them(make_site):
+    site = site_with_leftovers(make_site)
+    done = ctl_cli("uninstall", "-c", str(site.config_dir))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("not installed")
+    assert_leftovers_named(site, done.stderr)
+    done = ctl_cli("uninstall", "-c", str(site.config_dir), "--fix-settings")
+    assert done.returncode == 0, done.stderr
+    assert_only_stock_settings(site)
+
+
+def test_uninstall_says_nothing_of_a_configuration_stock_can_use(make_site):
+    site = make_site()
+    assert ctl_cli("install", "-c", str(site.config_dir)).returncode == 0
+    files = site.files()
+    done = ctl_cli("uninstall", "-c", str(site.config_dir))
+    assert done.returncode == 0
+    assert done.stderr == ""
+    assert "fix-settings" not in done.stdout and "stock tlsmgr cannot" not in done.stdout
+    changed = {name for name in files if site.files()[name] != files[name]}
+    assert changed == {"master.cf"}

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="at most N entries (default 1000, at most 10000)")
     listing.add_argument("--json", action="store_true", help="print the JSON the daemon sends")
     for name in ("install", "uninstall"):
-        install.add_arguments(commands.add_parser(name, help=install.HELP[name]))
+        install.add_arguments(commands.add_parser(name, help=install.HELP[name]), name)
     commands.add_parser("fleet-secret", help="print a new secret line for "
                         "tlsmgr_fleet_secret_file (32 random bytes, base64)")
     return parser

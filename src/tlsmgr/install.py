@@ -4,15 +4,25 @@ master(8) runs ``$daemon_directory/COMMAND`` for each master.cf service.
 Installing makes ``$daemon_directory/pytlsmgr`` a symlink to this
 package's ``tlsmgr`` console script and switches the command of the
 ``tlsmgr/unix`` service from ``tlsmgr`` to ``pytlsmgr``; uninstalling
-switches it back and removes the symlink.  Only the command name changes:
-its arguments and the other fields (chroot, wakeup, process limit) stay.
+switches it back and removes the symlink.  The entry's other fields
+(chroot, wakeup, process limit) and its arguments stay, but for one
+``-o`` that installing adds and uninstalling removes (see REFERENCE).
 
-master.cf is changed only by Postfix's own ``postconf -F``, and what is
-shown is what ``postconf -Mf`` prints.  postconf rewrites the one entry it
-changes in its own layout (one space where the file had several, say),
-so the entry after install and uninstall is the same entry as before,
-shown byte for byte the same by ``postconf -Mf``.  daemon_directory comes
-from ``postconf -h``: it is the Postfix installation's own answer.
+Uninstalling also looks for what the stock daemon cannot do: a session
+cache that is a ``memory:`` or ``redis:`` table, and parameters of this
+daemon (``tlsmgr_*``), in main.cf or in the service's own ``-o``.  It
+names each one, and with --fix-settings replaces such a cache by a file
+and removes such a parameter; without, it prints the postconf commands
+that would.
+
+main.cf and master.cf are changed only by Postfix's own postconf (``-e``
+and ``-X`` for main.cf, ``-F``, ``-P`` and ``-PX`` for the entry), and
+what is shown is what ``postconf -Mf`` prints.  postconf rewrites the one
+entry it changes in its own layout (one space where the file had several,
+say), so the entry after install and uninstall is the same entry as
+before, shown byte for byte the same by ``postconf -Mf``.
+daemon_directory comes from ``postconf -h``: it is the Postfix
+installation's own answer.
 
 These are the ``tlsmgr-ctl install`` and ``tlsmgr-ctl uninstall``
 commands.  Every problem is one line naming it and the fix, exit status 2.
@@ -23,15 +33,16 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
-from . import config, log
+from . import config, log, stores
 
 SERVICE = "tlsmgr/unix"
 STOCK_COMMAND = "tlsmgr"
@@ -42,10 +53,40 @@ RELOAD_TIMEOUT = 120
 # Where Postfix's commands live when PATH lacks the sbin directories.
 SBIN_PATH = os.pathsep.join(("/usr/sbin", "/usr/local/sbin", "/sbin"))
 
+# postconf(1) warns about each parameter of main.cf or of an -o whose name
+# it does not know, as "unused", unless a $name of it appears in a
+# name=value of main.cf or master.cf; and about each $name there of a
+# parameter set nowhere, as "undefined" (postconf_user.c).  So while this
+# daemon runs, its entry carries "-o REFERENCE=${REFERENCE?}${p?}..." for
+# each parameter p of ours that main.cf or the entry sets: not for those
+# set nowhere, which would be "undefined", nor for a misspelt tlsmgr_*,
+# whose warning is worth keeping.  One set or removed later is followed by
+# the next install.  ${p?} is empty whatever p holds, so the daemon reads
+# REFERENCE, a name it does not know, as empty, and holds no copy of a
+# secret in it; REFERENCE's own ${REFERENCE?} is what keeps postconf from
+# calling the -o itself unused.
+OUR_PREFIX = "tlsmgr_"
+OUR_PARAMETERS = tuple(p.name for p in config.PARAMETERS if p.name.startswith(OUR_PREFIX))
+REFERENCE = "tlsmgr_used_parameters"
+
+# Table types this daemon opens and the stock one does not.
+OURS_ONLY_TYPES = (stores.MEMORY_TYPE, stores.REDIS_TYPE)
+# The type of a session cache for the stock daemon: btree, as Debian's
+# main.cf has it, or lmdb where Postfix is built without Berkeley DB.
+STOCK_CACHE_TYPES = ("btree", "lmdb")
+CACHE_PARAMETERS = tuple("%s_tls_session_cache_database" % label
+                         for label in config.CACHE_LABELS)
+
+# The order in which fixes are made and shown: main.cf, then the entry.
+FIX_OPTIONS = ("-e", "-X", "-P", "-PX")
+
 HELP = {
     "install": "switch Postfix's tlsmgr service to this daemon (no server needed)",
     "uninstall": "switch Postfix's tlsmgr service back to the stock tlsmgr",
 }
+
+# The arguments of one postconf command, without "-c DIR".
+Edit = tuple[str, ...]
 
 
 class InstallError(Exception):
@@ -65,26 +106,50 @@ class Site:
     def link(self) -> str:
         return os.path.join(self.daemon_directory, OUR_COMMAND)
 
+    @property
+    def main_cf(self) -> str:
+        return os.path.join(self.config_directory, "main.cf")
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A setting the stock tlsmgr cannot use, and the postconf edit,
+    option and argument, that replaces or removes it."""
+
+    where: str          # the file, and for an -o the service
+    setting: str        # as it may be shown
+    problem: str
+    option: str
+    argument: str
+
+    def warning(self) -> str:
+        return "%s: %s: %s" % (self.where, self.setting, self.problem)
+
 
 @dataclass(frozen=True)
 class Plan:
     """What install or uninstall would do to one site.
 
-    *new_command* is None when master.cf stays as it is; *new_target* is
-    what the symlink should point to, None for no symlink.
+    *edits* are the postconf commands to run, in order, and *after* the
+    entry once they are run; *fixes* are the commands that fix the
+    *leftovers*, among the edits only with *fix*.  *new_target* is what
+    the symlink should point to, None for no symlink.
     """
 
     action: str
     site: Site
     before: tuple[str, ...]
     after: tuple[str, ...]
-    new_command: str | None
+    edits: tuple[Edit, ...]
     old_target: str | None
     new_target: str | None
+    leftovers: tuple[Leftover, ...]
+    fixes: tuple[Edit, ...]
+    fix: bool
 
     @property
     def changes_master_cf(self) -> bool:
-        return self.new_command is not None
+        return self.after != self.before
 
     @property
     def changes_link(self) -> bool:
@@ -92,7 +157,7 @@ class Plan:
 
     @property
     def changes(self) -> bool:
-        return self.changes_master_cf or self.changes_link
+        return bool(self.edits) or self.changes_link
 
 
 # --- finding things ------------------------------------------------------
@@ -178,9 +243,39 @@ def service_entry(site: Site, config_dir: str | None = None) -> tuple[str, ...]:
     return tuple(postconf(site, "-Mf", SERVICE, config_dir=config_dir).splitlines())
 
 
-def service_command(site: Site) -> str:
+def service_command(site: Site, config_dir: str | None = None) -> str:
     """The entry's command field: the command name and its arguments."""
-    return postconf(site, "-Fh", SERVICE + "/command").strip()
+    return postconf(site, "-Fh", SERVICE + "/command", config_dir=config_dir).strip()
+
+
+def settings(text: str) -> dict[str, str]:
+    """The ``name = value`` lines postconf prints, with ``-P``'s
+    ``service/type/`` taken off each name."""
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" =")
+        found[name.rpartition("/")[2]] = value[1:]
+    return found
+
+
+def service_settings(site: Site, *options: str) -> dict[str, str]:
+    """The entry's ``-o`` parameters; with -x, their values expanded."""
+    return settings(postconf(site, "-P", *options, SERVICE))
+
+
+def main_cf_names(site: Site) -> set[str]:
+    """The parameters main.cf sets.
+
+    They are read from the file, by the daemon's own reader, because
+    ``postconf -n`` leaves out each one it takes for unused: ours, until
+    the entry refers to them.
+    """
+    try:
+        with open(site.main_cf, "rb") as file:
+            text = os.fsdecode(file.read())
+    except OSError as err:
+        raise InstallError("cannot read %s: %s" % (site.main_cf, err.strerror)) from None
+    return set(config.parse_main_cf(text, site.main_cf))
 
 
 def with_name(command: str, name: str) -> str:
@@ -201,8 +296,9 @@ def link_target(path: str) -> str | None:
 
 # --- what would change ---------------------------------------------------
 
-def plan(action: str, option: str | None) -> Plan:
-    """Look at the site and work out what *action* would change."""
+def plan(action: str, option: str | None, fix: bool = False) -> Plan:
+    """Look at the site and work out what *action* would change; with
+    *fix*, uninstall also fixes the leftovers."""
     site = locate(option)
     before = service_entry(site)
     if not before:
@@ -217,26 +313,115 @@ def plan(action: str, option: str | None) -> Plan:
                            % (site.master_cf, SERVICE, name, STOCK_COMMAND, OUR_COMMAND,
                               site.config_directory, SERVICE, STOCK_COMMAND))
     old_target = link_target(site.link)
+    main_names = main_cf_names(site)
+    entry = service_settings(site)
     if action == "install":
         wanted, new_target = OUR_COMMAND, our_script()
+        reference = reference_value(main_names | entry.keys())
+        left: list[Leftover] = []
     else:
-        wanted, new_target = STOCK_COMMAND, None
-    new_command = None if name == wanted else with_name(command, wanted)
-    after = before if new_command is None else preview(site, new_command)
-    return Plan(action, site, before, after, new_command, old_target, new_target)
-
-
-def preview(site: Site, new_command: str) -> tuple[str, ...]:
-    """The entry as postconf would write it, from an edit of a private copy."""
+        wanted, new_target, reference = STOCK_COMMAND, None, None
+        left = leftovers(site, main_names)
+    fixes = fix_edits(left)
     with tempfile.TemporaryDirectory(prefix="tlsmgr-install.") as scratch:
+        rehearsal = Rehearsal(site, scratch)
+        # The stock daemon is named only once the leftovers are fixed.
+        for edit in fixes if fix else ():
+            rehearsal.make(*edit)
+        if name != wanted:
+            # -F sets the whole command field: its arguments are taken as
+            # the fixes left them, the -o REFERENCE among them.
+            rehearsal.make("-F", "%s/command=%s" % (SERVICE, with_name(rehearsal.command(),
+                                                                        wanted)))
+        if reference != entry.get(REFERENCE):
+            rehearsal.make(*(("-PX", "%s/%s" % (SERVICE, REFERENCE)) if reference is None
+                             else ("-P", "%s/%s=%s" % (SERVICE, REFERENCE, reference))))
+        after = rehearsal.entry()
+    return Plan(action, site, before, after, tuple(rehearsal.edits), old_target, new_target,
+                tuple(left), fixes, fix)
+
+
+def reference_value(names: Iterable[str]) -> str | None:
+    """The value of the -o REFERENCE for our parameters among *names*;
+    None when there are none."""
+    ours = [name for name in OUR_PARAMETERS if name in names]
+    if not ours:
+        return None
+    return "".join("${%s?}" % name for name in (REFERENCE, *ours))
+
+
+def leftovers(site: Site, main_names: set[str]) -> list[Leftover]:
+    """What main.cf and the entry's -o ask that the stock tlsmgr cannot do."""
+    entry_where = "%s: %s" % (site.master_cf, SERVICE)
+    main_values = settings(postconf(site, "-x", *CACHE_PARAMETERS))
+    entry_values = service_settings(site, "-x")
+    found = []
+    stock_type = ""                 # asked of postconf when first needed
+    for where, values, option, prefix in ((site.main_cf, main_values, "-e", ""),
+                                          (entry_where, entry_values, "-P", SERVICE + "/")):
+        for label, name in zip(config.CACHE_LABELS, CACHE_PARAMETERS):
+            value = values.get(name, "")
+            kind = value.partition(":")[0]
+            if kind not in OURS_ONLY_TYPES:
+                continue
+            stock_type = stock_type or stock_cache_type(site)
+            found.append(Leftover(
+                where, '"%s = %s"' % (name, config.shown_value(name, value)),
+                "the stock tlsmgr cannot open a %s: table" % kind, option,
+                "%s%s=%s:${data_directory}/%s_scache" % (prefix, name, stock_type, label)))
+    ours = "a parameter of this daemon: the stock tlsmgr ignores it and postconf " \
+           "warns that it is unused"
+    found += [Leftover(site.main_cf, name, ours, "-X", name)
+              for name in sorted(main_names) if name.startswith(OUR_PREFIX)]
+    found += [Leftover(entry_where, name, ours, "-PX", "%s/%s" % (SERVICE, name))
+              for name in sorted(entry_values)
+              if name.startswith(OUR_PREFIX) and name != REFERENCE]
+    return found
+
+
+def stock_cache_type(site: Site) -> str:
+    """The table type for a stock session cache that this Postfix has."""
+    have = postconf(site, "-m").split()
+    for kind in STOCK_CACHE_TYPES:
+        if kind in have:
+            return kind
+    raise InstallError("postconf -c %s -m lists none of %s for a TLS session cache: "
+                       "set the *_tls_session_cache_database parameters by hand"
+                       % (site.config_directory, ", ".join(STOCK_CACHE_TYPES)))
+
+
+def fix_edits(found: Iterable[Leftover]) -> tuple[Edit, ...]:
+    """The postconf commands that fix *found*, one for each option used."""
+    arguments: dict[str, list[str]] = {option: [] for option in FIX_OPTIONS}
+    for leftover in found:
+        arguments[leftover.option].append(leftover.argument)
+    return tuple((option, *args) for option, args in arguments.items() if args)
+
+
+class Rehearsal:
+    """Edits made first on a private copy of main.cf and master.cf, by
+    postconf, so that each is planned on what the ones before it left."""
+
+    def __init__(self, site: Site, scratch: str):
+        self.site = site
+        self.scratch = scratch
+        self.edits: list[Edit] = []
         for name in ("main.cf", "master.cf"):
             source = os.path.join(site.config_directory, name)
             if os.path.exists(source):
                 # copy2 keeps the time stamp: postconf waits for a main.cf
                 # changed in the last second or so to settle.
                 shutil.copy2(source, os.path.join(scratch, name))
-        postconf(site, "-F", "%s/command=%s" % (SERVICE, new_command), config_dir=scratch)
-        return service_entry(site, config_dir=scratch)
+
+    def make(self, *edit: str) -> None:
+        postconf(self.site, *edit, config_dir=self.scratch)
+        self.edits.append(edit)
+
+    def command(self) -> str:
+        return service_command(self.site, config_dir=self.scratch)
+
+    def entry(self) -> tuple[str, ...]:
+        return service_entry(self.site, config_dir=self.scratch)
 
 
 # --- making the change ---------------------------------------------------
@@ -246,32 +431,34 @@ def apply(p: Plan) -> tuple[str, ...]:
 
     The symlink is made before master.cf names it, and master.cf stops
     naming it before it goes, so master(8) never finds a missing command.
+    The leftovers are fixed before the stock daemon is named, so that a
+    failure leaves this daemon running.
     """
     if os.geteuid() != 0:
-        raise InstallError("must be root to change %s and %s: run this as root "
-                           "(or with --dry-run to see the change)"
-                           % (p.site.master_cf, p.site.daemon_directory))
+        raise InstallError("must be root to change Postfix's configuration in %s and %s: "
+                           "run this as root (or with --dry-run to see the change)"
+                           % (p.site.config_directory, p.site.daemon_directory))
     if p.action == "install" and p.changes_link and p.new_target:
         make_link(p.site.link, p.new_target)
-    if p.new_command is not None:                   # master.cf changes
+    for edit in p.edits:
         try:
-            set_command(p.site, p.new_command)
+            postconf(p.site, *edit)
         except InstallError:
-            if p.action == "install" and p.old_target is None:
+            # Installing, -F is what would have named the new link.
+            if edit[0] == "-F" and p.action == "install" and p.old_target is None:
                 remove_link(p.site.link)
             raise
+    if p.fix and p.fixes and leftovers(p.site, main_cf_names(p.site)):
+        raise InstallError("postconf -c %s left settings the stock tlsmgr cannot use: "
+                           "check main.cf and master.cf by hand" % p.site.config_directory)
+    now = service_entry(p.site) if p.edits else p.before
+    if now != p.after:
+        raise InstallError("postconf -c %s left the %s entry as %r, not %r: check master.cf "
+                           "by hand" % (p.site.config_directory, SERVICE,
+                                        shown(" ".join(now)), shown(" ".join(p.after))))
     if p.action == "uninstall" and p.changes_link:
         remove_link(p.site.link)
-    return service_entry(p.site) if p.changes_master_cf else p.before
-
-
-def set_command(site: Site, command: str) -> None:
-    postconf(site, "-F", "%s/command=%s" % (SERVICE, command))
-    now = service_command(site)
-    if now != command:
-        raise InstallError("postconf -c %s -F left the %s command as %r, not %r: "
-                           "check master.cf by hand" % (site.config_directory, SERVICE,
-                                                        shown(now), shown(command)))
+    return now
 
 
 def make_link(path: str, target: str) -> None:
@@ -324,12 +511,28 @@ def entry_lines(label: str, entry: tuple[str, ...]) -> list[str]:
     return [shown(head + entry[0]), *(shown(" " * len(head) + line) for line in entry[1:])]
 
 
+def with_directory(site: Site, command: str) -> str:
+    """A Postfix command line, with -c DIR unless DIR is the default."""
+    if site.config_directory == config.DEFAULT_CONFIG_DIRECTORY:
+        return command
+    return "%s -c %s" % (command, shlex.quote(site.config_directory))
+
+
+def command_lines(site: Site, edits: Iterable[Edit]) -> list[str]:
+    """The postconf commands of *edits*, as one types them."""
+    return ["  %s %s" % (with_directory(site, "postconf"), shlex.join(edit)) for edit in edits]
+
+
 def describe(p: Plan, after: tuple[str, ...], dry_run: bool) -> list[str]:
     """The lines saying what changed, or with *dry_run* what would."""
     site = p.site
     lines = []
     if dry_run:
         lines.append("dry run, nothing is changed: %s would do this" % p.action)
+    if p.fix and p.fixes:
+        lines.append("settings the stock tlsmgr cannot use: %s with"
+                     % ("would be changed" if dry_run else "changed"))
+        lines += command_lines(site, p.fixes)
     if p.changes_master_cf:
         lines.append("master.cf: %s, service %s" % (site.master_cf, SERVICE))
         lines += entry_lines("before", p.before)
@@ -361,17 +564,27 @@ def nothing_to_do(p: Plan) -> str:
             % (SERVICE, STOCK_COMMAND, p.site.link))
 
 
+def warn_leftovers(p: Plan, out: TextIO) -> None:
+    """Without --fix-settings: a warning for each leftover, and the
+    commands that would fix them."""
+    if p.fix or not p.leftovers:
+        return
+    for leftover in p.leftovers:
+        log.warn("%s", leftover.warning())
+    print("to leave the stock tlsmgr settings it can use, give --fix-settings, or run:",
+          file=out)
+    print("\n".join(command_lines(p.site, p.fixes)), file=out)
+
+
 def reload_hint(p: Plan) -> str:
-    option = "" if p.site.config_directory == config.DEFAULT_CONFIG_DIRECTORY \
-        else "-c %s " % p.site.config_directory
     which = "this daemon" if p.action == "install" else "the stock tlsmgr"
-    return ('now run "postfix %sreload" (or give --reload) so that master(8) runs %s'
-            % (option, which))
+    return ('now run "%s" (or give --reload) so that master(8) runs %s'
+            % (with_directory(p.site, "postfix") + " reload", which))
 
 
 # --- the commands --------------------------------------------------------
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, action: str) -> None:
     parser.add_argument("-c", dest="config_dir", metavar="DIR",
                         help="Postfix's configuration directory (default: $MAIL_CONFIG, "
                              "else /etc/postfix)")
@@ -379,21 +592,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the change that would be made, and change nothing")
     parser.add_argument("--reload", action="store_true",
                         help="run \"postfix -c DIR reload\" after the change")
+    if action == "uninstall":
+        parser.add_argument("--fix-settings", action="store_true",
+                            help="also change what the stock tlsmgr cannot use: a memory: "
+                                 "or redis: session cache becomes a btree: (or lmdb:) file, "
+                                 "and tlsmgr_* parameters are removed (postconf -e, -X, -P, "
+                                 "-PX)")
+    else:
+        parser.set_defaults(fix_settings=False)
 
 
 def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``tlsmgr-ctl install`` or ``uninstall``: 0, or 2 after one error line."""
     out = out or sys.stdout
     try:
-        p = plan(args.command, args.config_dir)
+        p = plan(args.command, args.config_dir, args.fix_settings)
         if not p.changes:
             print(nothing_to_do(p), file=out)
+            warn_leftovers(p, out)
             return 0
         if args.dry_run:
             print("\n".join(describe(p, p.after, dry_run=True)), file=out)
+            warn_leftovers(p, out)
             return 0
         after = apply(p)
         print("\n".join(describe(p, after, dry_run=False)), file=out)
+        warn_leftovers(p, out)
         if not args.reload:
             print(reload_hint(p), file=out)
             return 0
