@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import pwd
+import re
 import socket
 import subprocess
 import sys
@@ -129,9 +130,16 @@ def test_rotate_keys_makes_a_new_key_and_the_old_one_still_decrypts(daemon):
     with TlsmgrClient(str(daemon.socket_path)) as client:
         status, old = client.tktkey()
         assert status == 0
-        assert ctl(daemon, "rotate-keys").stdout == "status=0\n"
+        rotated = ctl(daemon, "rotate-keys")
+        assert rotated.returncode == 0
+        printed = re.fullmatch(r"status=0 keyname=([0-9a-f]{32})\n", rotated.stdout)
+        assert printed, rotated.stdout
+        name = printed[1]
+        assert name != old.name.hex()
+        # The name printed is the key that now issues tickets.
+        assert re.match(r"status=0 name=%s " % name, ctl(daemon, "tktkey").stdout)
         status, new = client.tktkey()
-        assert status == 0 and new.name != old.name
+        assert status == 0 and new.name.hex() == name
         assert client.tktkey(old.name) == (0, old)              # still decrypts
         stats = client.stats()[1]
     assert stats["ticket_keys"]["rotations"] == 2

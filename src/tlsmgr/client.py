@@ -131,8 +131,10 @@ class TlsmgrClient:
         reply = self.request(("request", "flush"), ("cache_type", cache_type))
         return reply.status, reply.int("removed") if "removed" in reply else 0
 
-    def rotate_keys(self) -> int:
-        return self.request(("request", "rotate_keys")).status
+    def rotate_keys(self) -> tuple[int, bytes]:
+        """The status, and the name of the new current key."""
+        reply = self.request(("request", "rotate_keys"))
+        return reply.status, reply.data("keyname") if "keyname" in reply else b""
 
     def list(self, cache_type: str,
              limit: int | None = None) -> tuple[int, list[dict[str, Any]]]:

@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --watch: stop after N refreshes")
     flush = commands.add_parser("flush", help="remove every entry of a cache (root or mail_owner)")
     flush.add_argument("cache_type", metavar="TYPE")
-    commands.add_parser("rotate-keys", help="a new session ticket key now; the last one "
-                                            "still decrypts (root or mail_owner)")
+    commands.add_parser("rotate-keys", help="a new session ticket key now, and its name; "
+                                            "the last one still decrypts (root or mail_owner)")
     listing = commands.add_parser("list", help="ids and ages in a cache, oldest first "
                                                "(root or mail_owner)")
     listing.add_argument("cache_type", metavar="TYPE")
@@ -206,8 +206,10 @@ def flush_cache(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, st
 
 
 def rotate_keys(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
-    status = client.rotate_keys()
-    return status, "status=%d" % status
+    status, name = client.rotate_keys()
+    if status != 0:
+        return status, "status=%d" % status
+    return status, "status=%d keyname=%s" % (status, name.hex())
 
 
 def list_cache(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
