@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -21,13 +22,15 @@ from tlsmgr import fastpath, metrics
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.control import Sources, snapshot
+from tlsmgr.ctl import stats_text
 from tlsmgr.metrics import parse_listen
 from tlsmgr.pending import Later, then
 from tlsmgr.prng import Prng
 from tlsmgr.protocol import Tlsmgr
 from tlsmgr.scache import SessionCache
+from tlsmgr.stats import Histogram
 from tlsmgr.stores.memory import MemoryStore
-from tlsmgr.tickets import TicketKeyRing
+from tlsmgr.tickets import FleetTicketKeys, TicketKeyRing
 
 CTL = [sys.executable, "-m", "tlsmgr.ctl"]
 
@@ -256,17 +259,23 @@ def test_metrics_off_by_default_and_a_bad_value_is_one_fatal_line(tmp_path):
         bad.stop()
 
 
+def sources_in_process(tmp_path, tickets=None) -> Sources:
+    """What a snapshot reads, as a daemon with only the smtpd cache, in
+    memory, has it; the ticket keys this host's ring unless given."""
+    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
+    cache = SessionCache("smtpd", MemoryStore(), 3600)
+    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
+                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
+                    prng.random_bytes, tickets or TicketKeyRing(prng.random_bytes))
+    return Sources(tlsmgr, [cache], prng, set())
+
+
 def test_scrapes_at_once_share_one_snapshot_from_the_network_and_wait_a_bounded_time(
         tmp_path, monkeypatch):
     # With a store on the network the snapshot comes later: one for all
     # the scrapes that come meanwhile, each waiting for it at most
     # _SNAPSHOT_WITHIN (then told so: httpd.py answers 503).
-    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
-    cache = SessionCache("smtpd", MemoryStore(), 3600)
-    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
-                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
-                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
-    sources = Sources(tlsmgr, [cache], prng, set())
+    sources = sources_in_process(tmp_path)
     taken = []
 
     async def scenario():
@@ -290,3 +299,37 @@ def test_scrapes_at_once_share_one_snapshot_from_the_network_and_wait_a_bounded_
     assert all(isinstance(err, TimeoutError) for err in waited)
     assert shared == 1
     assert b'tlsmgr_cache_entries{cache="smtpd"} 0.0\n' in page
+
+
+class FleetKeysOnRedis:
+    """Where FleetTicketKeys finds the fleet's keys, as far as the stats
+    look: how its Redis is doing, as Breaker.health() says it."""
+
+    def __init__(self, paused: bool):
+        self.paused = paused
+
+    def health(self):
+        return {"endpoint": "redis://10.0.0.7:6379", "paused": self.paused,
+                "paused_since": round(time.time()) if self.paused else None,
+                "last_error": "ConnectionError: Error 111 connecting to 10.0.0.7:6379. "
+                              "Connection refused." if self.paused else "",
+                "failures": int(self.paused), "recoveries": 0,
+                "round_trips": Histogram().snapshot()}
+
+
+@pytest.mark.parametrize("paused,whose,redis_state", [
+    (False, "(shared by the fleet)", r"reachable \(redis://10\.0\.0\.7:6379\)"),
+    (True, "(the fleet's, but Redis is paused: the last fleet key issues tickets for as long "
+           "as it decrypts them, then this host's own, which decrypts only here)",
+     r"PAUSED since \d\d:\d\d:\d\d: ConnectionError: Error 111 connecting to "
+     r"10\.0\.0\.7:6379\. Connection refused\."),
+], ids=["shared", "paused"])
+def test_stats_text_says_whose_ticket_keys_issue_tickets(tmp_path, paused, whose, redis_state):
+    # While Redis is paused the keys are not shared as they were: the
+    # fleet's last key goes on while it decrypts (FleetTicketKeys), then
+    # each host makes its own, whose tickets resume on that host alone.
+    keys = FleetTicketKeys(FleetKeysOnRedis(paused), TicketKeyRing(os.urandom), os.urandom)
+    text = stats_text(snapshot(sources_in_process(tmp_path, keys))).splitlines()
+    assert "ticket keys: 0; 0 made or taken on " + whose in text
+    # Why it is paused is on the tickets' Redis line.
+    assert any(re.match("tickets on redis: %s;" % redis_state, line) for line in text), text

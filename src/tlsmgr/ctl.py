@@ -153,6 +153,11 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
         return status, "status=%d" % status
     if args.json:
         return status, json.dumps(stats, indent=2)
+    return status, stats_text(stats)
+
+
+def stats_text(stats: dict[str, Any]) -> str:
+    """The summary for people of a stats snapshot (control.snapshot())."""
     lines = ["uptime: %d seconds" % stats["uptime"], "fast path: %s" % stats["fast_path"]]
     for label, cache in stats["caches"].items():
         lines.append("%s cache: %d entries, %d bytes; %d hits, %d misses (hit ratio %.2f); "
@@ -165,7 +170,7 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
     age = "" if keys["current_age"] is None else ", the current one %d seconds old" \
         % keys["current_age"]
     lines.append("ticket keys: %d%s; %d made or taken on%s%s" % (
-        keys["count"], age, keys["rotations"], " (shared by the fleet)" if keys["shared"] else "",
+        keys["count"], age, keys["rotations"], whose_keys(keys),
         "; %d from Redis did not open" % keys["unopened"] if keys["unopened"] else ""))
     if keys["lookups"]:
         lines.append("tktkey: %s" % ", ".join("%s %d" % item for item in keys["lookups"].items()))
@@ -186,7 +191,20 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
         lines.append("latency, p50/p99 (upper bound of its bucket): " + ", ".join(
             "%s %s/%s" % (name, quantile(histogram, 0.5), quantile(histogram, 0.99))
             for name, histogram in stats["latency"].items()))
-    return status, "\n".join(lines)
+    return "\n".join(lines)
+
+
+def whose_keys(keys: dict[str, Any]) -> str:
+    """Whose ticket keys issue tickets, when they may be the fleet's."""
+    if not keys["shared"]:
+        return ""
+    if keys["redis"]["paused"]:
+        # As FleetTicketKeys does while Redis is away: the hosts go on
+        # agreeing on the last fleet key while they can.  Why Redis is
+        # paused is on the "tickets on redis" line.
+        return (" (the fleet's, but Redis is paused: the last fleet key issues tickets for "
+                "as long as it decrypts them, then this host's own, which decrypts only here)")
+    return " (shared by the fleet)"
 
 
 def quantile(histogram: dict[str, Any], q: float) -> str:
