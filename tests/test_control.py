@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tlsmgr import fastpath, metrics
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.control import Sources, snapshot
+from tlsmgr.ctl import main as ctl_main
 from tlsmgr.ctl import stats_text
 from tlsmgr.metrics import parse_listen
 from tlsmgr.pending import Later, then
@@ -170,6 +172,55 @@ def test_control_requests_are_refused_to_other_users(daemon):
         stats = client.stats()[1]
     assert stats["errors"]["refused"] == 2
     assert stats["ticket_keys"]["rotations"] == 0
+
+
+def test_a_user_who_may_not_open_the_socket_is_told_who_may(tmp_path):
+    require(os.geteuid() == 0, "root, to be another user (run the tests as root)")
+    # A mail_owner other than the default, so that only main.cf can name it.
+    dirs = postfix_dirs(tmp_path)
+    shutil.chown(dirs["data_directory"], "mail", "mail")
+    daemon = start_ours(tmp_path, mail_owner="mail", data_directory=dirs["data_directory"],
+                        queue_directory=tmp_path)
+    # Where tlsmgr-ctl looks by default: $queue_directory/private/tlsmgr.
+    assert daemon.socket_path == tmp_path / "private" / "tlsmgr"
+    conf = str(tmp_path / "conf")
+    refused = "tlsmgr-ctl: error: connect to %s: Permission denied: run tlsmgr-ctl as root " \
+              "or as the mail_owner" % daemon.socket_path
+    assert ctl_as_nobody(conf, "stats") == (2, "", refused + " (mail)\n")
+    # With --socket no main.cf is read: Postfix's default mail_owner.
+    assert ctl_as_nobody(conf, "--socket", str(daemon.socket_path), "rotate-keys") \
+        == (2, "", refused + " (postfix)\n")
+
+
+def ctl_as_nobody(mail_config: str, *args: str) -> tuple[int, str, str]:
+    """tlsmgr-ctl's exit status, standard output and error, run as nobody
+    in a child forked from here (not executed: nobody may not reach the
+    interpreter, under root's home, say)."""
+    nobody = pwd.getpwnam("nobody")
+    (out, out_end), (err, err_end) = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # the child: no pytest here
+        status = 127
+        try:
+            os.close(out)
+            os.close(err)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.environ["MAIL_CONFIG"] = mail_config
+            sys.stdout, sys.stderr = open(out_end, "w"), open(err_end, "w")
+            status = ctl_main(list(args))
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException as problem:
+            os.write(err_end, repr(problem).encode())
+        finally:
+            os._exit(status)
+    os.close(out_end)
+    os.close(err_end)
+    with open(out) as stdout, open(err) as stderr:
+        printed = stdout.read(), stderr.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), *printed
 
 
 def as_user(uid: int, gid: int, path, request: bytes):

@@ -19,6 +19,7 @@ does ``fleet-secret``, which prints a new line for the fleet's secret file
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -243,9 +244,8 @@ CONTROL_COMMANDS = {"stats": show_stats, "flush": flush_cache, "rotate-keys": ro
                     "list": list_cache}
 
 
-def default_socket() -> str:
-    cfg = config.load()
-    return os.path.join(cfg.queue_directory, "private", "tlsmgr")
+# Who may reach the socket when no main.cf was read to say so.
+_DEFAULT_MAIL_OWNER = next(p.default for p in config.PARAMETERS if p.name == "mail_owner")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,14 +257,25 @@ def main(argv: list[str] | None = None) -> int:
         from .seal import new_secret_line
         print(new_secret_line())
         return 0
+    cfg: config.Config | None = None       # main.cf, when read to find the socket
     try:
-        path = args.socket or default_socket()
+        if args.socket:
+            path = args.socket
+        else:
+            cfg = config.load()
+            path = os.path.join(cfg.queue_directory, "private", "tlsmgr")
         with TlsmgrClient(path, args.timeout) as client:
             status, line = run(client, args)
     except log.Fatal:
         return 2
     except ClientError as err:
-        log.error("%s", err)
+        if err.errno == errno.EACCES:
+            # The socket (under master(8), private/ too) is mail_owner's:
+            # say who may, not only that this user may not.
+            log.error("%s: run tlsmgr-ctl as root or as the mail_owner (%s)", err,
+                      _DEFAULT_MAIL_OWNER if cfg is None else cfg.mail_owner)
+        else:
+            log.error("%s", err)
         return 2
     if line:
         print(line)
