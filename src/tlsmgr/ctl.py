@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print the JSON the daemon sends")
     stats.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
                        help="the counters as rates, refreshed every SECONDS (default 1) "
-                       "until Ctrl-C; plain lines when the output is not a terminal")
+                       "until Ctrl-C, SIGTERM or SIGHUP; plain lines when the output is not "
+                       "a terminal")
     stats.add_argument("--count", type=int, metavar="N",
                        help="with --watch: stop after N refreshes")
     flush = commands.add_parser("flush", help="remove every entry of a cache (root or mail_owner)")
