@@ -6,9 +6,12 @@ import asyncio
 import json
 import os
 import pwd
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -20,13 +23,16 @@ from tlsmgr import fastpath, metrics
 from tlsmgr.attr import Decoder, encode
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.control import Sources, snapshot
+from tlsmgr.ctl import main as ctl_main
+from tlsmgr.ctl import stats_text
 from tlsmgr.metrics import parse_listen
 from tlsmgr.pending import Later, then
 from tlsmgr.prng import Prng
 from tlsmgr.protocol import Tlsmgr
 from tlsmgr.scache import SessionCache
+from tlsmgr.stats import Histogram
 from tlsmgr.stores.memory import MemoryStore
-from tlsmgr.tickets import TicketKeyRing
+from tlsmgr.tickets import FleetTicketKeys, TicketKeyRing
 
 CTL = [sys.executable, "-m", "tlsmgr.ctl"]
 
@@ -129,9 +135,16 @@ def test_rotate_keys_makes_a_new_key_and_the_old_one_still_decrypts(daemon):
     with TlsmgrClient(str(daemon.socket_path)) as client:
         status, old = client.tktkey()
         assert status == 0
-        assert ctl(daemon, "rotate-keys").stdout == "status=0\n"
+        rotated = ctl(daemon, "rotate-keys")
+        assert rotated.returncode == 0
+        printed = re.fullmatch(r"status=0 keyname=([0-9a-f]{32})\n", rotated.stdout)
+        assert printed, rotated.stdout
+        name = printed[1]
+        assert name != old.name.hex()
+        # The name printed is the key that now issues tickets.
+        assert re.match(r"status=0 name=%s " % name, ctl(daemon, "tktkey").stdout)
         status, new = client.tktkey()
-        assert status == 0 and new.name != old.name
+        assert status == 0 and new.name.hex() == name
         assert client.tktkey(old.name) == (0, old)              # still decrypts
         stats = client.stats()[1]
     assert stats["ticket_keys"]["rotations"] == 2
@@ -159,6 +172,55 @@ def test_control_requests_are_refused_to_other_users(daemon):
         stats = client.stats()[1]
     assert stats["errors"]["refused"] == 2
     assert stats["ticket_keys"]["rotations"] == 0
+
+
+def test_a_user_who_may_not_open_the_socket_is_told_who_may(tmp_path):
+    require(os.geteuid() == 0, "root, to be another user (run the tests as root)")
+    # A mail_owner other than the default, so that only main.cf can name it.
+    dirs = postfix_dirs(tmp_path)
+    shutil.chown(dirs["data_directory"], "mail", "mail")
+    daemon = start_ours(tmp_path, mail_owner="mail", data_directory=dirs["data_directory"],
+                        queue_directory=tmp_path)
+    # Where tlsmgr-ctl looks by default: $queue_directory/private/tlsmgr.
+    assert daemon.socket_path == tmp_path / "private" / "tlsmgr"
+    conf = str(tmp_path / "conf")
+    refused = "tlsmgr-ctl: error: connect to %s: Permission denied: run tlsmgr-ctl as root " \
+              "or as the mail_owner" % daemon.socket_path
+    assert ctl_as_nobody(conf, "stats") == (2, "", refused + " (mail)\n")
+    # With --socket no main.cf is read: Postfix's default mail_owner.
+    assert ctl_as_nobody(conf, "--socket", str(daemon.socket_path), "rotate-keys") \
+        == (2, "", refused + " (postfix)\n")
+
+
+def ctl_as_nobody(mail_config: str, *args: str) -> tuple[int, str, str]:
+    """tlsmgr-ctl's exit status, standard output and error, run as nobody
+    in a child forked from here (not executed: nobody may not reach the
+    interpreter, under root's home, say)."""
+    nobody = pwd.getpwnam("nobody")
+    (out, out_end), (err, err_end) = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # the child: no pytest here
+        status = 127
+        try:
+            os.close(out)
+            os.close(err)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.environ["MAIL_CONFIG"] = mail_config
+            sys.stdout, sys.stderr = open(out_end, "w"), open(err_end, "w")
+            status = ctl_main(list(args))
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException as problem:
+            os.write(err_end, repr(problem).encode())
+        finally:
+            os._exit(status)
+    os.close(out_end)
+    os.close(err_end)
+    with open(out) as stdout, open(err) as stderr:
+        printed = stdout.read(), stderr.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), *printed
 
 
 def as_user(uid: int, gid: int, path, request: bytes):
@@ -265,17 +327,23 @@ def test_a_metrics_port_already_taken_is_a_warning(tmp_path):
         taken.close()
 
 
+def sources_in_process(tmp_path, tickets=None) -> Sources:
+    """What a snapshot reads, as a daemon with only the smtpd cache, in
+    memory, has it; the ticket keys this host's ring unless given."""
+    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
+    cache = SessionCache("smtpd", MemoryStore(), 3600)
+    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
+                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
+                    prng.random_bytes, tickets or TicketKeyRing(prng.random_bytes))
+    return Sources(tlsmgr, [cache], prng, set())
+
+
 def test_scrapes_at_once_share_one_snapshot_from_the_network_and_wait_a_bounded_time(
         tmp_path, monkeypatch):
     # With a store on the network the snapshot comes later: one for all
     # the scrapes that come meanwhile, each waiting for it at most
     # _SNAPSHOT_WITHIN (then told so: httpd.py answers 503).
-    prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
-    cache = SessionCache("smtpd", MemoryStore(), 3600)
-    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
-                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
-                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
-    sources = Sources(tlsmgr, [cache], prng, set())
+    sources = sources_in_process(tmp_path)
     taken = []
 
     async def scenario():
@@ -299,3 +367,37 @@ def test_scrapes_at_once_share_one_snapshot_from_the_network_and_wait_a_bounded_
     assert all(isinstance(err, TimeoutError) for err in waited)
     assert shared == 1
     assert b'tlsmgr_cache_entries{cache="smtpd"} 0.0\n' in page
+
+
+class FleetKeysOnRedis:
+    """Where FleetTicketKeys finds the fleet's keys, as far as the stats
+    look: how its Redis is doing, as Breaker.health() says it."""
+
+    def __init__(self, paused: bool):
+        self.paused = paused
+
+    def health(self):
+        return {"endpoint": "redis://10.0.0.7:6379", "paused": self.paused,
+                "paused_since": round(time.time()) if self.paused else None,
+                "last_error": "ConnectionError: Error 111 connecting to 10.0.0.7:6379. "
+                              "Connection refused." if self.paused else "",
+                "failures": int(self.paused), "recoveries": 0,
+                "round_trips": Histogram().snapshot()}
+
+
+@pytest.mark.parametrize("paused,whose,redis_state", [
+    (False, "(shared by the fleet)", r"reachable \(redis://10\.0\.0\.7:6379\)"),
+    (True, "(the fleet's, but Redis is paused: the last fleet key issues tickets for as long "
+           "as it decrypts them, then this host's own, which decrypts only here)",
+     r"PAUSED since \d\d:\d\d:\d\d: ConnectionError: Error 111 connecting to "
+     r"10\.0\.0\.7:6379\. Connection refused\."),
+], ids=["shared", "paused"])
+def test_stats_text_says_whose_ticket_keys_issue_tickets(tmp_path, paused, whose, redis_state):
+    # While Redis is paused the keys are not shared as they were: the
+    # fleet's last key goes on while it decrypts (FleetTicketKeys), then
+    # each host makes its own, whose tickets resume on that host alone.
+    keys = FleetTicketKeys(FleetKeysOnRedis(paused), TicketKeyRing(os.urandom), os.urandom)
+    text = stats_text(snapshot(sources_in_process(tmp_path, keys))).splitlines()
+    assert "ticket keys: 0; 0 made or taken on " + whose in text
+    # Why it is paused is on the tickets' Redis line.
+    assert any(re.match("tickets on redis: %s;" % redis_state, line) for line in text), text

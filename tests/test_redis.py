@@ -456,7 +456,7 @@ def test_control_requests_on_a_fleet_cache(tmp_path, redis_server):
             # Flushing on b empties the cache for a too.
             assert client.flush("smtpd") == (0, 3)
             # Fleet keys are not one host's to rotate.
-            assert client.rotate_keys() == -1
+            assert client.rotate_keys() == (-1, b"")
         with TlsmgrClient(str(a.socket_path)) as client:
             assert client.lookup("smtpd", "id1")[0] == -1
             assert client.stats()[1]["caches"]["smtpd"]["entries"] == 0

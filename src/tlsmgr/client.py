@@ -20,6 +20,10 @@ HANDSHAKE_MESSAGE = ((b"protocol", b"tlsmgr_protocol"),)
 class ClientError(Exception):
     """The server could not be reached, or answered out of protocol."""
 
+    def __init__(self, text: str, errno: int | None = None):
+        super().__init__(text)
+        self.errno = errno              # of the system call that failed, if one did
+
 
 class ReplyAttributes(dict[str, bytes]):
     """A reply's attributes by name (raw bytes), with typed accessors."""
@@ -62,7 +66,8 @@ class TlsmgrClient:
             self.sock.connect(path)
         except OSError as err:
             self.sock.close()
-            raise ClientError("connect to %s: %s" % (path, err.strerror or err)) from None
+            raise ClientError("connect to %s: %s" % (path, err.strerror or err),
+                              err.errno) from None
         if self.receive() != HANDSHAKE_MESSAGE:
             self.close()
             raise ClientError("%s is not a tlsmgr server: bad handshake" % path)
@@ -86,7 +91,8 @@ class TlsmgrClient:
             try:
                 data = self.sock.recv(65536)
             except OSError as err:
-                raise ClientError("read from %s: %s" % (self.path, err.strerror or err)) from None
+                raise ClientError("read from %s: %s" % (self.path, err.strerror or err),
+                                  err.errno) from None
             if not data:
                 raise ClientError("%s closed the connection" % self.path)
             pending = self.decoder.feed(data)
@@ -131,8 +137,10 @@ class TlsmgrClient:
         reply = self.request(("request", "flush"), ("cache_type", cache_type))
         return reply.status, reply.int("removed") if "removed" in reply else 0
 
-    def rotate_keys(self) -> int:
-        return self.request(("request", "rotate_keys")).status
+    def rotate_keys(self) -> tuple[int, bytes]:
+        """The status, and the name of the new current key."""
+        reply = self.request(("request", "rotate_keys"))
+        return reply.status, reply.data("keyname") if "keyname" in reply else b""
 
     def list(self, cache_type: str,
              limit: int | None = None) -> tuple[int, list[dict[str, Any]]]:

@@ -5,8 +5,8 @@ clients never send these requests, so nothing changes for them.
 
     stats                    -> status, stats (a JSON text: see snapshot())
     flush, cache_type        -> status, removed (entries)
-    rotate_keys              -> status (a new ticket key now; the last one
-                                still decrypts)
+    rotate_keys              -> status, keyname (of a new ticket key, current
+                                from now; the last one still decrypts)
     list, cache_type[, limit] -> status, list (a JSON array of {"id", "age"},
                                 the oldest first; never session bytes)
 
@@ -139,9 +139,9 @@ class Control:
         timeout = self.tlsmgr.timeouts.get(b"smtpd", 0)
         if timeout <= 0:                            # no tickets without the smtpd cache
             return failed_reply(b"rotate_keys", STAT_ERR)
-        tickets.ring.rotate(timeout)
+        key = tickets.ring.rotate(timeout)
         log.info("session ticket key rotated on request")
-        return encode([("status", STAT_OK)])
+        return encode([("status", STAT_OK), ("keyname", key.name)])
 
     def _list(self, message: Message) -> MaybeLater[bytes]:
         [cache_type] = self.tlsmgr.scan(message, 1, _CACHE_TYPE, more=True)

@@ -19,6 +19,7 @@ does ``fleet-secret``, which prints a new line for the fleet's secret file
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -89,13 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print the JSON the daemon sends")
     stats.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="SECONDS",
                        help="the counters as rates, refreshed every SECONDS (default 1) "
-                       "until Ctrl-C; plain lines when the output is not a terminal")
+                       "until Ctrl-C, SIGTERM or SIGHUP; plain lines when the output is not "
+                       "a terminal")
     stats.add_argument("--count", type=int, metavar="N",
                        help="with --watch: stop after N refreshes")
     flush = commands.add_parser("flush", help="remove every entry of a cache (root or mail_owner)")
     flush.add_argument("cache_type", metavar="TYPE")
-    commands.add_parser("rotate-keys", help="a new session ticket key now; the last one "
-                                            "still decrypts (root or mail_owner)")
+    commands.add_parser("rotate-keys", help="a new session ticket key now, and its name; "
+                                            "the last one still decrypts (root or mail_owner)")
     listing = commands.add_parser("list", help="ids and ages in a cache, oldest first "
                                                "(root or mail_owner)")
     listing.add_argument("cache_type", metavar="TYPE")
@@ -153,6 +155,11 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
         return status, "status=%d" % status
     if args.json:
         return status, json.dumps(stats, indent=2)
+    return status, stats_text(stats)
+
+
+def stats_text(stats: dict[str, Any]) -> str:
+    """The summary for people of a stats snapshot (control.snapshot())."""
     lines = ["uptime: %d seconds" % stats["uptime"], "fast path: %s" % stats["fast_path"]]
     for label, cache in stats["caches"].items():
         lines.append("%s cache: %d entries, %d bytes; %d hits, %d misses (hit ratio %.2f); "
@@ -165,7 +172,7 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
     age = "" if keys["current_age"] is None else ", the current one %d seconds old" \
         % keys["current_age"]
     lines.append("ticket keys: %d%s; %d made or taken on%s%s" % (
-        keys["count"], age, keys["rotations"], " (shared by the fleet)" if keys["shared"] else "",
+        keys["count"], age, keys["rotations"], whose_keys(keys),
         "; %d from Redis did not open" % keys["unopened"] if keys["unopened"] else ""))
     if keys["lookups"]:
         lines.append("tktkey: %s" % ", ".join("%s %d" % item for item in keys["lookups"].items()))
@@ -186,7 +193,20 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
         lines.append("latency, p50/p99 (upper bound of its bucket): " + ", ".join(
             "%s %s/%s" % (name, quantile(histogram, 0.5), quantile(histogram, 0.99))
             for name, histogram in stats["latency"].items()))
-    return status, "\n".join(lines)
+    return "\n".join(lines)
+
+
+def whose_keys(keys: dict[str, Any]) -> str:
+    """Whose ticket keys issue tickets, when they may be the fleet's."""
+    if not keys["shared"]:
+        return ""
+    if keys["redis"]["paused"]:
+        # As FleetTicketKeys does while Redis is away: the hosts go on
+        # agreeing on the last fleet key while they can.  Why Redis is
+        # paused is on the "tickets on redis" line.
+        return (" (the fleet's, but Redis is paused: the last fleet key issues tickets for "
+                "as long as it decrypts them, then this host's own, which decrypts only here)")
+    return " (shared by the fleet)"
 
 
 def quantile(histogram: dict[str, Any], q: float) -> str:
@@ -206,8 +226,10 @@ def flush_cache(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, st
 
 
 def rotate_keys(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
-    status = client.rotate_keys()
-    return status, "status=%d" % status
+    status, name = client.rotate_keys()
+    if status != 0:
+        return status, "status=%d" % status
+    return status, "status=%d keyname=%s" % (status, name.hex())
 
 
 def list_cache(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str]:
@@ -223,9 +245,8 @@ CONTROL_COMMANDS = {"stats": show_stats, "flush": flush_cache, "rotate-keys": ro
                     "list": list_cache}
 
 
-def default_socket() -> str:
-    cfg = config.load()
-    return os.path.join(cfg.queue_directory, "private", "tlsmgr")
+# Who may reach the socket when no main.cf was read to say so.
+_DEFAULT_MAIL_OWNER = next(p.default for p in config.PARAMETERS if p.name == "mail_owner")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,14 +258,25 @@ def main(argv: list[str] | None = None) -> int:
         from .seal import new_secret_line
         print(new_secret_line())
         return 0
+    cfg: config.Config | None = None       # main.cf, when read to find the socket
     try:
-        path = args.socket or default_socket()
+        if args.socket:
+            path = args.socket
+        else:
+            cfg = config.load()
+            path = os.path.join(cfg.queue_directory, "private", "tlsmgr")
         with TlsmgrClient(path, args.timeout) as client:
             status, line = run(client, args)
     except log.Fatal:
         return 2
     except ClientError as err:
-        log.error("%s", err)
+        if err.errno == errno.EACCES:
+            # The socket (under master(8), private/ too) is mail_owner's:
+            # say who may, not only that this user may not.
+            log.error("%s: run tlsmgr-ctl as root or as the mail_owner (%s)", err,
+                      _DEFAULT_MAIL_OWNER if cfg is None else cfg.mail_owner)
+        else:
+            log.error("%s", err)
         return 2
     if line:
         print(line)

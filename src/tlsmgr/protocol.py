@@ -107,7 +107,8 @@ NO_REPLY = Reply()
 _FAILED_EXTRAS: dict[bytes, list[tuple[str, Value]]] = {
     b"lookup": [("session", b"")], b"tktkey": [("keybuf", b"")], b"seed": [("seed", b"")],
     b"policy": [("cachable", 0), ("timeout", 0)], b"update": [], b"delete": [],
-    b"flush": [("removed", 0)], b"list": [("list", "[]")], b"stats": [], b"rotate_keys": [],
+    b"flush": [("removed", 0)], b"list": [("list", "[]")], b"stats": [],
+    b"rotate_keys": [("keyname", b"")],
 }
 
 

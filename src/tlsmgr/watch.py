@@ -4,13 +4,14 @@ Every interval the stats request is sent again, and what each counter
 gained since the last one is shown per second, like top(1) or
 varnishstat(1).  On a terminal the figures are redrawn in place, on the
 alternate screen with the cursor hidden, and the terminal is given back as
-it was however the command ends (Ctrl-C, the daemon gone, an error).  When
-the output is not a terminal, one plain line per interval is printed, for
-logs and scripts.
+it was however the command ends (Ctrl-C, SIGTERM, SIGHUP, the daemon gone,
+an error).  When the output is not a terminal, one plain line per interval
+is printed, for logs and scripts.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,9 @@ from typing import Any, TextIO
 _ENTER = "\x1b[?1049h\x1b[?25l"     # the alternate screen; hide the cursor
 _LEAVE = "\x1b[?25h\x1b[?1049l"     # show the cursor; back to the main screen
 _HOME = "\x1b[H\x1b[2J"             # the top left, the screen cleared
+
+# What ends a watch besides Ctrl-C (SIGINT).
+_ENDING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def counters(stats: dict[str, Any]) -> dict[str, float]:
@@ -94,11 +98,16 @@ def snapshots(fetch: Callable[[], dict[str, Any]], interval: float,
 
 def watch(fetch: Callable[[], dict[str, Any]], interval: float, count: int | None = None,
           out: TextIO = sys.stdout) -> int:
-    """Show the rates until Ctrl-C (or count refreshes); exit status 0."""
+    """Show the rates until Ctrl-C, SIGTERM or SIGHUP (or count refreshes);
+    exit status 0."""
     on_terminal = out.isatty()
-    if on_terminal:
-        out.write(_ENTER)
+    # kill(1) and a hang-up end the watch as Ctrl-C does, through the
+    # finally below, which gives the terminal back.
+    previous = {signum: signal.signal(signum, signal.default_int_handler)
+                for signum in _ENDING}
     try:
+        if on_terminal:
+            out.write(_ENTER)
         for number, (stats, per_second) in enumerate(snapshots(fetch, interval), 1):
             if on_terminal:
                 out.write(_HOME + screen(stats, per_second, interval))
@@ -111,6 +120,11 @@ def watch(fetch: Callable[[], dict[str, Any]], interval: float, count: int | Non
         pass
     finally:
         if on_terminal:
-            out.write(_LEAVE)
-            out.flush()
+            try:
+                out.write(_LEAVE)
+                out.flush()
+            except OSError:             # hung up (EIO): no terminal left to give back
+                pass
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
