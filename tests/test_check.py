@@ -130,3 +130,15 @@ def test_the_running_daemons_own_metrics_port_is_no_problem(tmp_path):
     finally:
         running.stop()
     assert (status, problems(lines)) == (0, []), lines
+
+
+def test_tlsmgr_ctl_check_is_the_same_check(tmp_path):
+    require_command("postconf", "postfix")
+    conf = write_main_cf(tmp_path / "conf", mail_owner=ME, data_directory=tmp_path,
+                         queue_directory=tmp_path, tlsmgr_preserve_sessions="yse")
+    done = subprocess.run([PYTHON, "-m", "tlsmgr.ctl", "check", "-o", "tlsmgr_event_loop=x"],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, MAIL_CONFIG=str(conf)))
+    assert done.returncode == 1
+    assert [line.split(":", 3)[2].strip() for line in problems(done.stderr.splitlines())] == [
+        "bad boolean configuration", "parameter tlsmgr_event_loop"], done.stderr

@@ -13,7 +13,9 @@ them for root, mail_owner and its own user only.
 ``install`` and ``uninstall`` do not talk to a server: they switch
 Postfix's tlsmgr service to this daemon and back (see install.py); nor
 does ``fleet-secret``, which prints a new line for the fleet's secret file
-(tlsmgr_fleet_secret_file, docs/FLEET.md).
+(tlsmgr_fleet_secret_file, docs/FLEET.md), nor ``check``, which is
+``tlsmgr --check`` (check.py): what the daemon would meet in main.cf, with
+exit status 1 when there is a problem.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         install.add_arguments(commands.add_parser(name, help=install.HELP[name]), name)
     commands.add_parser("fleet-secret", help="print a new secret line for "
                         "tlsmgr_fleet_secret_file (32 random bytes, base64)")
+    checking = commands.add_parser(
+        "check", help="before \"postfix reload\": every problem the daemon would meet in "
+                      "main.cf, changing nothing (tlsmgr --check); exit 1 on any")
+    checking.add_argument("-o", dest="overrides", metavar="name=value", action="append",
+                          default=[], help="override a main.cf parameter (repeatable)")
     return parser
 
 
@@ -258,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         from .seal import new_secret_line
         print(new_secret_line())
         return 0
+    if args.command == "check":
+        from . import check
+        return check.run(args.overrides)
     cfg: config.Config | None = None       # main.cf, when read to find the socket
     try:
         if args.socket:
