@@ -22,8 +22,9 @@ _ENTER = "\x1b[?1049h\x1b[?25l"     # the alternate screen; hide the cursor
 _LEAVE = "\x1b[?25h\x1b[?1049l"     # show the cursor; back to the main screen
 _HOME = "\x1b[H\x1b[2J"             # the top left, the screen cleared
 
-# What ends a watch besides Ctrl-C (SIGINT).
-_ENDING = (signal.SIGTERM, signal.SIGHUP)
+# What ends a watch: Ctrl-C, kill(1), a hang-up.  SIGINT too is set here:
+# a shell's background job inherits it ignored, and Python leaves it so.
+_ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def counters(stats: dict[str, Any]) -> dict[str, float]:
@@ -101,8 +102,8 @@ def watch(fetch: Callable[[], dict[str, Any]], interval: float, count: int | Non
     """Show the rates until Ctrl-C, SIGTERM or SIGHUP (or count refreshes);
     exit status 0."""
     on_terminal = out.isatty()
-    # kill(1) and a hang-up end the watch as Ctrl-C does, through the
-    # finally below, which gives the terminal back.
+    # Each ends the watch as Ctrl-C does, through the finally below,
+    # which gives the terminal back.
     previous = {signum: signal.signal(signum, signal.default_int_handler)
                 for signum in _ENDING}
     try:
