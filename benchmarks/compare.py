@@ -556,7 +556,9 @@ def redis_benchmark(target: list[str], cells: list[Cell], settings: Settings) ->
         if cpus is not None:
             command = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *command]
         out = subprocess.run(command, capture_output=True, text=True, timeout=300).stdout
-        for line in csv.DictReader(io.StringIO(out)):
+        # With --cluster, what it found of the cluster comes first.
+        table = out[out.find('"test"'):] if '"test"' in out else ""
+        for line in csv.DictReader(io.StringIO(table)):
             measured.append({"conns": conns, "size": size, "test": line["test"],
                              "rps": float(line["rps"]),
                              "p50_us": float(line["p50_latency_ms"]) * 1000,
