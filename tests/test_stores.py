@@ -142,6 +142,7 @@ def test_lmdb_held_writes_that_cannot_be_committed_are_counted_out(tmp_path, cap
     class FailingCommit:                         # as when the disk is full
         def __init__(self, txn):
             self.txn = txn
+            self.put = txn.put
 
         def commit(self):
             self.txn.abort()
@@ -312,3 +313,58 @@ print(json.dumps({"grown": rss() - before, "entries": len(store)}))
                                        text=True, check=True, timeout=120).stdout)
     assert result["entries"] == 100000
     assert result["grown"] < 4 * 1024 * 1024      # 95000 more entries, ~35 MB of data
+
+
+# A preserved file: checked at start in a time that does not grow with it.
+
+def _preserved(path, entries):
+    store = LmdbStore(path)
+    for i in range(entries):
+        store.put(b"id%06d" % i, pack_entry(Entry(1000 + i, b"session %d" % i)))
+    store.close()
+    return LmdbStore(path, preserve=True)
+
+
+def test_lmdb_preserved_totals_come_back(tmp_path):
+    path = str(tmp_path / "scache")
+    first = LmdbStore(path)
+    for i in range(500):
+        first.put(b"id%06d" % i, pack_entry(Entry(1000 + i, b"session %d" % i)))
+    first.delete(b"id000007")
+    counted = (len(first), first.size)
+    first.close()
+    again = LmdbStore(path, preserve=True)
+    assert (len(again), again.size) == counted and counted[0] == 499
+    assert again.get(b"id000499") == pack_entry(Entry(1499, b"session 499"))
+    again.close()
+
+
+def test_lmdb_damaged_entry_in_a_preserved_file_is_a_miss_and_removed(tmp_path, caplog):
+    import lmdb
+    path = str(tmp_path / "scache")
+    _preserved(path, 100).close()
+    env = lmdb.open(path + ".lmdb", subdir=False, max_dbs=3)
+    with env.begin(write=True) as txn:                   # torn in the middle of the file
+        txn.put(b"id000050", b"\x01\x02", db=env.open_db(b"sessions", txn=txn))
+    env.close()
+    store = LmdbStore(path, preserve=True)     # not read through at start: it is not seen
+    cache = SessionCache("smtpd", store, 3600, clock=lambda: 2000)
+    assert cache.lookup(b"id000050") is None
+    assert cache.lookup(b"id000051") == b"session 51"
+    assert store.get(b"id000050") is None and cache.unopened == 1
+    assert "entry id000050 of 2 bytes, too short to be one -- treated as a miss" in caplog.text
+    store.close()
+
+
+def test_lmdb_preserved_file_without_totals_is_made_anew(tmp_path, caplog):
+    import lmdb
+    path = str(tmp_path / "scache")
+    _preserved(path, 10).close()
+    env = lmdb.open(path + ".lmdb", subdir=False, max_dbs=3)
+    with env.begin(write=True) as txn:                   # as an earlier version left it
+        txn.delete(b"totals", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    store = LmdbStore(path, preserve=True)
+    assert len(store) == 0 and store.get(b"id000001") is None
+    assert "no totals: made by an earlier version): removed, starting anew" in caplog.text
+    store.close()

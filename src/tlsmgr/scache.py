@@ -47,6 +47,10 @@ def logs_cache_activity(param: str, level: str) -> bool:
     return wanted
 
 
+def _ignored(_: object) -> None:
+    return None
+
+
 def describe_limits(limits: Limits) -> str:
     parts = []
     if limits.entries:
@@ -123,6 +127,12 @@ class SessionCache:
         if packed is None:
             self.misses += 1
             return None
+        if len(packed) < STAMP.size:
+            # Damaged where it is kept (a preserved file is not read
+            # through at start: stores/lmdb.py): a miss, and removed.
+            self._not_read(CannotOpen("entry %s of %d bytes, too short to be one"
+                                      % (cache_id.decode(errors="replace")[:64], len(packed))))
+            return then(self._remove(cache_id), _ignored)
         # Read here, not made into an Entry: see Store.get().
         (timestamp,) = STAMP.unpack_from(packed)
         if self.verbose:

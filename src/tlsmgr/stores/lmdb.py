@@ -4,11 +4,13 @@ Postfix's own table types for these names are replaced by one LMDB file at
 ``PATH.lmdb`` (and its lock file ``PATH.lmdb-lock``): LMDB is crash-safe
 by construction and readers never block the writer.  Besides the sessions
 by id, the file holds an index of the ids by age, so that the oldest entry
-is found at once for cleanup and eviction.  The file is made
-anew at start, as the stock daemon truncates its cache files, so nothing
-from a previous run (or a damaged file) is ever read; unless it is to be
-preserved (tlsmgr_preserve_sessions), when it is opened and checked, and
-a damaged one is removed and made anew.  Durability across a crash is
+is found at once for cleanup and eviction, and the totals (entries and
+bytes) as of the last commit.  The file is made anew at start, as the
+stock daemon truncates its cache files, so nothing from a previous run
+(or a damaged file) is ever read; unless it is to be preserved
+(tlsmgr_preserve_sessions), when it is opened and checked in a time that
+does not grow with it (_check()), and a damaged one is removed and made
+anew.  Durability across a crash is
 not wanted, so writes are not synced, and they are committed in groups
 (_HELD_AT_MOST below): after a crash the file holds what the last committed
 transactions wrote, which LMDB keeps consistent.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -36,6 +39,10 @@ T = TypeVar("T")
 # Big-endian, so that the age index sorts by time.
 _INITIAL_MAP_SIZE = 1 << 30          # address space, not disk: the file is sparse
 _DIGEST_PREFIX = b"\0sha256:"
+# The entries and bytes of the sessions, in the meta table, written with
+# every commit: a file kept from before need not be read through to know.
+_TOTALS_KEY = b"totals"
+_TOTALS = struct.Struct(">QQ")
 
 SUFFIX = ".lmdb"
 
@@ -93,10 +100,12 @@ class LmdbStore(LocalStore):
     def _open(self) -> None:
         self._env = lmdb.open(self.path, subdir=False, map_size=_INITIAL_MAP_SIZE,
                               sync=False, metasync=False, readahead=False,
-                              max_dbs=2, mode=0o600)
-        # Sessions by id, and the same ids by age (timestamp + id, no value).
+                              max_dbs=3, mode=0o600)
+        # Sessions by id, the same ids by age (timestamp + id, no value),
+        # and the totals.
         self._sessions = self._env.open_db(b"sessions")
         self._ages = self._env.open_db(b"ages")
+        self._meta = self._env.open_db(b"meta")
         self._max_key = self._env.max_key_size() - STAMP.size
         # The write transaction that holds writes until commit(), and what
         # they were, to be done again if the map must grow (_write()).
@@ -108,20 +117,33 @@ class LmdbStore(LocalStore):
         self._lookups: Any = None
 
     def _check(self) -> tuple[int, int]:
-        """The entries and bytes of a file kept from before, read through
-        once: every session must be an entry, and have its place in the age
-        index.  Raises _Damaged (or lmdb.Error) when the file is not sound."""
-        count = size = 0
+        """The entries and bytes of a file kept from before, checked in a
+        time that does not grow with it, so that a cache of millions is
+        served at once after a restart: the two tables hold as many
+        entries as the totals say, and the ends of the age index name
+        entries of the same age.  An entry that does not hold together is
+        found when it is read (SessionCache), and is a miss.  Raises
+        _Damaged (or lmdb.Error) when the file is not sound."""
         with self._env.begin(buffers=True) as txn:
-            for key, value in txn.cursor(db=self._sessions):
-                if len(value) < STAMP.size or txn.get(
-                        bytes(value[:STAMP.size]) + bytes(key), db=self._ages) is None:
-                    raise _Damaged("entry %r is not in its index" % bytes(key)[:40])
-                count += 1
-                size += len(key) + len(value) - STAMP.size
+            count = txn.stat(self._sessions)["entries"]
             indexed = txn.stat(self._ages)["entries"]
-        if indexed != count:
-            raise _Damaged("%d entries, %d in the age index" % (count, indexed))
+            if indexed != count:
+                raise _Damaged("%d entries, %d in the age index" % (count, indexed))
+            totals = txn.get(_TOTALS_KEY, db=self._meta)
+            if totals is None or len(totals) != _TOTALS.size:
+                if count:
+                    raise _Damaged("no totals: made by an earlier version")
+                return 0, 0
+            entries, size = _TOTALS.unpack(totals)
+            if entries != count:
+                raise _Damaged("%d entries, %d in the totals" % (count, entries))
+            cursor = txn.cursor(db=self._ages)
+            for end in (cursor.first, cursor.last):
+                if end():
+                    key = bytes(cursor.key())
+                    value = txn.get(key[STAMP.size:], db=self._sessions)
+                    if value is None or bytes(value[:STAMP.size]) != key[:STAMP.size]:
+                        raise _Damaged("entry %r is not in its index" % key[STAMP.size:][:40])
         return count, size
 
     def _remove_damaged(self, err: Exception) -> None:
@@ -207,6 +229,7 @@ class LmdbStore(LocalStore):
         self._writer = self._lookups = None
         self._held = []
         try:
+            writer.put(_TOTALS_KEY, _TOTALS.pack(self._count, self._size), db=self._meta)
             writer.commit()
         except lmdb.Error as err:
             self._count, self._size = self._counts_before

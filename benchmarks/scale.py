@@ -1,0 +1,136 @@
+"""A preserved cache of millions: start-up and memory.
+
+    .venv/bin/python benchmarks/scale.py [--entries 100000,1000000,5000000] [--size 300]
+
+For each size, an LMDB smtpd cache of that many 300-byte sessions is
+written (by the store itself, as the daemon writes it), and the daemon
+started on it with ``tlsmgr_preserve_sessions = yes``, twice: after the
+kernel's page cache is dropped (cold: as after a reboot; needs root) and
+again with the file in the page cache (warm).  For each start it prints:
+
+* the time from the process's start to the first answer to a lookup of
+  a session in the file;
+* its resident memory then, anonymous (the daemon's own) and file-backed
+  (pages of the mapped file, which the kernel may take back), from
+  /proc/PID/status;
+* the same after 20000 lookups of random sessions in the file, and the
+  p99 of those lookups.
+
+Every daemon is stopped by its pid, the files removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
+
+from helpers.harness import start_ours  # noqa: E402
+
+from tlsmgr.client import TlsmgrClient  # noqa: E402
+from tlsmgr.stores import Entry, pack_entry  # noqa: E402
+from tlsmgr.stores.lmdb import LmdbStore  # noqa: E402
+
+LOOKUPS = 20000
+
+
+def fill(path: Path, entries: int, size: int) -> None:
+    store = LmdbStore(str(path))
+    now = int(time.time())
+    session = os.urandom(size)
+    for i in range(entries):
+        store.put(b"id%09d" % i, pack_entry(Entry(now, session)))
+    store.close()
+
+
+def drop_page_cache() -> bool:
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as control:
+            control.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def resident(pid: int) -> tuple[int, int]:
+    """(anonymous, file-backed) resident memory in MB."""
+    fields = {}
+    with open("/proc/%d/status" % pid) as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            fields[name] = value
+    return (int(fields["RssAnon"].split()[0]) // 1024,
+            int(fields["RssFile"].split()[0]) // 1024)
+
+
+def first_answer(workdir: Path, data: Path, entries: int) -> tuple[float, object, object]:
+    began = time.monotonic()
+    daemon = start_ours(workdir, wait=False, data_directory=data, tlsmgr_preserve_sessions="yes",
+                        smtpd_tls_session_cache_database="lmdb:%s/smtpd_scache" % data)
+    try:
+        deadline = began + 300
+        while True:
+            try:
+                with TlsmgrClient(str(daemon.socket_path), timeout=300) as client:
+                    status, _ = client.lookup("smtpd", "id%09d" % (entries // 2))
+                    took = time.monotonic() - began
+                    assert status == 0, "the session is not found"
+                    break
+            except Exception:
+                if time.monotonic() > deadline or daemon.process.poll() is not None:
+                    raise
+                time.sleep(0.005)
+        after_start = resident(daemon.process.pid)
+        times = []
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            for _ in range(LOOKUPS):
+                wanted = "id%09d" % random.randrange(entries)
+                sent = time.perf_counter()
+                assert client.lookup("smtpd", wanted)[0] == 0
+                times.append(time.perf_counter() - sent)
+        times.sort()
+        return took, after_start, (resident(daemon.process.pid), times[int(0.99 * len(times))])
+    finally:
+        daemon.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=lambda s: [int(n) for n in s.split(",")],
+                        default=[100000, 1000000, 5000000])
+    parser.add_argument("--size", type=int, default=300)
+    args = parser.parse_args()
+    print("entries  start   first answer s  RSS anon/file MB  after %d lookups: RSS anon/file "
+          "MB, lookup p99 us" % LOOKUPS)
+    scratch = Path(tempfile.mkdtemp(prefix="tlsmgr-scale-"))
+    try:
+        for entries in args.entries:
+            data = scratch / str(entries)
+            data.mkdir()
+            fill(data / "smtpd_scache", entries, args.size)
+            for start in ("cold", "warm"):
+                if start == "cold" and not drop_page_cache():
+                    print("%8d  cold   (not measured: dropping the page cache needs root)"
+                          % entries)
+                    continue
+                took, (anon, mapped), ((anon2, mapped2), p99) = first_answer(
+                    scratch / ("run-%d-%s" % (entries, start)), data, entries)
+                print("%8d  %-5s  %14.3f  %8d/%-7d  %8d/%-7d %8.0f" % (
+                    entries, start, took, anon, mapped, anon2, mapped2, p99 * 1e6), flush=True)
+            shutil.rmtree(data)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
