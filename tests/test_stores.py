@@ -339,6 +339,17 @@ def test_lmdb_preserved_totals_come_back(tmp_path):
     again.close()
 
 
+def test_lmdb_totals_count_the_write_that_commits_its_group(tmp_path):
+    import tlsmgr.stores.lmdb as module
+    path = str(tmp_path / "scache")
+    store = LmdbStore(path)
+    for i in range(module._HELD_AT_MOST):       # the last one commits the group
+        store.put(b"id%d" % i, pack_entry(Entry(1, b"s")))
+    assert store.writes_held == 0
+    store._env.close()                          # as a kill -9 would leave it, nothing held
+    assert len(LmdbStore(path, preserve=True)) == module._HELD_AT_MOST
+
+
 def test_lmdb_damaged_entry_in_a_preserved_file_is_a_miss_and_removed(tmp_path, caplog):
     import lmdb
     path = str(tmp_path / "scache")

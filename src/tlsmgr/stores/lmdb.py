@@ -22,6 +22,7 @@ limit) are stored under a digest of the id.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import struct
@@ -170,7 +171,10 @@ class LmdbStore(LocalStore):
         except lmdb.Error as err:
             raise StoreError("%s: %s" % (self.path, err)) from None
 
-    def _write(self, operation: Callable[[Any], T]) -> T:
+    def _write(self, operation: Callable[[Any], T], counted: Callable[[T], None]) -> T:
+        """Do operation in the write transaction, hold it, and count what
+        it did (counted, given its result) before the group may be
+        committed: the totals committed with it must include it."""
         try:
             if self._writer is None:
                 self._begin_writes()
@@ -182,6 +186,7 @@ class LmdbStore(LocalStore):
             lost = self._drop_held()
             raise StoreError("%s: %s%s" % (self.path, err, lost)) from None
         self._held.append(operation)
+        counted(result)
         if len(self._held) >= _HELD_AT_MOST:
             self.commit()
         return result
@@ -265,9 +270,11 @@ class LmdbStore(LocalStore):
             txn.put(key, packed)                 # the writer's own table: sessions
             txn.put(packed[:STAMP.size] + key, b"", db=self._ages)
             return old
-        self._forget(key, self._write(put))
-        self._count += 1
-        self._size += len(key) + len(packed) - STAMP.size
+        def counted(old: bytes | None) -> None:
+            self._forget(key, old)
+            self._count += 1
+            self._size += len(key) + len(packed) - STAMP.size
+        self._write(put, counted)
         # Only updates grow what the map has touched; cleanup shrinks it,
         # and releasing then would make lookups fault the tree back in.
         self._writes += 1
@@ -291,8 +298,8 @@ class LmdbStore(LocalStore):
 
     def delete(self, cache_id: bytes) -> bool:
         key = self._key(cache_id)
-        removed = self._write(lambda txn: self._remove(txn, key))
-        self._forget(key, removed)
+        removed = self._write(lambda txn: self._remove(txn, key),
+                              functools.partial(self._forget, key))
         return removed is not None
 
     def oldest(self) -> Entry | None:
@@ -310,8 +317,7 @@ class LmdbStore(LocalStore):
                 return b"", None
             key = bytes(cursor.key()[STAMP.size:])
             return key, self._remove(txn, key)
-        key, removed = self._write(pop_oldest)
-        self._forget(key, removed)
+        key, removed = self._write(pop_oldest, lambda found: self._forget(*found))
         return None if removed is None else unpack_entry(removed)
 
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
@@ -326,17 +332,21 @@ class LmdbStore(LocalStore):
                 key = bytes(cursor.key()[STAMP.size:])
                 removed.append((key, self._remove(txn, key)))
             return removed, not cursor.first()
-        removed, done = self._write(expire)
-        for key, packed in removed:
-            self._forget(key, packed)
+        def counted(found: tuple[list[tuple[bytes, bytes | None]], bool]) -> None:
+            for key, packed in found[0]:
+                self._forget(key, packed)
+        removed, done = self._write(expire, counted)
         return [unpack_entry(packed) for _, packed in removed if packed is not None], done
 
     def clear(self) -> int:
         def clear(txn: Any) -> None:
             txn.drop(self._sessions, delete=False)
             txn.drop(self._ages, delete=False)
-        self._write(clear)
-        removed, self._count, self._size = self._count, 0, 0
+        removed = self._count
+
+        def counted(_: None) -> None:
+            self._count = self._size = 0
+        self._write(clear, counted)
         return removed
 
     def stamps(self, limit: int) -> list[tuple[bytes, int]]:
