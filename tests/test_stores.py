@@ -367,6 +367,27 @@ def test_lmdb_damaged_entry_in_a_preserved_file_is_a_miss_and_removed(tmp_path, 
     store.close()
 
 
+def test_lmdb_cleanup_goes_past_an_index_entry_whose_session_is_gone(tmp_path):
+    import lmdb
+
+    from tlsmgr.stores import STAMP
+    path = str(tmp_path / "scache")
+    _preserved(path, 100).close()
+    env = lmdb.open(path + ".lmdb", subdir=False, max_dbs=3)
+    with env.begin(write=True) as txn:                   # damage the start does not see
+        sessions = env.open_db(b"sessions", txn=txn)
+        txn.delete(b"id000050", db=sessions)             # its index entry stays,
+        txn.put(b"orphan", STAMP.pack(5) + b"s", db=sessions)   # the counts equal
+        txn.put(b"id000060", STAMP.pack(1) + b"another age", db=sessions)
+    env.close()
+    store = LmdbStore(path, preserve=True)
+    assert len(store) == 100
+    expired, done = store.expire(10**9, 1000)
+    assert done and store.stamps(10) == []
+    assert len(expired) == 99                            # id000050's session was gone
+    store.close()
+
+
 def test_lmdb_preserved_file_without_totals_is_made_anew(tmp_path, caplog):
     import lmdb
     path = str(tmp_path / "scache")

@@ -288,6 +288,16 @@ class LmdbStore(LocalStore):
             txn.delete(packed[:STAMP.size] + key, db=self._ages)
         return packed
 
+    def _remove_indexed(self, txn: Any, index_key: bytes) -> tuple[bytes, bytes | None]:
+        """Remove the entry an age index key names; the key and the entry.
+        The index key goes whatever it names: in a damaged file (which the
+        start does not read through) it may name a session that is gone,
+        or that has another age, and left it would stop cleanup there."""
+        key = index_key[STAMP.size:]
+        packed = self._remove(txn, key)
+        txn.delete(index_key, db=self._ages)
+        return key, packed
+
     def _forget(self, key: bytes, removed: bytes | None) -> None:
         # The counts change once an operation has run, not before: done
         # again after the map grew, it must not count twice.  Held writes
@@ -315,8 +325,7 @@ class LmdbStore(LocalStore):
             cursor = txn.cursor(db=self._ages)
             if not cursor.first():
                 return b"", None
-            key = bytes(cursor.key()[STAMP.size:])
-            return key, self._remove(txn, key)
+            return self._remove_indexed(txn, bytes(cursor.key()))
         key, removed = self._write(pop_oldest, lambda found: self._forget(*found))
         return None if removed is None else unpack_entry(removed)
 
@@ -329,8 +338,7 @@ class LmdbStore(LocalStore):
                 stamp = cursor.key()[:STAMP.size]
                 if STAMP.unpack(stamp)[0] >= cutoff:
                     return removed, True
-                key = bytes(cursor.key()[STAMP.size:])
-                removed.append((key, self._remove(txn, key)))
+                removed.append(self._remove_indexed(txn, bytes(cursor.key())))
             return removed, not cursor.first()
         def counted(found: tuple[list[tuple[bytes, bytes | None]], bool]) -> None:
             for key, packed in found[0]:
