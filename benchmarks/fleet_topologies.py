@@ -29,41 +29,21 @@ import compare  # noqa: E402
 from helpers.harness import Redis  # noqa: E402
 from helpers.redis_servers import Cluster, SentinelSet, Servers  # noqa: E402
 
-
-@contextmanager
-def unix(directory: Path) -> Iterator[str]:
-    server = Redis(directory)
-    try:
-        yield server.url
-    finally:
-        server.stop()
+TOPOLOGIES = ("unix", "tcp", "cluster", "sentinel")
 
 
 @contextmanager
-def tcp(directory: Path) -> Iterator[str]:
-    with Servers(directory) as servers:
-        yield "redis://127.0.0.1:%d/0" % servers.node().port
-
-
-@contextmanager
-def cluster(directory: Path) -> Iterator[str]:
-    nodes = Cluster(directory)
-    try:
-        yield nodes.url()
-    finally:
-        nodes.close()
-
-
-@contextmanager
-def sentinel(directory: Path) -> Iterator[str]:
-    nodes = SentinelSet(directory)
-    try:
-        yield nodes.url()
-    finally:
-        nodes.close()
-
-
-TOPOLOGIES = {"unix": unix, "tcp": tcp, "cluster": cluster, "sentinel": sentinel}
+def started(name: str, directory: Path) -> Iterator[str]:
+    """The URL of a private Redis of that topology, stopped at the end."""
+    if name == "unix":
+        server = Redis(directory)
+        try:
+            yield server.url
+        finally:
+            server.stop()
+        return
+    with {"tcp": Servers, "cluster": Cluster, "sentinel": SentinelSet}[name](directory) as nodes:
+        yield "redis://127.0.0.1:%d/0" % nodes.node().port if name == "tcp" else nodes.url()
 
 
 def main() -> int:
@@ -77,7 +57,7 @@ def main() -> int:
             parser.error("unknown topology %r" % name)
     for name in args.topologies:
         with tempfile.TemporaryDirectory(prefix="tlsmgr-topology-") as scratch, \
-                TOPOLOGIES[name](Path(scratch)) as url:
+                started(name, Path(scratch)) as url:
             print("\n=== %s: %s\n" % (name, url), flush=True)
             status = compare.main([*rest, "--ours-table", "redis:" + url])
             if status:
