@@ -16,6 +16,11 @@ again with the file in the page cache (warm).  For each start it prints:
 * the same after 20000 lookups of random sessions in the file, and the
   p99 of those lookups.
 
+Then the file is written again with every session past its timeout, and
+the daemon started on it once more: while its cleanup removes them all,
+one client sends updates without pause; printed are the time cleanup
+took, and the p99 and the slowest of those updates.
+
 Every daemon is stopped by its pid, the files removed at the end.
 """
 
@@ -42,9 +47,9 @@ from tlsmgr.stores.lmdb import LmdbStore  # noqa: E402
 LOOKUPS = 20000
 
 
-def fill(path: Path, entries: int, size: int) -> None:
+def fill(path: Path, entries: int, size: int, age: int = 0) -> None:
     store = LmdbStore(str(path))
-    now = int(time.time())
+    now = int(time.time()) - age
     session = os.urandom(size)
     for i in range(entries):
         store.put(b"id%09d" % i, pack_entry(Entry(now, session)))
@@ -103,6 +108,30 @@ def first_answer(workdir: Path, data: Path, entries: int) -> tuple[float, object
         daemon.stop()
 
 
+def updates_during_cleanup(workdir: Path, data: Path, entries: int) -> tuple[float, float, float]:
+    """(seconds cleanup took, update p99, slowest update), with every entry expired."""
+    daemon = start_ours(workdir, data_directory=data, tlsmgr_preserve_sessions="yes",
+                        smtpd_tls_session_cache_database="lmdb:%s/smtpd_scache" % data)
+    began = time.monotonic()
+    times = []
+    try:
+        with TlsmgrClient(str(daemon.socket_path)) as client:
+            while time.monotonic() - began < 600:
+                for _ in range(200):
+                    sent = time.perf_counter()
+                    assert client.update("smtpd", "new%d" % len(times), b"s" * 300) == 0
+                    times.append(time.perf_counter() - sent)
+                stats = client.stats()[1]
+                assert stats is not None
+                if stats["caches"]["smtpd"]["entries"] <= len(times):
+                    break
+        took = time.monotonic() - began
+    finally:
+        daemon.stop()
+    times.sort()
+    return took, times[int(0.99 * len(times))], times[-1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=lambda s: [int(n) for n in s.split(",")],
@@ -126,6 +155,13 @@ def main() -> int:
                     scratch / ("run-%d-%s" % (entries, start)), data, entries)
                 print("%8d  %-5s  %14.3f  %8d/%-7d  %8d/%-7d %8.0f" % (
                     entries, start, took, anon, mapped, anon2, mapped2, p99 * 1e6), flush=True)
+            shutil.rmtree(data)
+            data.mkdir()
+            fill(data / "smtpd_scache", entries, args.size, age=7200)     # all expired
+            took, p99, slowest = updates_during_cleanup(scratch / ("cleanup-%d" % entries),
+                                                        data, entries)
+            print("%8d  cleanup of every entry: %.1f s; updates meanwhile: p99 %.0f us, "
+                  "slowest %.1f ms" % (entries, took, p99 * 1e6, slowest * 1e3), flush=True)
             shutil.rmtree(data)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

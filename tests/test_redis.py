@@ -17,7 +17,9 @@ from helpers.harness import redis_available, start_ours, wait_for
 from helpers.remote import Blocking
 
 from tlsmgr.client import TlsmgrClient
-from tlsmgr.stores import Entry, Limits, StoreError, pack_entry
+from tlsmgr.stores import EVICTIONS_PER_SAVE, Entry, Limits, StoreError, pack_entry
+from tlsmgr.stores.lmdb import LmdbStore
+from tlsmgr.stores.memory import MemoryStore
 from tlsmgr.stores.redis import (
     RedisSettings,
     RedisStore,
@@ -71,6 +73,28 @@ def test_store_keeps_within_limits_oldest_out_first(redis_server):
     assert sum(t.evicted for t in trimmed) == 15
     store.save(b"big", pack_entry(Entry(2000, b"y" * 1500)), limits, cutoff=0)
     assert store.counts()[1] <= 2000 and store.get(b"big") is not None
+
+
+@pytest.mark.parametrize("kind", ["redis", "lmdb", "memory"])
+def test_a_store_far_over_its_limits_is_trimmed_a_bounded_number_an_update(
+        tmp_path, redis_server, kind):
+    # As after the limits were lowered under a cache of millions: no update
+    # waits for them all to go; each takes a bounded share.
+    if kind == "redis":
+        store = Blocking(RedisStore(redis_server.url, "smtpd", RedisSettings("over:"),
+                                    timeout=3600))
+    else:
+        store = Blocking(LmdbStore(str(tmp_path / "scache")) if kind == "lmdb"
+                         else MemoryStore())
+    for i in range(300):
+        store.save(b"k%03d" % i, pack_entry(Entry(1000 + i, b"x")), Limits(), cutoff=0)
+    limits = Limits(entries=10)
+    first = store.save(b"new0", pack_entry(Entry(2000, b"x")), limits, cutoff=0)
+    assert first.evicted == EVICTIONS_PER_SAVE and store.counts()[0] == 301 - EVICTIONS_PER_SAVE
+    for n in range(1, 6):
+        store.save(b"new%d" % n, pack_entry(Entry(2000 + n, b"x")), limits, cutoff=0)
+    assert store.counts()[0] == 10                     # within its limits again
+    assert store.get(b"k290") is None and store.get(b"k299") is not None    # oldest out first
 
 
 def test_store_fails_fast_while_redis_is_down(redis_server):

@@ -67,6 +67,7 @@ from ..pending import Later, MaybeLater, gather, then
 from ..seal import NotOpened, Seal
 from ..stats import Histogram
 from . import (
+    EVICTIONS_PER_SAVE,
     STAMP,
     CannotOpen,
     Entry,
@@ -512,6 +513,7 @@ end
 _SAVE = _PRELUDE + """
 local id, value, ttl, stamp, size = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local cutoff, max_entries, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local at_most = tonumber(ARGV[9])
 local expired, evicted = 0, 0
 local function remove(member, score)
   forget(member)
@@ -526,8 +528,11 @@ redis.call('INCRBY', total, size)
 -- Index entries of sessions that Redis has expired: a bounded few per save.
 local gone = redis.call('ZRANGEBYSCORE', age, '-inf', '(' .. cutoff, 'WITHSCORES', 'LIMIT', 0, 16)
 for i = 1, #gone, 2 do remove(gone[i], gone[i + 1]) end
-while (max_entries > 0 and redis.call('ZCARD', age) > max_entries)
-    or (max_bytes > 0 and tonumber(redis.call('GET', total) or '0') > max_bytes) do
+local function over()
+  return (max_entries > 0 and redis.call('ZCARD', age) > max_entries)
+      or (max_bytes > 0 and tonumber(redis.call('GET', total) or '0') > max_bytes)
+end
+while expired + evicted < at_most and over() do
   local oldest = redis.call('ZRANGE', age, 0, 0, 'WITHSCORES')
   if #oldest == 0 then break end
   remove(oldest[1], oldest[2])
@@ -611,7 +616,7 @@ class RedisStore(Store):
         # Redis keeps the entry one second past its timeout: an entry is
         # still valid at exactly timestamp + timeout.
         args = [cache_id, value, self.timeout + 1, timestamp, size, cutoff,
-                limits.entries, limits.bytes]
+                limits.entries, limits.bytes, EVICTIONS_PER_SAVE]
         return then(self._save(self.breaker, self._keys, args),
                     lambda trimmed: Trimmed(*trimmed))
 
