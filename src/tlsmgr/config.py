@@ -472,15 +472,14 @@ def _typed(param: Parameter, value: str | None) -> str | int | bool:
     """The typed value of a parameter, its expanded text (None: it could
     not be expanded, which was said).  Fatal for a bad value of Postfix's,
     as in the stock daemon; for one of ours, a warning and the default."""
+    if value is None:
+        return _convert(param, param.default)
     try:
-        if value is None:
-            raise BadValue("")
         return _convert(param, value)
     except BadValue as err:
         if not param.ours:
             log.fatal("%s", err)
-        if value is not None:
-            log.warn("%s; %s", err, _using_the_default(param))
+        log.warn("%s; %s", err, _using_the_default(param))
         return _convert(param, param.default)
 
 
