@@ -295,7 +295,8 @@ class LmdbStore(LocalStore):
         or that has another age, and left it would stop cleanup there."""
         key = index_key[STAMP.size:]
         packed = self._remove(txn, key)
-        txn.delete(index_key, db=self._ages)
+        if packed is None or packed[:STAMP.size] != index_key[:STAMP.size]:
+            txn.delete(index_key, db=self._ages)     # not the one _remove() took
         return key, packed
 
     def _forget(self, key: bytes, removed: bytes | None) -> None:
