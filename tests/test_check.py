@@ -85,7 +85,8 @@ def test_each_problem_is_one_line_and_the_status_is_1(tmp_path, case):
         "one file for two caches": (
             {"smtpd_tls_session_cache_database": "lmdb:%s/scache" % tmp_path,
              "smtp_tls_session_cache_database": "btree:%s/scache" % tmp_path},
-            "warning: do not use the same TLS cache file btree:%s/scache for smtpd and smtp"
+            # Fatal, as in the daemon, which stops for it as the stock one does.
+            "fatal: do not use the same TLS cache file btree:%s/scache for smtpd and smtp"
             % tmp_path),
     }[case]
     try:

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Sequence
 
 from . import config, daemon, log, master
-from .stores import FILE_TYPES, MEMORY_TYPE, REDIS_TYPE, StoreError, redact_table, split_table
+from .stores import FILE_TYPES, REDIS_TYPE, StoreError, redact_table
 
 # The oldest Postfix whose smtpd, smtp and tlsproxy were tested with this daemon.
 OLDEST_POSTFIX = (3, 7)
@@ -104,44 +104,28 @@ def _check_random_source(cfg: config.Config) -> None:
 def _check_cache(cfg: config.Config, cache: config.CacheSettings,
                  owner: tuple[int, int] | None, secrets: daemon.Secrets,
                  files: dict[str, str]) -> None:
-    """One cache, as open_caches() would open it, without opening it."""
-    spec = cache.database
+    """One cache, as open_caches() would open it, without opening it:
+    its checks (daemon.cache_table()), then what opening would meet."""
+    uid = owner[0] if owner is not None and os.geteuid() == 0 else os.geteuid()
     try:
-        kind, name = split_table(spec)
-    except ValueError as err:
-        log.warn("parameter %s: %s", cache.database_param, err)
+        table = daemon.cache_table(cfg, cache, uid, secrets, files)
+    except log.Fatal:
+        return                          # said, and counted; the next cache is looked at
+    if table is None:
         return
-    shown = redact_table(spec)
+    kind, name = table
+    shown = redact_table(cache.database)
     if kind in FILE_TYPES:
         directory = os.path.dirname(name) or "."
         if not os.path.isdir(directory):
             log.warn("%s is unavailable: directory %s does not exist: the %s TLS session "
                      "cache would be off (fix %s)", shown, directory, cache.label,
                      cache.database_param)
-            return
-        if owner is not None and os.stat(directory).st_uid != owner[0]:
-            log.warn("%s: directory %s is not %s's: the file would be made in data_directory "
-                     "%s instead", shown, directory, cfg.mail_owner, cfg.data_directory)
-            directory = cfg.data_directory
-        if not _may_write(directory, owner):
+        elif not _may_write(directory, owner):
             log.warn("%s is unavailable: %s may not write in %s: the %s TLS session cache "
                      "would be off", shown, cfg.mail_owner, directory, cache.label)
-        where = os.path.realpath(os.path.join(directory, os.path.basename(name)))
-        if where in files:
-            log.warn("do not use the same TLS cache file %s for %s and %s",
-                     spec, files[where], cache.label)
-        files[where] = cache.label
     elif kind == REDIS_TYPE:
-        if not secrets.fleet_off:
-            _check_redis(cfg, cache, name, secrets)
-    elif kind != MEMORY_TYPE:
-        log.warn("%s is unavailable. unsupported dictionary type: %s (expected %s): the %s "
-                 "TLS session cache would be off", shown, kind,
-                 ", ".join((MEMORY_TYPE, *FILE_TYPES, REDIS_TYPE)), cache.label)
-    if kind == MEMORY_TYPE and cfg.tlsmgr_preserve_sessions:
-        log.warn("tlsmgr_preserve_sessions = yes, but %s %s is in memory: it starts "
-                 "empty at every restart (use an lmdb: table to keep it)",
-                 cache.database_param, spec)
+        _check_redis(cfg, cache, name, secrets)
 
 
 def _may_write(directory: str, owner: tuple[int, int] | None) -> bool:

@@ -84,6 +84,39 @@ class Secrets(NamedTuple):
     fleet_off: str = ""
 
 
+def cache_table(cfg: config.Config, settings: config.CacheSettings, uid: int,
+                secrets: Secrets, in_use: dict[str, str]) -> tuple[str, str] | None:
+    """The type and name an enabled cache is opened with, after what
+    open_caches() checks before it opens one (and tlsmgr --check before it
+    looks further): None when the cache is off, which is said.  ``in_use``
+    maps the files of the caches seen so far to their labels."""
+    spec = settings.database
+    try:
+        kind, name = split_table(spec)
+    except ValueError as err:
+        log.fatal("parameter %s: %s", settings.database_param, err)
+    if kind in FILE_TYPES:
+        name = redirect_to_data_directory(name, "table", spec, cfg, uid)
+        # btree:/x and hash:/x are one file here: compare real paths.
+        where = os.path.realpath(name)
+        if where in in_use:
+            log.fatal("do not use the same TLS cache file %s for %s and %s",
+                      spec, in_use[where], settings.label)
+        in_use[where] = settings.label
+    elif kind == REDIS_TYPE and secrets.fleet_off:
+        kind, name = MEMORY_TYPE, ""          # said every minute (fleet_off_task())
+    elif kind not in (MEMORY_TYPE, REDIS_TYPE):
+        log.warn("%s is unavailable. unsupported dictionary type: %s (expected %s): "
+                 "the %s TLS session cache is off", redact_table(spec), kind,
+                 ", ".join((MEMORY_TYPE, *FILE_TYPES, REDIS_TYPE)), settings.label)
+        return None
+    if kind == MEMORY_TYPE and cfg.tlsmgr_preserve_sessions:
+        log.warn("tlsmgr_preserve_sessions = yes, but %s %s is in memory: it starts "
+                 "empty at every restart (use an lmdb: table to keep it)",
+                 settings.database_param, spec)
+    return kind, name
+
+
 def open_caches(cfg: config.Config, uid: int,
                 secrets: Secrets) -> dict[str, SessionCache | None]:
     """Every cache type, mapped to its open (empty) cache or None if off;
@@ -96,32 +129,11 @@ def open_caches(cfg: config.Config, uid: int,
     in_use: dict[str, str] = {}
     for settings in cfg.caches:
         caches[settings.label] = None
-        if not settings.enabled:
+        table = cache_table(cfg, settings, uid, secrets, in_use) if settings.enabled else None
+        if table is None:
             continue
+        kind, name = table
         spec = settings.database
-        try:
-            kind, name = split_table(spec)
-        except ValueError as err:
-            log.fatal("parameter %s: %s", settings.database_param, err)
-        if kind in FILE_TYPES:
-            name = redirect_to_data_directory(name, "table", spec, cfg, uid)
-            # btree:/x and hash:/x are one file here: compare real paths.
-            where = os.path.realpath(name)
-            if where in in_use:
-                log.fatal("do not use the same TLS cache file %s for %s and %s",
-                          spec, in_use[where], settings.label)
-            in_use[where] = settings.label
-        elif kind == REDIS_TYPE and secrets.fleet_off:
-            kind, name = MEMORY_TYPE, ""          # said every minute (fleet_off_task())
-        elif kind not in (MEMORY_TYPE, REDIS_TYPE):
-            log.warn("%s is unavailable. unsupported dictionary type: %s (expected %s): "
-                     "the %s TLS session cache is off", redact_table(spec), kind,
-                     ", ".join((MEMORY_TYPE, *FILE_TYPES, REDIS_TYPE)), settings.label)
-            continue
-        if kind == MEMORY_TYPE and cfg.tlsmgr_preserve_sessions:
-            log.warn("tlsmgr_preserve_sessions = yes, but %s %s is in memory: it starts "
-                     "empty at every restart (use an lmdb: table to keep it)",
-                     settings.database_param, spec)
         try:
             store = open_store("%s:%s" % (kind, name), settings.label, settings.timeout,
                                redis_settings(cfg, secrets) if kind == REDIS_TYPE else None,
