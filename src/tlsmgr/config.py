@@ -44,6 +44,10 @@ TLS_SESSION_LIFEMIN = 120
 _INT_MIN, _INT_MAX = -2**31, 2**31 - 1
 
 
+# The names of the parameters that this daemon alone reads.
+OUR_PREFIX = "tlsmgr_"
+
+
 class Parameter(NamedTuple):
     """A parameter we know, with its default as ``postconf -d`` shows it."""
 
@@ -60,7 +64,7 @@ class Parameter(NamedTuple):
     @property
     def ours(self) -> bool:
         """Read by this daemon alone: a bad value falls back to the default."""
-        return self.name.startswith("tlsmgr_")
+        return self.name.startswith(OUR_PREFIX)
 
 
 _TEXT_KINDS = ("str", "table", "secret")

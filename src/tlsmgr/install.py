@@ -65,8 +65,8 @@ SBIN_PATH = os.pathsep.join(("/usr/sbin", "/usr/local/sbin", "/sbin"))
 # REFERENCE, a name it does not know, as empty, and holds no copy of a
 # secret in it; REFERENCE's own ${REFERENCE?} is what keeps postconf from
 # calling the -o itself unused.
-OUR_PREFIX = "tlsmgr_"
-OUR_PARAMETERS = tuple(p.name for p in config.PARAMETERS if p.name.startswith(OUR_PREFIX))
+OUR_PREFIX = config.OUR_PREFIX
+OUR_PARAMETERS = tuple(p.name for p in config.PARAMETERS if p.ours)
 REFERENCE = "tlsmgr_used_parameters"
 
 # Table types this daemon opens and the stock one does not.
