@@ -219,6 +219,28 @@ def test_lmdb_grows_past_its_initial_map(tmp_path, monkeypatch):
     store.close()
 
 
+def test_a_flush_of_a_preserved_file_that_fills_its_map_grows_the_map(tmp_path, monkeypatch):
+    # Freeing every page takes new pages for LMDB's free list, in the
+    # commit: a kept file that fills its map, as one of millions may, must
+    # grow the map there too, not lose the flush (MDB_MAP_FULL at 5M).
+    import tlsmgr.stores.lmdb as module
+    monkeypatch.setattr(module, "_INITIAL_MAP_SIZE", 8 << 20)
+    path = tmp_path / "scache"
+    store = LmdbStore(str(path))
+    count = 0
+    while os.path.getsize(str(path) + ".lmdb") < (8 << 20) - 2 * 4096:
+        store.put(b"%06d" % count, pack_entry(Entry(1, b"v" * 300)))
+        store.commit()
+        count += 1
+    store.close()
+    store = LmdbStore(str(path), preserve=True)
+    assert store.clear() == count
+    store.commit()
+    store.put(b"after", pack_entry(Entry(1, b"x")))
+    store.close()
+    assert len(LmdbStore(str(path), preserve=True)) == 1
+
+
 def test_lmdb_in_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="cannot open cache file"):
         LmdbStore(str(tmp_path / "no" / "such" / "scache"))

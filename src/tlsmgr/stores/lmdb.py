@@ -177,11 +177,14 @@ class LmdbStore(LocalStore):
         committed: the totals committed with it must include it."""
         try:
             if self._writer is None:
+                self._counts_before = (self._count, self._size)
                 self._begin_writes()
-            try:
-                result = operation(self._writer)
-            except lmdb.MapFullError:
-                result = self._grow_and_redo(operation)
+            while True:
+                try:
+                    result = operation(self._writer)
+                    break
+                except lmdb.MapFullError:
+                    self._grow_and_replay()
         except lmdb.Error as err:
             lost = self._drop_held()
             raise StoreError("%s: %s%s" % (self.path, err, lost)) from None
@@ -193,13 +196,13 @@ class LmdbStore(LocalStore):
 
     def _begin_writes(self) -> None:
         self._end_lookups()
-        self._counts_before = (self._count, self._size)
         self._writer = self._lookups = self._env.begin(write=True, db=self._sessions)
 
-    def _grow_and_redo(self, operation: Callable[[Any], T]) -> T:
-        # LMDB's map has a fixed size: when it fills up, double it (only
-        # when no transaction is open), and do again in a new transaction
-        # what the failed one held.
+    def _grow_and_replay(self) -> None:
+        # LMDB's map has a fixed size: when it fills up, in a write or in
+        # the commit (which writes the free list: large after a flush or a
+        # cleanup of millions), double it (only when no transaction is
+        # open), and do again in a new transaction what the failed one held.
         while True:
             self._writer.abort()
             self._writer = self._lookups = None
@@ -209,7 +212,7 @@ class LmdbStore(LocalStore):
             try:
                 for held in self._held:
                     held(self._writer)
-                return operation(self._writer)
+                return
             except lmdb.MapFullError:
                 continue
 
@@ -230,15 +233,21 @@ class LmdbStore(LocalStore):
     def commit(self) -> None:
         if self._writer is None:
             return
-        writer, held = self._writer, len(self._held)
+        held = len(self._held)
+        try:
+            while True:
+                try:
+                    self._writer.put(_TOTALS_KEY, _TOTALS.pack(self._count, self._size),
+                                     db=self._meta)
+                    self._writer.commit()
+                    break
+                except lmdb.MapFullError:
+                    self._grow_and_replay()
+        except lmdb.Error as err:
+            self._drop_held()
+            raise StoreError("%s: %s (%d held updates lost)" % (self.path, err, held)) from None
         self._writer = self._lookups = None
         self._held = []
-        try:
-            writer.put(_TOTALS_KEY, _TOTALS.pack(self._count, self._size), db=self._meta)
-            writer.commit()
-        except lmdb.Error as err:
-            self._count, self._size = self._counts_before
-            raise StoreError("%s: %s (%d held updates lost)" % (self.path, err, held)) from None
 
     def get(self, cache_id: bytes) -> bytes | None:
         # Every lookup comes here.  They share one transaction: the writer
