@@ -143,6 +143,7 @@ def test_lmdb_held_writes_that_cannot_be_committed_are_counted_out(tmp_path, cap
         def __init__(self, txn):
             self.txn = txn
             self.put = txn.put
+            self.abort = txn.abort
 
         def commit(self):
             self.txn.abort()
