@@ -131,6 +131,22 @@ def test_list_shows_ids_and_ages_never_sessions_and_flush_empties(daemon):
     assert "smtp TLS session cache flushed: removed 1 entries" in daemon.log
 
 
+def test_a_long_list_is_asked_for_a_page_at_a_time(daemon):
+    # One request lists at most 500 (a few ms of the daemon's loop);
+    # tlsmgr-ctl asks for as many pages as --limit needs.
+    with TlsmgrClient(str(daemon.socket_path)) as client:
+        for i in range(1300):
+            assert client.update("smtp", "id%04d" % i, b"s") == 0
+        reply = client.request(("request", "list"), ("cache_type", "smtp"), ("limit", 10000))
+        assert reply.status == 0 and len(reply.json("list")) == 500
+    listed = ctl(daemon, "list", "smtp", "--limit", "1200")
+    assert listed.returncode == 0
+    assert [line.split()[1] for line in listed.stdout.splitlines()] == [
+        "id%04d" % i for i in range(1200)]
+    everything = json.loads(ctl(daemon, "list", "smtp", "--limit", "5000", "--json").stdout)
+    assert len(everything) == 1300
+
+
 def test_rotate_keys_makes_a_new_key_and_the_old_one_still_decrypts(daemon):
     with TlsmgrClient(str(daemon.socket_path)) as client:
         status, old = client.tktkey()

@@ -17,6 +17,7 @@ from helpers.harness import redis_available, start_ours, wait_for
 from helpers.remote import Blocking
 
 from tlsmgr.client import TlsmgrClient
+from tlsmgr.pending import gather
 from tlsmgr.stores import EVICTIONS_PER_SAVE, Entry, Limits, StoreError, pack_entry
 from tlsmgr.stores.lmdb import LmdbStore
 from tlsmgr.stores.memory import MemoryStore
@@ -95,6 +96,21 @@ def test_a_store_far_over_its_limits_is_trimmed_a_bounded_number_an_update(
         store.save(b"new%d" % n, pack_entry(Entry(2000 + n, b"x")), limits, cutoff=0)
     assert store.counts()[0] == 10                     # within its limits again
     assert store.get(b"k290") is None and store.get(b"k299") is not None    # oldest out first
+
+
+@pytest.mark.parametrize("kind", ["redis", "lmdb", "memory"])
+def test_every_store_lists_a_page_after_an_offset_oldest_first(tmp_path, redis_server, kind):
+    if kind == "redis":
+        store = Blocking(RedisStore(redis_server.url, "smtpd", RedisSettings("pages:"),
+                                    timeout=3600))
+    else:
+        store = Blocking(LmdbStore(str(tmp_path / "scache")) if kind == "lmdb"
+                         else MemoryStore())
+    for i in range(10):
+        store.save(b"k%d" % i, pack_entry(Entry(1000 + i, b"x")), Limits(), cutoff=0)
+    assert store.stamps(3, 4) == [(b"k%d" % i, 1000 + i) for i in range(3, 7)]
+    assert store.stamps(8, 5) == [(b"k8", 1008), (b"k9", 1009)]
+    assert store.stamps(10, 5) == [] and store.stamps(0, 0) == []
 
 
 def test_store_fails_fast_while_redis_is_down(redis_server):
@@ -488,6 +504,35 @@ def test_control_requests_on_a_fleet_cache(tmp_path, redis_server):
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_flush_of_many_entries_is_answered_when_they_are_gone(tmp_path, redis_server):
+    # 60000 entries: hundreds of bounded steps, many times the store's
+    # deadline of 150 ms (a control request waits up to ipc_timeout), and
+    # deeper than Python's recursion limit had each step been chained to
+    # the one before.  What is saved after the flush began stays.
+    prefix = "fleet%d:" % os.getpid()
+    now = int(time.time())
+
+    async def fill():
+        store = RedisStore(redis_server.url, "smtpd", RedisSettings(prefix), timeout=3600)
+        for first in range(0, 60000, 2000):
+            await gather([store.save(b"id%06d" % i, pack_entry(Entry(now - 10, b"s" * 300)),
+                                     Limits(), 0) for i in range(first, first + 2000)])
+        await store.save(b"later", pack_entry(Entry(now + 60, b"s")), Limits(), 0)
+        await store.close()
+    asyncio.run(fill())
+    daemon = host(tmp_path, "a", redis_server, tlsmgr_redis_timeout_ms=100,
+                  tlsmgr_smtpd_cache_entry_limit=0, tlsmgr_smtpd_cache_size_limit=0)
+    try:
+        with TlsmgrClient(str(daemon.socket_path), timeout=60) as client:
+            assert client.flush("smtpd") == (0, 60000)
+            assert client.lookup("smtpd", "later")[0] == 0
+            assert client.stats()[1]["caches"]["smtpd"]["entries"] == 1
+        assert "smtpd TLS session cache flushed: removed 60000 entries" in daemon.log
+        assert "error" not in daemon.log and "warning" not in daemon.log
+    finally:
+        daemon.stop()
 
 
 def test_the_clients_made_inside_the_jail_need_no_module_not_loaded_before():

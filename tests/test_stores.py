@@ -117,7 +117,7 @@ def test_lmdb_holds_writes_until_a_commit_or_enough_of_them(tmp_path):
     # Seen by lookups and counts at once, on the file only once committed.
     assert store.get(b"a") == pack_entry(Entry(1, b"x")) and store.get(b"b") is None
     assert (len(store), store.writes_held) == (1, 3)
-    assert store.stamps(10) == [(b"a", 1)]
+    assert store.stamps(0, 10) == [(b"a", 1)]
     assert _on_file(path) == []
     store.commit()
     assert store.writes_held == 0 and _on_file(path) == ["a"]
@@ -406,7 +406,7 @@ def test_lmdb_cleanup_goes_past_an_index_entry_whose_session_is_gone(tmp_path):
     store = LmdbStore(path, preserve=True)
     assert len(store) == 100
     expired, done = store.expire(10**9, 1000)
-    assert done and store.stamps(10) == []
+    assert done and store.stamps(0, 10) == []
     assert len(expired) == 99                            # id000050's session was gone
     store.close()
 

@@ -144,11 +144,24 @@ class TlsmgrClient:
 
     def list(self, cache_type: str,
              limit: int | None = None) -> tuple[int, list[dict[str, Any]]]:
-        attributes: list[tuple[str, Value]] = [("request", "list"), ("cache_type", cache_type)]
-        if limit is not None:
-            attributes.append(("limit", limit))
-        reply = self.request(*attributes)
-        return reply.status, reply.json("list") if "list" in reply else []
+        """The ids and ages of the oldest entries, at most limit (the
+        daemon's default without): in as many requests as the daemon's
+        page (control.LIST_MAX) makes them.  Not a snapshot: what is
+        saved or removed meanwhile may shift the pages."""
+        if limit is None:
+            reply = self.request(("request", "list"), ("cache_type", cache_type))
+            return reply.status, reply.json("list") if "list" in reply else []
+        found: list[dict[str, Any]] = []
+        while len(found) < limit:
+            reply = self.request(("request", "list"), ("cache_type", cache_type),
+                                 ("limit", limit - len(found)), ("offset", len(found)))
+            page = reply.json("list") if "list" in reply else []
+            if reply.status != 0:
+                return reply.status, found
+            if not page:
+                break
+            found.extend(page)
+        return 0, found
 
     def tktkey(self, keyname: bytes = b"") -> tuple[int, TicketKey | None]:
         reply = self.request(("request", "tktkey"), ("keyname", keyname))

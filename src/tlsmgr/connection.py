@@ -276,7 +276,7 @@ class Connection(asyncio.Protocol):
                         shared.stats.replied(answered, client_input.last_active,
                                              time.monotonic())
                         replies, answered, reply_bytes = [], [], 0
-                    self._wait_for(reply.later, message)
+                    self._wait_for(reply.later, message, reply.control)
                 else:
                     replies.append(reply)
                     answered.append(message)
@@ -332,11 +332,14 @@ class Connection(asyncio.Protocol):
     # A request waiting on the network is answered when its reply comes,
     # or at the deadline, whichever is first: whatever the network and
     # the client library do, no client waits longer.  A reply that comes
-    # after the deadline is ignored.
-    def _wait_for(self, later: Later[bytes], message: Message) -> None:
+    # after the deadline is ignored.  A control request's deadline is
+    # ipc_timeout, Postfix's bound on an exchange with a daemon: it may
+    # take many steps, each bounded by the store's.
+    def _wait_for(self, later: Later[bytes], message: Message, control: bool) -> None:
         shared = self.shared
         self.waiting = later
-        late = shared.loop.call_later(shared.later_deadline, self._late, later, message)
+        late = shared.loop.call_later(self._deadline(control)[0], self._late, later, message,
+                                      control)
         since = self.input.last_active
         later.on_done(lambda done: self._came(done, late, message, since))
 
@@ -350,17 +353,24 @@ class Connection(asyncio.Protocol):
                                    self.shared.tlsmgr.failure(message[0][1], error)),
                              message, since)
 
-    def _late(self, later: Later[bytes], message: Message) -> None:
+    def _deadline(self, control: bool) -> tuple[float, str]:
+        """How long a request may wait on the network, and that in words."""
+        if control:
+            return self.shared.ipc_timeout, "%d seconds (ipc_timeout)" % self.shared.ipc_timeout
+        deadline = self.shared.later_deadline
+        return deadline, "%.0f ms (tlsmgr_redis_timeout_ms + %d ms)" % (deadline * 1000,
+                                                                       LATER_MARGIN * 1000)
+
+    def _late(self, later: Later[bytes], message: Message, control: bool) -> None:
         if later is not self.waiting:
             return
         shared = self.shared
-        since = time.monotonic() - shared.later_deadline
+        deadline, bound = self._deadline(control)
+        since = time.monotonic() - deadline
         shared.stats.errors["store_timeout"] += 1
         request = message[0][1].decode(errors="replace")
-        shared.late_warning(
-            "%s request of %s not answered by the session store within %.0f ms "
-            "(tlsmgr_redis_timeout_ms + %d ms): answered as failed", request,
-            self.peer(), shared.later_deadline * 1000, LATER_MARGIN * 1000)
+        shared.late_warning("%s request of %s not answered by the session store within %s: "
+                            "answered as failed", request, self.peer(), bound)
         self._answered_later(shared.tlsmgr.unanswered(message), message, since)
 
     def _answered_later(self, reply: Reply, message: Message, since: float) -> None:

@@ -7,8 +7,12 @@ clients never send these requests, so nothing changes for them.
     flush, cache_type        -> status, removed (entries)
     rotate_keys              -> status, keyname (of a new ticket key, current
                                 from now; the last one still decrypts)
-    list, cache_type[, limit] -> status, list (a JSON array of {"id", "age"},
-                                the oldest first; never session bytes)
+    list, cache_type[, limit[, offset]]
+                             -> status, list (a JSON array of {"id", "age"},
+                                the oldest first, after the offset oldest;
+                                never session bytes; at most LIST_MAX: a
+                                client pages through more, as
+                                TlsmgrClient.list() does)
 
 Only a peer whose uid is root's, mail_owner's or the daemon's own may send
 them: the server learns the peer's uid (SO_PEERCRED) when it accepts the
@@ -35,11 +39,14 @@ if TYPE_CHECKING:
     from .scache import SessionCache
 
 REQUESTS = frozenset((b"stats", b"flush", b"rotate_keys", b"list"))
-LIST_DEFAULT = 1000          # ids listed when the request sets no limit
-LIST_MAX = 10000             # and at most, whatever it sets
+# Ids listed at most, whatever the request says: as many take a few ms of
+# the loop's time (their JSON, and redis-py's parsing of Redis's answer,
+# 11 us an entry without hiredis), in which no other request is answered.
+LIST_MAX = 500
 
 _CACHE_TYPE: Wanted = ((b"cache_type", STR),)
 _LIMIT: Wanted = ((b"limit", INT),)
+_OFFSET: Wanted = ((b"offset", INT),)
 
 
 @dataclass(frozen=True)
@@ -145,13 +152,15 @@ class Control:
 
     def _list(self, message: Message) -> MaybeLater[bytes]:
         [cache_type] = self.tlsmgr.scan(message, 1, _CACHE_TYPE, more=True)
-        limit = LIST_DEFAULT
+        limit, offset = LIST_MAX, 0
         if len(message) > 2:                        # the optional limit
-            [limit] = self.tlsmgr.scan(message, 2, _LIMIT)
+            [limit] = self.tlsmgr.scan(message, 2, _LIMIT, more=True)
+        if len(message) > 3:                        # and offset
+            [offset] = self.tlsmgr.scan(message, 3, _OFFSET)
         cache = self.tlsmgr.cache(cache_type, "list")
         if cache is None:
             return failed_reply(b"list", STAT_ERR)
-        return then(cache.ages(min(max(0, limit), LIST_MAX)), _listed)
+        return then(cache.ages(max(0, offset), min(max(0, limit), LIST_MAX)), _listed)
 
 
 def _flushed(removed: int) -> bytes:

@@ -89,15 +89,19 @@ def printable(text: bytes) -> str:
 class Reply:
     """What to send back, and whether to close the connection after; or,
     for a request that waits on the network, what to send later (when it
-    fails, Tlsmgr.failure() gives the reply)."""
+    fails, Tlsmgr.failure() gives the reply).  A control request's later
+    answer may take longer than a Postfix client's (a flush of a Redis
+    cache of millions takes seconds, in bounded steps): it is bounded by
+    ipc_timeout, not by the store's deadline."""
 
-    __slots__ = ("close", "data", "later")
+    __slots__ = ("close", "control", "data", "later")
 
     def __init__(self, data: bytes = b"", close: bool = False,
-                 later: Later[bytes] | None = None):
+                 later: Later[bytes] | None = None, control: bool = False):
         self.data = data
         self.close = close
         self.later = later
+        self.control = control
 
 
 NO_REPLY = Reply()
@@ -231,7 +235,8 @@ class Tlsmgr:
                 pass
             return Reply(PROTOCOL_ERROR)
         handler = self._handlers.get(request)
-        if handler is None and self.control is not None and request in self.control.requests:
+        control = handler is None
+        if control and self.control is not None and request in self.control.requests:
             if client is None or not client.privileged:
                 self.stats.errors["refused"] += 1
                 self._warn('refusing control request "%s" from %s: only root, mail_owner '
@@ -246,7 +251,7 @@ class Tlsmgr:
             except Exception as err:
                 return Reply(self.failure(request, err))
             if isinstance(answer, Later):
-                return Reply(later=answer)
+                return Reply(later=answer, control=control)
             return Reply(answer)
         if request == WAKEUP:
             return HANG_UP

@@ -243,11 +243,11 @@ class SessionCache:
             log.info("%s TLS session cache flushed: removed %d entries", self.label, removed)
         return removed
 
-    def ages(self, limit: int) -> MaybeLater[list[tuple[bytes, int]]]:
-        """The ids of the oldest entries, at most limit, with their ages in
-        seconds (never the sessions)."""
+    def ages(self, offset: int, limit: int) -> MaybeLater[list[tuple[bytes, int]]]:
+        """The ids of at most limit entries after the offset oldest, oldest
+        first, with their ages in seconds (never the sessions)."""
         now = int(self.clock())
-        return then(self._ask(self.store.stamps, (limit,),
+        return then(self._ask(self.store.stamps, (offset, limit),
                               "cannot list %s TLS session cache: %s",
                               list[tuple[bytes, int]]()),
                     lambda stamps: [(cache_id, now - stamp) for cache_id, stamp in stamps])

@@ -137,9 +137,9 @@ class Store(ABC):
         """Remove every entry; return how many there were."""
 
     @abstractmethod
-    def stamps(self, limit: int) -> MaybeLater[list[tuple[bytes, int]]]:
-        """The ids of the oldest ``limit`` entries with their timestamps,
-        oldest first."""
+    def stamps(self, offset: int, limit: int) -> MaybeLater[list[tuple[bytes, int]]]:
+        """The ids of at most ``limit`` entries with their timestamps,
+        oldest first, after the ``offset`` oldest."""
 
     @abstractmethod
     def counts(self) -> MaybeLater[tuple[int, int]]:
@@ -204,7 +204,7 @@ class LocalStore(Store):
         """As Store.clear(), at once."""
 
     @abstractmethod
-    def stamps(self, limit: int) -> list[tuple[bytes, int]]:
+    def stamps(self, offset: int, limit: int) -> list[tuple[bytes, int]]:
         """As Store.stamps(), at once."""
 
     def counts(self) -> tuple[int, int]:

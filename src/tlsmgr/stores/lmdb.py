@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import struct
 from collections.abc import Callable
@@ -367,15 +368,12 @@ class LmdbStore(LocalStore):
         self._write(clear, counted)
         return removed
 
-    def stamps(self, limit: int) -> list[tuple[bytes, int]]:
+    def stamps(self, offset: int, limit: int) -> list[tuple[bytes, int]]:
         # Ids too awkward for an LMDB key show as their digest.
         def stamps(txn: Any) -> list[tuple[bytes, int]]:
-            found: list[tuple[bytes, int]] = []
-            for key in txn.cursor(db=self._ages).iternext(values=False):
-                if len(found) == limit:
-                    break
-                found.append((bytes(key[STAMP.size:]), STAMP.unpack(key[:STAMP.size])[0]))
-            return found
+            keys = txn.cursor(db=self._ages).iternext(values=False)
+            return [(bytes(key[STAMP.size:]), STAMP.unpack(key[:STAMP.size])[0])
+                    for key in itertools.islice(keys, offset, offset + limit)]
         return self._read(stamps)
 
     def __len__(self) -> int:

@@ -52,9 +52,9 @@ class MemoryStore(LocalStore):
         self._size = 0
         return removed
 
-    def stamps(self, limit: int) -> list[tuple[bytes, int]]:
-        return [(cache_id, STAMP.unpack_from(value)[0])
-                for cache_id, value in itertools.islice(self._entries.items(), limit)]
+    def stamps(self, offset: int, limit: int) -> list[tuple[bytes, int]]:
+        return [(cache_id, STAMP.unpack_from(value)[0]) for cache_id, value
+                in itertools.islice(self._entries.items(), offset, offset + limit)]
 
     def __len__(self) -> int:
         return len(self._entries)

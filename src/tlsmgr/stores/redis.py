@@ -78,8 +78,7 @@ from . import (
 )
 from .redis_url import Credentials, redact_url, split_credentials
 
-_CLEAR_STEP = 1024         # entries removed per script call by clear()
-_FOREVER = 1 << 62         # a cutoff later than any timestamp
+_CLEAR_STEP = 128          # entries removed per script call by clear(): ~1 ms of Redis
 
 PROBE_INTERVAL = 1.0       # seconds between probes of a Redis that failed
 _CLUSTER_READS = 0.8       # of tlsmgr_redis_timeout_ms: a Cluster node's reply
@@ -631,16 +630,39 @@ class RedisStore(Store):
         return then(self._prune(self.breaker, self._keys, [cutoff, budget]),
                     lambda pruned: (list[Entry](), pruned < budget))
 
-    def clear(self, removed: int = 0) -> MaybeLater[int]:
-        # In bounded steps, so that Redis serves the fleet in between.
-        def stepped(pruned: int) -> MaybeLater[int]:
-            return self.clear(removed + pruned) if pruned == _CLEAR_STEP else removed + pruned
-        return then(self._prune(self.breaker, self._keys, [_FOREVER, _CLEAR_STEP]), stepped)
+    def clear(self) -> Later[int]:
+        # In steps of a millisecond or so of Redis's time, so that it serves
+        # the fleet in between; only what was saved before the flush began,
+        # so that it ends however fast the fleet saves.  Each step is begun
+        # by the answer to the one before, not chained with then(): a chain
+        # a step long would settle recursively, as deep as the steps
+        # (thousands for a million entries).
+        cutoff = int(time.time()) + 1
+        cleared: Later[int] = Later()
+        removed = 0
 
-    def stamps(self, limit: int) -> MaybeLater[list[tuple[bytes, int]]]:
+        def step() -> None:
+            self._prune(self.breaker, self._keys, [cutoff, _CLEAR_STEP]).on_done(stepped)
+
+        def stepped(pruned: Later[int]) -> None:
+            nonlocal removed
+            error = pruned.error()
+            if error is not None:
+                cleared.fail(error)
+                return
+            removed += pruned.result()
+            if pruned.result() < _CLEAR_STEP:
+                cleared.settle(removed)
+            else:
+                step()
+        step()
+        return cleared
+
+    def stamps(self, offset: int, limit: int) -> MaybeLater[list[tuple[bytes, int]]]:
         if limit <= 0:
             return []
-        return then(self.breaker.call("ZRANGE", self._age, 0, limit - 1, "WITHSCORES"),
+        return then(self.breaker.call("ZRANGE", self._age, offset, offset + limit - 1,
+                                      "WITHSCORES"),
                     lambda found: [(cache_id, int(float(stamp)))
                                    for cache_id, stamp in _pairs(found)])
 
