@@ -42,7 +42,7 @@ REQUESTS = frozenset((b"stats", b"flush", b"rotate_keys", b"list"))
 # Ids listed at most, whatever the request says: as many take a few ms of
 # the loop's time (their JSON, and redis-py's parsing of Redis's answer,
 # 11 us an entry without hiredis), in which no other request is answered.
-LIST_MAX = 500
+LIST_MAX = 250
 
 _CACHE_TYPE: Wanted = ((b"cache_type", STR),)
 _LIMIT: Wanted = ((b"limit", INT),)

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(root or mail_owner)")
     listing.add_argument("cache_type", metavar="TYPE")
     listing.add_argument("--limit", type=int, default=1000, metavar="N",
-                         help="at most N entries (default 1000), asked 500 a request")
+                         help="at most N entries (default 1000), asked 250 a request")
     listing.add_argument("--json", action="store_true", help="print the JSON the daemon sends")
     for name in ("install", "uninstall"):
         install.add_arguments(commands.add_parser(name, help=install.HELP[name]), name)
