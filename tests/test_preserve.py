@@ -14,7 +14,7 @@ from test_stores import _on_file
 
 from tlsmgr.client import TlsmgrClient
 from tlsmgr.keyfile import NAME, KeyFile
-from tlsmgr.tickets import TicketKey, TicketKeyRing
+from tlsmgr.tickets import KEY_SIZE, TicketKey, TicketKeyRing
 
 TIMEOUT = 3600
 
@@ -154,6 +154,30 @@ def test_a_torn_or_half_written_key_file_is_never_used(tmp_path):
     assert saved.load(TIMEOUT) == keys
     assert not (tmp_path / (NAME + ".4242.new")).exists()
     saved.close()
+
+
+def test_a_key_file_of_any_size_is_read_no_further_than_the_largest_ring(tmp_path,
+                                                                       monkeypatch):
+    # Start-up does not grow with the file: a key file grown to 4 GiB (a
+    # sparse one here) is read as far as eight keys go, found damaged and
+    # removed.
+    keys = [a_key(int(time.time()) + 600)]
+    saved_ring(tmp_path, *keys)
+    with open(tmp_path / NAME, "r+b") as grown:
+        grown.truncate(4 << 30)
+    read, real_read = [], os.read
+
+    def counted_read(fd, size):
+        data = real_read(fd, size)
+        read.append(len(data))
+        return data
+    saved = KeyFile(str(tmp_path))
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "read", counted_read)
+        assert saved.load(TIMEOUT) == []
+    saved.close()
+    assert sum(read) <= 8 + 1 + 8 * KEY_SIZE + 32 + 1
+    assert not (tmp_path / NAME).exists()
 
 
 def test_a_damaged_cache_file_is_removed_and_made_anew(tmp_path):
