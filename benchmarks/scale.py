@@ -1,6 +1,7 @@
 """A preserved cache of millions: start-up and memory.
 
     .venv/bin/python benchmarks/scale.py [--entries 100000,1000000,5000000] [--size 300]
+                                         [--steady SECONDS]
 
 For each size, an LMDB smtpd cache of that many 300-byte sessions is
 written (by the store itself, as the daemon writes it), and the daemon
@@ -14,12 +15,22 @@ again with the file in the page cache (warm).  For each start it prints:
   (pages of the mapped file, which the kernel may take back), from
   /proc/PID/status;
 * the same after 20000 lookups of random sessions in the file, and the
-  p99 of those lookups.
+  p99 of those lookups;
+* after the warm start, the highest resident memory, sampled every
+  second, while two client processes look up random sessions in the file
+  without pause for --steady seconds (60 by default), and how many
+  lookups they made.
 
 Then the file is written again with every session past its timeout, and
 the daemon started on it once more: while its cleanup removes them all,
 one client sends updates without pause; printed are the time cleanup
 took, and the p99 and the slowest of those updates.
+
+Each file is synced to disk once written: the kernel's writeback of a
+file just written, gigabytes of it, would otherwise run during the
+measurement, 30 s later (vm.dirty_expire_centisecs), and an update that
+writes a page being written back waits for it (10-20 ms measured, and
+1.6 s during a sync(2)).
 
 Every daemon is stopped by its pid, the files removed at the end.
 """
@@ -27,18 +38,20 @@ Every daemon is stopped by its pid, the files removed at the end.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
 
-from helpers.harness import start_ours  # noqa: E402
+from helpers.harness import Daemon, start_ours  # noqa: E402
 
 from tlsmgr.client import TlsmgrClient  # noqa: E402
 from tlsmgr.stores import Entry, pack_entry  # noqa: E402
@@ -54,6 +67,7 @@ def fill(path: Path, entries: int, size: int, age: int = 0) -> None:
     for i in range(entries):
         store.put(b"id%09d" % i, pack_entry(Entry(now, session)))
     store.close()
+    os.sync()
 
 
 def drop_page_cache() -> bool:
@@ -77,7 +91,40 @@ def resident(pid: int) -> tuple[int, int]:
             int(fields["RssFile"].split()[0]) // 1024)
 
 
-def first_answer(workdir: Path, data: Path, entries: int) -> tuple[float, object, object]:
+def look_up(socket: str, entries: int, seconds: float, made: Queue[int]) -> None:
+    """Lookups of random sessions in the file, for that many seconds."""
+    count = 0
+    with TlsmgrClient(socket) as client:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for _ in range(100):
+                assert client.lookup("smtpd", "id%09d" % random.randrange(entries))[0] == 0
+            count += 100
+    made.put(count)
+
+
+def steady(daemon: Daemon, entries: int, seconds: float) -> tuple[int, int, int]:
+    """(highest anonymous, highest file-backed resident MB, lookups made)
+    under a steady lookup load from two processes."""
+    made: Queue[int] = multiprocessing.Queue()
+    clients = [multiprocessing.Process(target=look_up, args=(str(daemon.socket_path), entries,
+                                                             seconds, made))
+               for _ in range(2)]
+    for client in clients:
+        client.start()
+    highest = (0, 0)
+    while any(client.is_alive() for client in clients):
+        anon, mapped = resident(daemon.process.pid)
+        highest = (max(highest[0], anon), max(highest[1], mapped))
+        time.sleep(1)
+    lookups = sum(made.get(timeout=60) for _ in clients)
+    for client in clients:
+        client.join()
+    return highest[0], highest[1], lookups
+
+
+def first_answer(workdir: Path, data: Path, entries: int,
+                 steady_seconds: float = 0) -> tuple[float, object, object, object]:
     began = time.monotonic()
     daemon = start_ours(workdir, wait=False, data_directory=data, tlsmgr_preserve_sessions="yes",
                         smtpd_tls_session_cache_database="lmdb:%s/smtpd_scache" % data)
@@ -103,7 +150,9 @@ def first_answer(workdir: Path, data: Path, entries: int) -> tuple[float, object
                 assert client.lookup("smtpd", wanted)[0] == 0
                 times.append(time.perf_counter() - sent)
         times.sort()
-        return took, after_start, (resident(daemon.process.pid), times[int(0.99 * len(times))])
+        under_load = steady(daemon, entries, steady_seconds) if steady_seconds else None
+        return (took, after_start, (resident(daemon.process.pid), times[int(0.99 * len(times))]),
+                under_load)
     finally:
         daemon.stop()
 
@@ -137,6 +186,7 @@ def main() -> int:
     parser.add_argument("--entries", type=lambda s: [int(n) for n in s.split(",")],
                         default=[100000, 1000000, 5000000])
     parser.add_argument("--size", type=int, default=300)
+    parser.add_argument("--steady", type=float, default=60, metavar="SECONDS")
     args = parser.parse_args()
     print("entries  start   first answer s  RSS anon/file MB  after %d lookups: RSS anon/file "
           "MB, lookup p99 us" % LOOKUPS)
@@ -151,10 +201,15 @@ def main() -> int:
                     print("%8d  cold   (not measured: dropping the page cache needs root)"
                           % entries)
                     continue
-                took, (anon, mapped), ((anon2, mapped2), p99) = first_answer(
-                    scratch / ("run-%d-%s" % (entries, start)), data, entries)
+                took, (anon, mapped), ((anon2, mapped2), p99), under_load = first_answer(
+                    scratch / ("run-%d-%s" % (entries, start)), data, entries,
+                    args.steady if start == "warm" else 0)
                 print("%8d  %-5s  %14.3f  %8d/%-7d  %8d/%-7d %8.0f" % (
                     entries, start, took, anon, mapped, anon2, mapped2, p99 * 1e6), flush=True)
+                if under_load is not None:
+                    print("%8d  steady lookups for %.0f s: %d made; highest RSS anon/file MB "
+                          "%d/%d" % (entries, args.steady, under_load[2], under_load[0],
+                                     under_load[1]), flush=True)
             shutil.rmtree(data)
             data.mkdir()
             fill(data / "smtpd_scache", entries, args.size, age=7200)     # all expired
