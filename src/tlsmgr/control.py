@@ -15,8 +15,9 @@ clients never send these requests, so nothing changes for them.
                                 TlsmgrClient.list() does)
 
 Only a peer whose uid is root's, mail_owner's or the daemon's own may send
-them: the server learns the peer's uid (SO_PEERCRED) when it accepts the
-connection, and protocol.py refuses the others with status -2.
+them: each connection learns its peer's uid (SO_PEERCRED) when it is made
+(connection.py, Connection.privileged), and protocol.py refuses the
+others with status -2 and a warning.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """What the daemon has done: one record, counted where it happens.
 
 The request handler (protocol.py) counts requests by name and the errors
-it meets; the server (server.py) counts connections and the errors of its
-clients (timeouts, limits, requests a store did not answer in time);
+it meets; the compiled path (_fastpath.c) counts the requests it answers
+in C and adds them in when settle() is called; the server (server.py) and
+each connection (connection.py) count connections and the errors of
+clients (timeouts, limits, requests a store did not answer in time).
 control.snapshot() and the metrics read it, after settle().  daemon.py
-makes the one record and hands it to both.  The caches keep their own
-counts (scache.py), since each is its own.
+makes the one record and gives it to Tlsmgr, where the others find it.
+The caches keep their own counts (scache.py), since each is its own.
 """
 
 from __future__ import annotations

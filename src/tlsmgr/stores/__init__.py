@@ -183,10 +183,6 @@ class LocalStore(Store):
         """As Store.delete(), at once."""
 
     @abstractmethod
-    def oldest(self) -> Entry | None:
-        """The entry saved longest ago, or None when empty."""
-
-    @abstractmethod
     def pop_oldest(self) -> Entry | None:
         """Remove and return the entry saved longest ago."""
 
@@ -225,16 +221,9 @@ class LocalStore(Store):
                 evicted += 1
         return Trimmed(expired, evicted) if expired or evicted else NOTHING_TRIMMED
 
+    @abstractmethod
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
-        removed: list[Entry] = []
-        while len(removed) < budget:
-            oldest = self.oldest()
-            if oldest is None or oldest.timestamp >= cutoff:
-                return removed, True
-            popped = self.pop_oldest()
-            if popped is not None:
-                removed.append(popped)
-        return removed, False
+        """As Store.expire(), at once."""
 
     def close(self) -> None:
         """Commit what is held; release files."""

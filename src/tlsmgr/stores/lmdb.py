@@ -38,7 +38,6 @@ from . import STAMP, Entry, LocalStore, StoreError, unpack_entry
 
 T = TypeVar("T")
 
-# Big-endian, so that the age index sorts by time.
 _INITIAL_MAP_SIZE = 1 << 30          # address space, not disk: the file is sparse
 _DIGEST_PREFIX = b"\0sha256:"
 # The entries and bytes of the sessions, in the meta table, written with
@@ -322,14 +321,6 @@ class LmdbStore(LocalStore):
         removed = self._write(lambda txn: self._remove(txn, key),
                               functools.partial(self._forget, key))
         return removed is not None
-
-    def oldest(self) -> Entry | None:
-        def oldest(txn: Any) -> Entry | None:
-            cursor = txn.cursor(db=self._ages)
-            if not cursor.first():
-                return None
-            return unpack_entry(txn.get(bytes(cursor.key()[STAMP.size:]), db=self._sessions))
-        return self._read(oldest)
 
     def pop_oldest(self) -> Entry | None:
         def pop_oldest(txn: Any) -> tuple[bytes, bytes | None]:

@@ -34,17 +34,22 @@ class MemoryStore(LocalStore):
         self._size -= len(cache_id) + len(value) - STAMP.size
         return True
 
-    def oldest(self) -> Entry | None:
-        if not self._entries:
-            return None
-        return unpack_entry(self._entries[next(iter(self._entries))])
-
     def pop_oldest(self) -> Entry | None:
         if not self._entries:
             return None
         cache_id, value = self._entries.popitem(last=False)
         self._size -= len(cache_id) + len(value) - STAMP.size
         return unpack_entry(value)
+
+    def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
+        removed: list[Entry] = []
+        while self._entries and len(removed) < budget:
+            if STAMP.unpack_from(next(iter(self._entries.values())))[0] >= cutoff:
+                return removed, True
+            popped = self.pop_oldest()
+            if popped is not None:                  # it is: the loop saw an entry
+                removed.append(popped)
+        return removed, not self._entries
 
     def clear(self) -> int:
         removed = len(self._entries)
