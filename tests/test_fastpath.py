@@ -227,9 +227,9 @@ def test_a_request_behind_an_unfinished_one_waits_its_turn():
 @pytest.mark.usefixtures("compiled")
 def test_a_failure_inside_a_request_is_answered_and_logged_alike():
     def breaking(tlsmgr):
-        def lookup(cache_id):
+        def get(cache_id):
             raise RuntimeError("the store is broken")
-        tlsmgr.caches[b"smtpd"].lookup = lookup
+        tlsmgr.caches[b"smtpd"].store.get = get
 
     found = run_both([PLAIN[1], PLAIN[7]], prepare=breaking)
     assert found["compiled"] == found["pure"]

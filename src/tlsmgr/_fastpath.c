@@ -7,11 +7,15 @@
  * read, FastPath.answer() does what the pure path (connection.py, attr.py,
  * protocol.py) does in a dozen Python calls: it splits the message, checks
  * that each attribute is the one expected, converts the values, counts the
- * request, answers it, writes the reply and records its latency.  It
- * answers as protocol.Tlsmgr does, with what Tlsmgr gives it: a cache
- * request by the cache's own lookup(), update() or delete(), its reply
- * joined from the parts that protocol.py makes (CACHE_REPLIES); tktkey and
- * seed by the same reply function of Tlsmgr that the pure path calls.
+ * request, answers it, writes the reply and records its latency.
+ *
+ * It knows no request of its own.  fastpath.py gives it, when it is made,
+ * each request it may answer as the request table (requests.py) says it:
+ * the request's name, its attributes' names in order and how each is read,
+ * the handler that answers it (a cache's lookup(), update() or delete(),
+ * given the cache first; Tlsmgr's reply functions for tktkey and seed),
+ * and how the handler's result becomes the reply, with the reply's parts,
+ * which protocol.py makes; and the limits on values.
  *
  * It answers nothing it is not sure of.  Anything else (two messages, part
  * of one, an attribute out of place, a value the pure path would warn
@@ -22,13 +26,11 @@
  * replies, counts and log lines.
  *
  * Hazards, for whoever changes this file:
- *   - every reply function may run any Python code, so nothing borrowed
- *     (a pointer into the data, a borrowed reference) is used after one;
- *   - it counts in C, and adds its counts into the objects it was given
- *     (the request counts, each request's histogram and its list of
- *     buckets) only when settle() is called: whoever reads those must call
- *     it first (stats.Stats.settle()), and whoever replaces one of them in
- *     Python must build a new FastPath.
+ *   - every handler may run any Python code, so nothing borrowed (a
+ *     pointer into the data, a borrowed reference) is used after one;
+ *   - it counts in C, and hands its counts to the settled() function it
+ *     was given only when settle() is called: whoever reads the counts
+ *     must call it first (stats.Stats.settle()).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -37,29 +39,21 @@
 #include <string.h>
 #include <time.h>
 
-enum { LOOKUP, UPDATE, DELETE, TKTKEY, SEED, N_REQUESTS };
-
-/* Answered by a cache's own method, which has the request's name. */
-#define IS_CACHE_REQUEST(kind) ((kind) <= DELETE)
-
+#define MAX_REQUESTS 8
 #define MAX_VALUES 3            /* update's cache_type, cache_id, session */
 #define MAX_CACHES 8
 #define MAX_BOUNDS 64
-#define KEY_NAME_LENGTH 16      /* tickets.NAME_LENGTH */
-#define SEED_MAX 255            /* protocol.SEED_MAX */
 
-/* What each request reads after its name, in order (protocol.py's Wanted). */
-static const struct shape {
-    const char *request;
-    int count;
-    const char *names[MAX_VALUES];
-} shapes[N_REQUESTS] = {
-    [LOOKUP] = {"lookup", 2, {"cache_type", "cache_id"}},
-    [UPDATE] = {"update", 3, {"cache_type", "cache_id", "session"}},
-    [DELETE] = {"delete", 2, {"cache_type", "cache_id"}},
-    [TKTKEY] = {"tktkey", 1, {"keyname"}},
-    [SEED] = {"seed", 1, {"size"}},
-};
+/* How an attribute's text is read (fastpath.py derives these from the
+ * request table): the name of a cache, given to the handler as the cache
+ * itself; a string; base64 data; base64 of a ticket key's name (none, or
+ * key_name_length bytes); a decimal size from 1 to seed_max. */
+enum { CACHE_TYPE = 'c', STRING = 's', DATA = 'd', KEY_NAME = 'k', SIZE = 'n' };
+
+/* How the handler's result becomes the reply: it is the reply; a session
+ * or None (the parts around its base64 text, or the reply without one);
+ * whether it took (the reply if so, the reply if not). */
+enum { AS_IS = 'r', SESSION = 'd', TRUTH = 't' };
 
 typedef struct {
     const char *start;
@@ -67,12 +61,13 @@ typedef struct {
 } Text;
 
 typedef struct {
-    PyObject *name;             /* bytes, as the counts and the handler name it */
-    /* What answers it: for a cache request, the name of the cache's method
-     * (str); for the others, Tlsmgr's reply function; NULL: not answered here. */
-    PyObject *reply;
-    PyObject *histogram;        /* stats.Histogram of its latency */
-    PyObject *buckets;          /* that histogram's list of counts */
+    PyObject *name;             /* bytes, as the counts name it */
+    int count;                  /* attributes after the name */
+    PyObject *names[MAX_VALUES];    /* bytes */
+    char codes[MAX_VALUES];     /* how each is read */
+    char reply_kind;
+    PyObject *handler;
+    PyObject *replies[2];       /* bytes: the reply parts, for SESSION and TRUTH */
     /* Counted here since the last settle(): a C addition costs nothing,
      * a Python int or float made anew for each request 1.5k instructions. */
     unsigned long long answered;
@@ -80,24 +75,21 @@ typedef struct {
     double seconds;
 } Request;
 
-/* The replies to cache requests, or their parts (protocol.CACHE_REPLIES). */
-enum { FOUND, MISSED, DONE, NOT_DONE, N_CACHE_REPLIES };
-
 typedef struct {
     PyObject_HEAD
     Py_ssize_t size_limit;
-    PyObject *counts;           /* stats.requests: name -> int */
+    long key_name_length;
+    long seed_max;
+    PyObject *settled;          /* settled(name, answered, observed, seconds) */
     PyObject *failure;          /* failure(name, exception) -> reply bytes */
-    Request requests[N_REQUESTS];
-    PyObject *cache_replies[N_CACHE_REPLIES];   /* bytes */
+    int nrequests;
+    Request requests[MAX_REQUESTS];
     int ncaches;
     PyObject *cache_types[MAX_CACHES];      /* bytes */
     PyObject *caches[MAX_CACHES];
     int nbounds;
     double bounds[MAX_BOUNDS];
 } FastPath;
-
-static PyObject *sum_name;      /* "sum", interned */
 
 static const char base64_letters[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -195,11 +187,19 @@ encode_base64(PyObject *Py_UNUSED(module), PyObject *data)
     return encoded;
 }
 
+/* Whether a text is the bytes object's. */
+static inline int
+same(Text text, PyObject *bytes)
+{
+    return text.length == PyBytes_GET_SIZE(bytes)
+        && !memcmp(text.start, PyBytes_AS_STRING(bytes), text.length);
+}
+
 /* One whole message of at most 1 + MAX_VALUES attributes, and nothing
  * after it: the request's name and its values, which must have the names
- * of the request's shape.  Returns the request, or -1. */
-static int
-split_request(const char *data, Py_ssize_t size, Text values[MAX_VALUES])
+ * the request was given.  Returns the request, or NULL. */
+static Request *
+split_request(FastPath *self, const char *data, Py_ssize_t size, Text values[MAX_VALUES])
 {
     const char *end = data + size, *p = data;
     Text names[1 + MAX_VALUES], texts[1 + MAX_VALUES];
@@ -207,38 +207,36 @@ split_request(const char *data, Py_ssize_t size, Text values[MAX_VALUES])
 
     while (p < end && *p) {                 /* an empty name ends the message */
         if (count == 1 + MAX_VALUES)
-            return -1;
+            return NULL;
         const char *nul = memchr(p, 0, end - p);
         if (nul == NULL)
-            return -1;
+            return NULL;
         names[count] = (Text){p, nul - p};
         p = nul + 1;
         nul = memchr(p, 0, end - p);
         if (nul == NULL)
-            return -1;
+            return NULL;
         texts[count++] = (Text){p, nul - p};
         p = nul + 1;
     }
     if (p != end - 1 || count == 0)         /* not whole, or more follows */
-        return -1;
+        return NULL;
     if (names[0].length != 7 || memcmp(names[0].start, "request", 7))
-        return -1;
-    for (int kind = 0; kind < N_REQUESTS; kind++) {
-        const struct shape *shape = &shapes[kind];
-        if ((size_t) texts[0].length != strlen(shape->request)
-            || memcmp(texts[0].start, shape->request, texts[0].length))
+        return NULL;
+    for (int index = 0; index < self->nrequests; index++) {
+        Request *request = &self->requests[index];
+        if (!same(texts[0], request->name))
             continue;
-        if (count != 1 + shape->count)
-            return -1;
-        for (int i = 0; i < shape->count; i++) {
-            if ((size_t) names[i + 1].length != strlen(shape->names[i])
-                || memcmp(names[i + 1].start, shape->names[i], names[i + 1].length))
-                return -1;
+        if (count != 1 + request->count)
+            return NULL;
+        for (int i = 0; i < request->count; i++) {
+            if (!same(names[i + 1], request->names[i]))
+                return NULL;
             values[i] = texts[i + 1];
         }
-        return kind;
+        return request;
     }
-    return -1;
+    return NULL;
 }
 
 static const signed char base64_value[256] = {
@@ -307,21 +305,24 @@ not_base64:
     return NULL;
 }
 
-/* A seed size in its plainest form (1 to 255, no sign, space or leading
- * zero); 0 for any other text, which the pure path reads or warns about. */
+
+/* A size in its plainest form (1 to max, no sign, space or leading zero);
+ * 0 for any other text, which the pure path reads or warns about. */
 static long
-seed_size(Text text)
+plain_size(Text text, long max)
 {
     long size = 0;
 
-    if (text.length < 1 || text.length > 3 || text.start[0] == '0')
+    if (text.length < 1 || text.start[0] == '0')
         return 0;
     for (Py_ssize_t i = 0; i < text.length; i++) {
         if (text.start[i] < '0' || text.start[i] > '9')
             return 0;
         size = size * 10 + (text.start[i] - '0');
+        if (size > max)
+            return 0;
     }
-    return size <= SEED_MAX ? size : 0;
+    return size;
 }
 
 static PyObject *
@@ -336,43 +337,46 @@ find_cache(FastPath *self, Text type)
     return NULL;
 }
 
-/* The arguments of what answers the request (for a cache request, the
- * cache first: its method is called), and how many; or 0 (no exception)
- * when the pure path is to read it; -1 with an exception when memory ran
- * out. */
+/* The handler's arguments, read from the values as the request's codes
+ * say, and how many; or 0 (no exception) when the pure path is to read
+ * it; -1 with an exception when memory ran out. */
 static int
-arguments(FastPath *self, int kind, Text values[], PyObject *args[MAX_VALUES])
+arguments(FastPath *self, Request *request, Text values[], PyObject *args[MAX_VALUES])
 {
     int malformed;
 
-    switch (kind) {
-    case LOOKUP:
-    case UPDATE:
-    case DELETE:
-        if ((args[0] = find_cache(self, values[0])) == NULL)
+    for (int i = 0; i < request->count; i++) {
+        switch (request->codes[i]) {
+        case CACHE_TYPE:
+            if ((args[i] = find_cache(self, values[i])) == NULL)
+                return 0;
+            Py_INCREF(args[i]);
+            break;
+        case STRING:
+            if ((args[i] = PyBytes_FromStringAndSize(values[i].start, values[i].length)) == NULL)
+                return -1;
+            break;
+        case DATA:
+        case KEY_NAME:
+            if ((args[i] = decode_base64(values[i], &malformed)) == NULL)
+                return malformed ? 0 : -1;
+            if (request->codes[i] == KEY_NAME && PyBytes_GET_SIZE(args[i])
+                && PyBytes_GET_SIZE(args[i]) != self->key_name_length)
+                return 0;                   /* the pure path warns */
+            break;
+        case SIZE: {
+            long size = plain_size(values[i], self->seed_max);
+            if (size == 0)
+                return 0;
+            if ((args[i] = PyLong_FromLong(size)) == NULL)
+                return -1;
+            break;
+        }
+        default:
             return 0;
-        Py_INCREF(args[0]);
-        if ((args[1] = PyBytes_FromStringAndSize(values[1].start, values[1].length)) == NULL)
-            return -1;
-        if (kind != UPDATE)
-            return 2;
-        if ((args[2] = decode_base64(values[2], &malformed)) == NULL)
-            return malformed ? 0 : -1;
-        return 3;
-    case TKTKEY:
-        if ((args[0] = decode_base64(values[0], &malformed)) == NULL)
-            return malformed ? 0 : -1;
-        if (PyBytes_GET_SIZE(args[0]) && PyBytes_GET_SIZE(args[0]) != KEY_NAME_LENGTH)
-            return 0;                        /* the pure path warns */
-        return 1;
-    case SEED: {
-        long size = seed_size(values[0]);
-        if (size == 0)
-            return 0;
-        return (args[0] = PyLong_FromLong(size)) == NULL ? -1 : 1;
+        }
     }
-    }
-    return 0;
+    return request->count;
 }
 
 /* As protocol.Tlsmgr.handle(): a reply function that raises an Exception
@@ -399,24 +403,19 @@ failed(FastPath *self, PyObject *name)
     return reply;
 }
 
-/* The reply to a cache request, from what the cache's method returned:
- * for a lookup, the session found (found: the parts around its base64
- * text) or None (missed); for an update or a delete, whether it took. */
+/* The reply with a session: the parts around its base64 text (the first
+ * of the request's replies), or the reply without one (the second). */
 static PyObject *
-cache_reply(FastPath *self, int kind, PyObject *result)
+session_reply(Request *request, PyObject *result)
 {
-    if (kind != LOOKUP) {
-        int done = PyObject_IsTrue(result);
-        return done < 0 ? NULL : Py_NewRef(self->cache_replies[done ? DONE : NOT_DONE]);
-    }
     if (result == Py_None)
-        return Py_NewRef(self->cache_replies[MISSED]);
+        return Py_NewRef(request->replies[1]);
     if (!PyBytes_Check(result)) {
-        PyErr_Format(PyExc_TypeError, "a cache lookup must give bytes, not %.100s",
-                     Py_TYPE(result)->tp_name);
+        PyErr_Format(PyExc_TypeError, "a %s handler must give bytes or None, not %.100s",
+                     PyBytes_AS_STRING(request->name), Py_TYPE(result)->tp_name);
         return NULL;
     }
-    PyObject *found = self->cache_replies[FOUND];
+    PyObject *found = request->replies[0];
     Py_ssize_t prefix = PyBytes_GET_SIZE(found), text = base64_length(PyBytes_GET_SIZE(result));
     if (text < 0 || text > PY_SSIZE_T_MAX - prefix - 2) {
         PyErr_NoMemory();
@@ -433,18 +432,21 @@ cache_reply(FastPath *self, int kind, PyObject *result)
     return reply;
 }
 
-/* The reply to a request of the kind, its arguments read. */
+/* The reply to a request, its arguments read: what its handler gives,
+ * made a reply as the request says. */
 static PyObject *
-reply_to(FastPath *self, int kind, PyObject *args[], int nargs)
+reply_to(Request *request, PyObject *args[], int nargs)
 {
-    Request *request = &self->requests[kind];
-
-    if (!IS_CACHE_REQUEST(kind))
-        return PyObject_Vectorcall(request->reply, args, nargs, NULL);
-    PyObject *result = PyObject_VectorcallMethod(request->reply, args, nargs, NULL);
-    if (result == NULL)
-        return NULL;
-    PyObject *reply = cache_reply(self, kind, result);
+    PyObject *result = PyObject_Vectorcall(request->handler, args, nargs, NULL);
+    if (result == NULL || request->reply_kind == AS_IS)
+        return result;
+    PyObject *reply;
+    if (request->reply_kind == SESSION) {
+        reply = session_reply(request, result);
+    } else {
+        int done = PyObject_IsTrue(result);
+        reply = done < 0 ? NULL : Py_NewRef(request->replies[done ? 0 : 1]);
+    }
     Py_DECREF(result);
     return reply;
 }
@@ -463,77 +465,51 @@ observe(FastPath *self, Request *request, double since)
     request->seconds += seconds;
 }
 
-/* base + more, as a new int; a base of NULL counts as 0. */
-static PyObject *
-plus(PyObject *base, unsigned long long more)
-{
-    PyObject *addend = PyLong_FromUnsignedLongLong(more);
-    if (addend == NULL || base == NULL)
-        return addend;
-    PyObject *sum = PyNumber_Add(base, addend);
-    Py_DECREF(addend);
-    return sum;
-}
-
-/* Add one request's counts into stats.Stats, and count anew from zero.
- * It runs no Python code, so that under the GIL it is whole to any
- * thread that reads the counts after it. */
+/* Hand one request's counts to settled(), and count anew from zero. */
 static int
 settle_request(FastPath *self, Request *request)
 {
-    if (request->answered) {
-        PyObject *count = PyDict_GetItemWithError(self->counts, request->name);
-        if (count == NULL && PyErr_Occurred())
-            return -1;
-        PyObject *more = plus(count, request->answered);
-        if (more == NULL || PyDict_SetItem(self->counts, request->name, more) < 0) {
-            Py_XDECREF(more);
+    if (request->answered == 0)
+        return 0;                           /* nothing observed either */
+    PyObject *observed = PyList_New(self->nbounds + 1);
+    if (observed == NULL)
+        return -1;
+    for (int bucket = 0; bucket <= self->nbounds; bucket++) {
+        PyObject *count = PyLong_FromUnsignedLongLong(request->observed[bucket]);
+        if (count == NULL) {
+            Py_DECREF(observed);
             return -1;
         }
-        Py_DECREF(more);
-        request->answered = 0;
+        PyList_SET_ITEM(observed, bucket, count);
     }
-    for (int bucket = 0; bucket <= self->nbounds; bucket++) {
-        if (request->observed[bucket] == 0)
-            continue;
-        PyObject *more = plus(PyList_GET_ITEM(request->buckets, bucket),
-                              request->observed[bucket]);
-        if (more == NULL)
-            return -1;
-        PyList_SetItem(request->buckets, bucket, more);     /* drops the old count */
-        request->observed[bucket] = 0;
-    }
-    if (request->seconds != 0.0) {
-        PyObject *sum = PyObject_GetAttr(request->histogram, sum_name);
-        if (sum == NULL)
-            return -1;
-        double total = PyFloat_AsDouble(sum);
-        Py_DECREF(sum);
-        if (total == -1.0 && PyErr_Occurred())
-            return -1;
-        PyObject *new_sum = PyFloat_FromDouble(total + request->seconds);
-        if (new_sum == NULL)
-            return -1;
-        int status = PyObject_SetAttr(request->histogram, sum_name, new_sum);
-        Py_DECREF(new_sum);
-        if (status < 0)
-            return -1;
-        request->seconds = 0.0;
-    }
+    PyObject *answered = PyLong_FromUnsignedLongLong(request->answered);
+    PyObject *seconds = PyFloat_FromDouble(request->seconds);
+    PyObject *done = NULL;
+    if (answered != NULL && seconds != NULL)
+        done = PyObject_CallFunctionObjArgs(self->settled, request->name, answered, observed,
+                                            seconds, NULL);
+    Py_XDECREF(answered);
+    Py_XDECREF(seconds);
+    Py_DECREF(observed);
+    if (done == NULL)
+        return -1;
+    Py_DECREF(done);
+    request->answered = 0;
+    memset(request->observed, 0, sizeof request->observed);
+    request->seconds = 0.0;
     return 0;
 }
 
 PyDoc_STRVAR(settle_doc,
 "settle()\n\n"
-"Add the requests counted and timed here since the last settle() into\n"
-"the counts and histograms given at the start.");
+"Hand the requests counted and timed here since the last settle() to\n"
+"settled(name, answered, observed, seconds), request by request.");
 
 static PyObject *
 FastPath_settle(FastPath *self, PyObject *Py_UNUSED(ignored))
 {
-    for (int kind = 0; kind < N_REQUESTS; kind++) {
-        if (self->requests[kind].reply != NULL
-            && settle_request(self, &self->requests[kind]) < 0)
+    for (int index = 0; index < self->nrequests; index++) {
+        if (settle_request(self, &self->requests[index]) < 0)
             return NULL;
     }
     Py_RETURN_NONE;
@@ -560,13 +536,13 @@ FastPath_answer(FastPath *self, PyObject *const *argv, Py_ssize_t argc)
         Py_RETURN_FALSE;
 
     Text values[MAX_VALUES];
-    int kind = split_request(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), values);
-    if (kind < 0 || self->requests[kind].reply == NULL)
+    Request *request = split_request(self, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                                     values);
+    if (request == NULL)
         Py_RETURN_FALSE;
-    Request *request = &self->requests[kind];
 
     PyObject *args[MAX_VALUES] = {NULL};
-    int nargs = arguments(self, kind, values, args);
+    int nargs = arguments(self, request, values, args);
     PyObject *result = NULL, *reply = NULL;
     if (nargs <= 0) {
         if (nargs == 0)
@@ -575,12 +551,12 @@ FastPath_answer(FastPath *self, PyObject *const *argv, Py_ssize_t argc)
     }
     /* From here on, it is answered here. */
     request->answered++;
-    reply = reply_to(self, kind, args, nargs);
+    reply = reply_to(request, args, nargs);
     if (reply == NULL && (reply = failed(self, request->name)) == NULL)
         goto done;
     if (!PyBytes_Check(reply)) {
         PyErr_Format(PyExc_TypeError, "a %s reply must be bytes, not %.100s",
-                     shapes[kind].request, Py_TYPE(reply)->tp_name);
+                     PyBytes_AS_STRING(request->name), Py_TYPE(reply)->tp_name);
         goto done;
     }
     PyObject *written = PyObject_CallOneArg(write, reply);
@@ -599,16 +575,17 @@ done:
 static int
 FastPath_traverse(FastPath *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->counts);
+    Py_VISIT(self->settled);
     Py_VISIT(self->failure);
-    for (int i = 0; i < N_REQUESTS; i++) {
-        Py_VISIT(self->requests[i].name);
-        Py_VISIT(self->requests[i].reply);
-        Py_VISIT(self->requests[i].histogram);
-        Py_VISIT(self->requests[i].buckets);
+    for (int index = 0; index < self->nrequests; index++) {
+        Request *request = &self->requests[index];
+        Py_VISIT(request->name);
+        for (int i = 0; i < request->count; i++)
+            Py_VISIT(request->names[i]);
+        Py_VISIT(request->handler);
+        Py_VISIT(request->replies[0]);
+        Py_VISIT(request->replies[1]);
     }
-    for (int i = 0; i < N_CACHE_REPLIES; i++)
-        Py_VISIT(self->cache_replies[i]);
     for (int i = 0; i < self->ncaches; i++) {
         Py_VISIT(self->cache_types[i]);
         Py_VISIT(self->caches[i]);
@@ -619,19 +596,19 @@ FastPath_traverse(FastPath *self, visitproc visit, void *arg)
 static int
 FastPath_clear(FastPath *self)
 {
-    Py_CLEAR(self->counts);
+    Py_CLEAR(self->settled);
     Py_CLEAR(self->failure);
-    for (int i = 0; i < N_REQUESTS; i++) {
-        Py_CLEAR(self->requests[i].name);
-        Py_CLEAR(self->requests[i].reply);
-        Py_CLEAR(self->requests[i].histogram);
-        Py_CLEAR(self->requests[i].buckets);
-        self->requests[i].answered = 0;
-        memset(self->requests[i].observed, 0, sizeof self->requests[i].observed);
-        self->requests[i].seconds = 0.0;
+    for (int index = 0; index < self->nrequests; index++) {
+        Request *request = &self->requests[index];
+        Py_CLEAR(request->name);
+        for (int i = 0; i < request->count; i++)
+            Py_CLEAR(request->names[i]);
+        Py_CLEAR(request->handler);
+        Py_CLEAR(request->replies[0]);
+        Py_CLEAR(request->replies[1]);
     }
-    for (int i = 0; i < N_CACHE_REPLIES; i++)
-        Py_CLEAR(self->cache_replies[i]);
+    memset(self->requests, 0, sizeof self->requests);
+    self->nrequests = 0;
     for (int i = 0; i < self->ncaches; i++) {
         Py_CLEAR(self->cache_types[i]);
         Py_CLEAR(self->caches[i]);
@@ -695,46 +672,56 @@ take_bounds(FastPath *self, PyObject *bounds)
     return status;
 }
 
+/* One request as fastpath.py gives it: (name, names, codes, reply_kind,
+ * handler, replies), each checked, for a mistake there must fail when the
+ * daemon starts, not at a request. */
 static int
-take_request(FastPath *self, int kind, PyObject *reply, PyObject *latency)
+take_request(FastPath *self, PyObject *given)
 {
-    Request *request = &self->requests[kind];
-    PyObject *buckets_name = PyUnicode_FromString("counts");
+    PyObject *name, *names, *codes, *handler, *replies = NULL;
+    int reply_kind;
 
-    if (buckets_name == NULL)
+    if (!PyArg_ParseTuple(given, "O!O!O!CO|O!:request", &PyBytes_Type, &name,
+                          &PyTuple_Type, &names, &PyBytes_Type, &codes, &reply_kind,
+                          &handler, &PyTuple_Type, &replies))
         return -1;
-    request->name = PyBytes_FromString(shapes[kind].request);
-    request->reply = Py_NewRef(reply);
-    if (request->name != NULL)
-        request->histogram = PyObject_GetItem(latency, request->name);
-    if (request->histogram != NULL)
-        request->buckets = PyObject_GetAttr(request->histogram, buckets_name);
-    Py_DECREF(buckets_name);
-    if (request->buckets == NULL)
-        return -1;
-    if (!PyList_CheckExact(request->buckets)
-        || PyList_GET_SIZE(request->buckets) != self->nbounds + 1) {
-        PyErr_Format(PyExc_ValueError, "the %s histogram must have a list of %d counts",
-                     shapes[kind].request, self->nbounds + 1);
+    Py_ssize_t count = PyTuple_GET_SIZE(names);
+    if (count < 1 || count > MAX_VALUES || PyBytes_GET_SIZE(codes) != count) {
+        PyErr_Format(PyExc_ValueError, "request %s: 1 to %d attributes, a code each",
+                     PyBytes_AS_STRING(name), MAX_VALUES);
         return -1;
     }
-    return 0;
-}
-
-static int
-take_cache_replies(FastPath *self, PyObject *replies)
-{
-    if (PyTuple_GET_SIZE(replies) != N_CACHE_REPLIES) {
-        PyErr_Format(PyExc_ValueError, "cache_replies must be %d bytes", N_CACHE_REPLIES);
+    Py_ssize_t parts = reply_kind == AS_IS ? 0 : 2;
+    if ((reply_kind != AS_IS && reply_kind != SESSION && reply_kind != TRUTH)
+        || (replies == NULL ? 0 : PyTuple_GET_SIZE(replies)) != parts) {
+        PyErr_Format(PyExc_ValueError, "request %s: a reply kind of %c (no reply parts), "
+                     "%c or %c (two)", PyBytes_AS_STRING(name), AS_IS, SESSION, TRUTH);
         return -1;
     }
-    for (int i = 0; i < N_CACHE_REPLIES; i++) {
-        PyObject *reply = PyTuple_GET_ITEM(replies, i);
-        if (!PyBytes_Check(reply)) {
-            PyErr_Format(PyExc_TypeError, "cache_replies must be %d bytes", N_CACHE_REPLIES);
+    Request *request = &self->requests[self->nrequests++];
+    request->name = Py_NewRef(name);
+    request->count = (int) count;
+    request->reply_kind = (char) reply_kind;
+    request->handler = Py_NewRef(handler);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *attribute = PyTuple_GET_ITEM(names, i);
+        char code = PyBytes_AS_STRING(codes)[i];
+        if (!PyBytes_Check(attribute) || !strchr("csdkn", code) || code == 0) {
+            PyErr_Format(PyExc_ValueError, "request %s: attribute names must be bytes, "
+                         "codes of c, s, d, k or n", PyBytes_AS_STRING(name));
             return -1;
         }
-        self->cache_replies[i] = Py_NewRef(reply);
+        request->names[i] = Py_NewRef(attribute);
+        request->codes[i] = code;
+    }
+    for (Py_ssize_t i = 0; i < parts; i++) {
+        PyObject *part = PyTuple_GET_ITEM(replies, i);
+        if (!PyBytes_Check(part)) {
+            PyErr_Format(PyExc_TypeError, "request %s: reply parts must be bytes",
+                         PyBytes_AS_STRING(name));
+            return -1;
+        }
+        request->replies[i] = Py_NewRef(part);
     }
     return 0;
 }
@@ -742,37 +729,30 @@ take_cache_replies(FastPath *self, PyObject *replies)
 static int
 FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"size_limit", "counts", "latency", "bounds", "caches",
-                               "cache_replies", "replies", "failure", NULL};
-    PyObject *counts, *latency, *bounds, *caches, *cache_replies, *replies, *failure;
+    static char *keywords[] = {"size_limit", "requests", "caches", "bounds",
+                               "key_name_length", "seed_max", "settled", "failure", NULL};
+    PyObject *requests, *caches, *bounds, *settled, *failure;
+    Py_ssize_t size_limit;
+    long key_name_length, seed_max;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nO!OOOO!O!O:FastPath", keywords,
-                                     &self->size_limit, &PyDict_Type, &counts, &latency,
-                                     &bounds, &caches, &PyTuple_Type, &cache_replies,
-                                     &PyDict_Type, &replies, &failure))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nO!OOllOO:FastPath", keywords,
+                                     &size_limit, &PyTuple_Type, &requests, &caches, &bounds,
+                                     &key_name_length, &seed_max, &settled, &failure))
         return -1;
     FastPath_clear(self);
-    self->counts = Py_NewRef(counts);
+    self->size_limit = size_limit;
+    self->key_name_length = key_name_length;
+    self->seed_max = seed_max;
+    self->settled = Py_NewRef(settled);
     self->failure = Py_NewRef(failure);
-    if (take_bounds(self, bounds) < 0 || take_caches(self, caches) < 0
-        || take_cache_replies(self, cache_replies) < 0)
+    if (PyTuple_GET_SIZE(requests) > MAX_REQUESTS) {
+        PyErr_Format(PyExc_ValueError, "at most %d requests", MAX_REQUESTS);
         return -1;
-    for (int kind = 0; kind < N_REQUESTS; kind++) {
-        PyObject *reply;
-        if (IS_CACHE_REQUEST(kind)) {
-            if (self->ncaches == 0)
-                continue;
-            /* The name of the cache's method (scache.py). */
-            if ((reply = PyUnicode_InternFromString(shapes[kind].request)) == NULL)
-                return -1;
-        } else if ((reply = PyDict_GetItemString(replies, shapes[kind].request)) == NULL) {
-            continue;
-        } else {
-            Py_INCREF(reply);
-        }
-        int status = take_request(self, kind, reply, latency);
-        Py_DECREF(reply);
-        if (status < 0)
+    }
+    if (take_bounds(self, bounds) < 0 || take_caches(self, caches) < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(requests); i++) {
+        if (take_request(self, PyTuple_GET_ITEM(requests, i)) < 0)
             return -1;
     }
     return 0;
@@ -790,15 +770,16 @@ static PyMethodDef FastPath_methods[] = {
 };
 
 PyDoc_STRVAR(FastPath_doc,
-"FastPath(size_limit, counts, latency, bounds, caches, cache_replies, replies,\n"
-"         failure)\n\n"
-"The common requests answered in one call (see answer()).  counts and\n"
-"latency are stats.Stats's requests and latency, which settle() adds\n"
-"into, bounds its buckets'\n"
-"upper bounds; caches maps the cache types answered here to their\n"
-"SessionCache, whose lookup(), update() and delete() answer; cache_replies\n"
-"is protocol.CACHE_REPLIES; replies maps tktkey and seed, if answered\n"
-"here, to protocol.Tlsmgr's reply functions; failure is Tlsmgr.failure.");
+"FastPath(size_limit, requests, caches, bounds, key_name_length, seed_max,\n"
+"         settled, failure)\n\n"
+"The requests given answered in one call each (see answer()).  requests\n"
+"is a tuple of (name, attribute names, codes, reply kind, handler[, reply\n"
+"parts]) (fastpath.py makes them from the request table); caches maps\n"
+"the cache types answered here to their SessionCache, passed to the\n"
+"handler in place of a cache type; bounds are the latency buckets' upper\n"
+"bounds; settled(name, answered, observed, seconds) takes the counts at\n"
+"settle(); failure(name, exception) gives the reply to a handler that\n"
+"raised.");
 
 static PyTypeObject FastPath_type = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -828,8 +809,6 @@ PyInit__fastpath(void)
     if (PyType_Ready(&FastPath_type) < 0)
         return NULL;
     fill_base64_pairs();
-    if ((sum_name = PyUnicode_InternFromString("sum")) == NULL)
-        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;

@@ -32,22 +32,29 @@ from typing import TYPE_CHECKING, Any
 from . import fastpath, log
 from .attr import Message, encode
 from .pending import MaybeLater, gather, then
-from .protocol import INT, STAT_ERR, STAT_OK, STR, Wanted, failed_reply
+from .requests import (
+    CONTROL,
+    FLUSH,
+    LIST,
+    ROTATE_KEYS,
+    STAT_ERR,
+    STAT_OK,
+    STATS,
+    check_answered,
+    failed_reply,
+    names,
+)
 
 if TYPE_CHECKING:
     from .prng import Prng
     from .protocol import Tlsmgr
     from .scache import SessionCache
 
-REQUESTS = frozenset((b"stats", b"flush", b"rotate_keys", b"list"))
+REQUESTS = names(CONTROL)
 # Ids listed at most, whatever the request says: as many take a few ms of
 # the loop's time (their JSON, and redis-py's parsing of Redis's answer,
 # 11 us an entry without hiredis), in which no other request is answered.
 LIST_MAX = 250
-
-_CACHE_TYPE: Wanted = ((b"cache_type", STR),)
-_LIMIT: Wanted = ((b"limit", INT),)
-_OFFSET: Wanted = ((b"offset", INT),)
 
 
 @dataclass(frozen=True)
@@ -118,25 +125,24 @@ class Control:
     def __init__(self, sources: Sources):
         self.sources = sources
         self.tlsmgr = sources.tlsmgr
-        self._handlers: dict[bytes, Callable[[Message], MaybeLater[bytes]]] = {
-            b"stats": self._stats, b"flush": self._flush,
-            b"rotate_keys": self._rotate_keys, b"list": self._list}
+        self._handlers = {name: functools.partial(handler, self)
+                          for name, handler in _HANDLERS.items()}
 
     def handle(self, request: bytes, message: Message) -> MaybeLater[bytes]:
         return self._handlers[request](message)
 
     def _stats(self, message: Message) -> MaybeLater[bytes]:
-        self.tlsmgr.scan(message, 1, ())
+        self.tlsmgr.scan(message, 1, STATS.reads)
         return then(snapshot(self.sources), lambda stats: encode(
             [("status", STAT_OK), ("stats", json.dumps(stats, separators=(",", ":")))]))
 
     def _flush(self, message: Message) -> MaybeLater[bytes]:
-        [cache_type] = self.tlsmgr.scan(message, 1, _CACHE_TYPE)
+        [cache_type] = self.tlsmgr.scan(message, 1, FLUSH.reads)
         cache = self.tlsmgr.cache(cache_type, "flush")
         return then(cache.flush() if cache is not None else -1, _flushed)
 
     def _rotate_keys(self, message: Message) -> bytes:
-        self.tlsmgr.scan(message, 1, ())
+        self.tlsmgr.scan(message, 1, ROTATE_KEYS.reads)
         tickets = self.tlsmgr.tickets
         if tickets.shared:
             # The fleet agrees on its keys through Redis, period by period;
@@ -152,12 +158,12 @@ class Control:
         return encode([("status", STAT_OK), ("keyname", key.name)])
 
     def _list(self, message: Message) -> MaybeLater[bytes]:
-        [cache_type] = self.tlsmgr.scan(message, 1, _CACHE_TYPE, more=True)
-        limit, offset = LIST_MAX, 0
-        if len(message) > 2:                        # the optional limit
-            [limit] = self.tlsmgr.scan(message, 2, _LIMIT, more=True)
-        if len(message) > 3:                        # and offset
-            [offset] = self.tlsmgr.scan(message, 3, _OFFSET)
+        [cache_type] = self.tlsmgr.scan(message, 1, LIST.reads, more=True)
+        # The optional limit and offset: as many as were sent.
+        sent = len(message) - 1 - len(LIST.reads)
+        optional = self.tlsmgr.scan(message, 1 + len(LIST.reads), LIST.optional[:max(0, sent)])
+        defaults = [LIST_MAX, 0]
+        limit, offset = optional + defaults[len(optional):]
         cache = self.tlsmgr.cache(cache_type, "list")
         if cache is None:
             return failed_reply(b"list", STAT_ERR)
@@ -174,3 +180,11 @@ def _listed(entries: list[tuple[bytes, int]]) -> bytes:
     text = json.dumps([{"id": cache_id.decode("utf-8", "backslashreplace"), "age": age}
                        for cache_id, age in entries], separators=(",", ":"))
     return encode([("status", STAT_OK), ("list", text)])
+
+
+# Who answers each control request: every one the table has, and no other.
+_HANDLERS: dict[bytes, Callable[[Control, Message], MaybeLater[bytes]]] = {
+    STATS.name: Control._stats, FLUSH.name: Control._flush,
+    ROTATE_KEYS.name: Control._rotate_keys, LIST.name: Control._list,
+}
+check_answered(CONTROL, frozenset(_HANDLERS), "control.Control")

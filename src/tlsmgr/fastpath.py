@@ -3,11 +3,13 @@
 Nearly every read from a tlsmgr client is one whole, well-formed lookup,
 update, delete, tktkey or seed request.  _fastpath.c reads such a request,
 counts it, answers it as protocol.Tlsmgr does (a cache request by the
-cache's own method, its reply joined from protocol.CACHE_REPLIES; tktkey
-and seed by the reply function the pure path calls too), writes the reply
-and records its latency, all in one call from Connection.data_received():
-a dozen Python calls fewer per request.  It counts in C, and adds its
-counts into stats.Stats when they are read (Stats.settle()).  What it is
+cache's own method, its reply joined from parts that protocol.py makes;
+tktkey and seed by the reply function the pure path calls too), writes
+the reply and records its latency, all in one call from
+Connection.data_received(): a dozen Python calls fewer per request.  It
+knows the requests only as it is given them here, from the request table
+(requests.py).  It counts in C, and hands its counts to stats.Stats when
+they are read (Stats.settle()).  What it is
 not sure of, it leaves untouched to the pure path (connection.py,
 attr.py, protocol.py), which reads the same bytes from the start.
 
@@ -20,10 +22,11 @@ the pure path alone, with the same replies, counts and log lines
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from .protocol import CACHE_REPLIES, Tlsmgr
+from .protocol import Tlsmgr
+from .requests import SEED_MAX, TABLE
 from .stats import LATENCY_BOUNDS
+from .tickets import NAME_LENGTH
 
 # answer(data, write, since): True if data was one whole request, answered
 # (its reply given to write(), its latency counted from since); False if
@@ -40,19 +43,25 @@ else:
 
 def answerer(tlsmgr: Tlsmgr, size_limit: int) -> Answer | None:
     """The compiled answer() for tlsmgr's requests, or None when it is not
-    built.  Requests that may be answered later, on the network, are left
-    to the pure path: those on a cache whose store is remote (Redis), and
-    tktkey when any is (the fleet's keys)."""
+    built.  It is given each request as the table (requests.py) says it,
+    with what Tlsmgr.compiled_answers() says answers it; requests that may
+    be answered later, on the network, are left to the pure path: those
+    on a cache whose store is remote (Redis), and tktkey when any is (the
+    fleet's keys)."""
     if not COMPILED:
         return None
     caches = {cache_type: cache for cache_type, cache in tlsmgr.caches.items()
               if cache is not None and not cache.store.remote}
-    # Only what answers at once: a reply that comes later is the pure path's.
-    replies: dict[str, Callable[..., Any]] = {"seed": tlsmgr.seed_reply}
-    if not tlsmgr.any_remote:
-        replies["tktkey"] = tlsmgr.key_reply
+    requests = []
+    for name, (handler, reply_kind, parts) in tlsmgr.compiled_answers().items():
+        reads = TABLE[name].reads
+        codes = b"".join(kind.code for _, kind in reads)
+        if b"c" in codes and not caches:
+            continue
+        requests.append((name, tuple(attribute for attribute, _ in reads), codes, reply_kind,
+                         handler, parts))
     stats = tlsmgr.stats
-    path = FastPath(size_limit, stats.requests, stats.latency, LATENCY_BOUNDS, caches,
-                    CACHE_REPLIES, replies, tlsmgr.failure)
+    path = FastPath(size_limit, tuple(requests), caches, LATENCY_BOUNDS, NAME_LENGTH, SEED_MAX,
+                    stats.add_answered, tlsmgr.failure)
     stats.kept_elsewhere.append(path.settle)
     return path.answer

@@ -25,21 +25,32 @@ from __future__ import annotations
 
 import functools
 import re
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from . import log
-from .attr import (
-    Message,
-    Value,
-    decode_data,
-    decode_data_prefix,
-    decode_int,
-    encode,
-    encode_data,
-    encode_int,
-)
+from .attr import Message, Value, decode_data_prefix, encode, encode_data, encode_int
 from .pending import Later, MaybeLater, then
+from .requests import (
+    CLIENT,
+    DELETE,
+    LOOKUP,
+    POLICY,
+    REQUEST,
+    SEED,
+    SEED_MAX,
+    STAT_ERR,
+    STAT_FAIL,
+    STAT_OK,
+    TKTKEY,
+    UPDATE,
+    Request,
+    Wanted,
+    check_answered,
+    compiled,
+    failed_reply,
+)
 from .scache import SessionCache
 from .stats import Stats
 from .tickets import NAME_LENGTH, TicketKey, TicketKeys
@@ -47,36 +58,8 @@ from .tickets import NAME_LENGTH, TicketKey, TicketKeys
 if TYPE_CHECKING:
     from .control import Control
 
-STAT_OK = 0          # success
-STAT_ERR = -1        # not found, or refused
-STAT_FAIL = -2       # protocol error
-
 HANDSHAKE = encode([("protocol", "tlsmgr_protocol")])
 WAKEUP = b"W"        # master(8)'s trigger
-
-SEED_MAX = 255
-
-
-# How an attribute value is read (Postfix's RECV_ATTR_STR/INT/DATA): the
-# function that converts it (None: the value as it is), and what a value it
-# cannot convert is called in the warning.  A plain tuple, since scan()
-# unpacks one per attribute of every request.
-Kind = tuple[Callable[[bytes], Any] | None, str]
-
-STR: Kind = (None, "")
-INT: Kind = (decode_int, "numerical")
-DATA: Kind = (decode_data, "base64")
-
-# What each request reads after its name, in order: each attribute's name
-# and how its value is read.
-Wanted = tuple[tuple[bytes, Kind], ...]
-
-_REQUEST: Wanted = ((b"request", STR),)
-_CACHE_ENTRY = ((b"cache_type", STR), (b"cache_id", STR))
-_UPDATE = (*_CACHE_ENTRY, (b"session", DATA))
-_CACHE_TYPE = ((b"cache_type", STR),)
-_KEYNAME = ((b"keyname", DATA),)
-_SIZE = ((b"size", INT),)
 
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
@@ -106,23 +89,6 @@ class Reply:
 
 NO_REPLY = Reply()
 
-# What a failed request's reply carries besides its status: every reply of
-# one request has the same attributes, in the same order.
-_FAILED_EXTRAS: dict[bytes, list[tuple[str, Value]]] = {
-    b"lookup": [("session", b"")], b"tktkey": [("keybuf", b"")], b"seed": [("seed", b"")],
-    b"policy": [("cachable", 0), ("timeout", 0)], b"update": [], b"delete": [],
-    b"flush": [("removed", 0)], b"list": [("list", "[]")], b"stats": [],
-    b"rotate_keys": [("keyname", b"")],
-}
-
-
-def failed_reply(request: bytes, status: int,
-                 extras: list[tuple[str, Value]] | None = None) -> bytes:
-    """The reply of a request that failed with status."""
-    return encode([("status", status),
-                   *(_FAILED_EXTRAS.get(request, []) if extras is None else extras)])
-
-
 class BadRequest(Exception):
     """A request that cannot be answered as asked: status -2, the reason
     already logged.  ``extras`` replaces the reply's usual attributes."""
@@ -141,21 +107,33 @@ _STATUS = {status: encode([("status", status)]) for status in (STAT_OK, STAT_ERR
 PROTOCOL_ERROR = _STATUS[STAT_FAIL]
 
 
-def _status_and_data(status: int, name: bytes, data: bytes) -> bytes:
-    return b"status\0%s\0%s\0%s\0\0" % (encode_int(status), name, encode_data(data))
+def _data_name(request: Request) -> bytes:
+    """The name of the one data attribute of a request's reply."""
+    [(name, _)] = request.replies
+    return name.encode()
 
 
-_LOOKUP_MISS = _status_and_data(STAT_ERR, b"session", b"")
-# What comes before and after the data of a lookup hit and of a seed: those
-# replies are joined from parts, without a call to make them.
-_FOUND = b"status\0%s\0session\0" % encode_int(STAT_OK)
-_SEED = b"status\0%s\0seed\0" % encode_int(STAT_OK)
+def _status_and_data(status: int, request: Request, data: bytes) -> bytes:
+    return b"status\0%s\0%s\0%s\0\0" % (encode_int(status), _data_name(request),
+                                         encode_data(data))
+
+
+def _ok_before_data(request: Request) -> bytes:
+    """What comes before the data of a request's reply that succeeded (its
+    base64 text and _END follow): such replies are joined from parts,
+    without a call to make them."""
+    return b"status\0%s\0%s\0" % (encode_int(STAT_OK), _data_name(request))
+
+
+_LOOKUP_MISS = failed_reply(LOOKUP.name, STAT_ERR)
+_FOUND = _ok_before_data(LOOKUP)
+_SEED = _ok_before_data(SEED)
 _END = b"\0\0"
-# The compiled path's replies to cache requests (fastpath.py), in the order
-# it takes them: what comes before a session found (its base64 text and
-# _END follow), a lookup that found none, and an update or a delete that
-# did or did not take.
-CACHE_REPLIES = (_FOUND, _LOOKUP_MISS, _STATUS[STAT_OK], _STATUS[STAT_ERR])
+# The parts of the replies the compiled path makes from a handler's result
+# (Tlsmgr.compiled_answers()): a session found or not, and whether an
+# update or a delete took.
+_SESSION_PARTS = (_FOUND, _LOOKUP_MISS)
+_TRUTH_PARTS = (_STATUS[STAT_OK], _STATUS[STAT_ERR])
 
 
 def _lookup_reply(found: bytes | None) -> bytes:
@@ -206,14 +184,8 @@ class Tlsmgr:
         self.any_remote = any(
             cache is not None and cache.store.remote for cache in caches.values())
         self._key_reply: tuple[object, bytes] = (None, b"")   # see key_reply()
-        self._handlers = {
-            b"lookup": self._lookup,
-            b"update": self._update,
-            b"delete": self._delete,
-            b"tktkey": self._tktkey,
-            b"seed": self._seed,
-            b"policy": self._policy,
-        }
+        self._handlers = {name: functools.partial(handler, self)
+                          for name, handler in _HANDLERS.items()}
         self.stats.known_requests(self._handlers)
 
     # The message layer.
@@ -230,7 +202,7 @@ class Tlsmgr:
             request = message[0][1]
         else:
             try:
-                self.scan(message, 0, _REQUEST, more=True)       # says what is wrong
+                self.scan(message, 0, REQUEST, more=True)       # says what is wrong
             except BadRequest:
                 pass
             return Reply(PROTOCOL_ERROR)
@@ -304,7 +276,7 @@ class Tlsmgr:
         but, as in Postfix, do not fail the request.
         """
         values: list[Any] = []
-        for index, (name, (convert, malformed)) in enumerate(wanted, start):
+        for index, (name, (convert, malformed, _)) in enumerate(wanted, start):
             if index >= len(message):
                 self._client_error("missing attribute %s in input from %s", name.decode(),
                                    self.socket_name)
@@ -340,16 +312,16 @@ class Tlsmgr:
     # The requests.  Each returns the reply message.
 
     def _lookup(self, message: Message) -> MaybeLater[bytes]:
-        cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
+        cache_type, cache_id = self.scan(message, 1, LOOKUP.reads)
         return then(self._enabled(cache_type, "lookup").lookup(cache_id), _lookup_reply)
 
     def _update(self, message: Message) -> MaybeLater[bytes]:
-        cache_type, cache_id, session = self.scan(message, 1, _UPDATE)
+        cache_type, cache_id, session = self.scan(message, 1, UPDATE.reads)
         return then(self._enabled(cache_type, "update").update(cache_id, session),
                     _status_reply)
 
     def _delete(self, message: Message) -> MaybeLater[bytes]:
-        cache_type, cache_id = self.scan(message, 1, _CACHE_ENTRY)
+        cache_type, cache_id = self.scan(message, 1, DELETE.reads)
         return then(self._enabled(cache_type, "delete").delete(cache_id), _status_reply)
 
     def _enabled(self, cache_type: bytes, request: str) -> SessionCache:
@@ -366,7 +338,7 @@ class Tlsmgr:
         # place of a key, and so is what could be decoded of a name that is
         # not base64.
         try:
-            [name] = self.scan(message, 1, _KEYNAME)
+            [name] = self.scan(message, 1, TKTKEY.reads)
         except BadRequest:
             if len(message) > 1 and message[1][0] == b"keyname":
                 raise BadRequest([("keybuf", decode_data_prefix(message[1][1])[0])]) from None
@@ -378,7 +350,23 @@ class Tlsmgr:
 
     # key_reply() and seed_reply(): the replies to requests already read,
     # which the compiled path (fastpath.py) calls too.  It answers cache
-    # requests as the three above do, from CACHE_REPLIES.
+    # requests as the three above do (compiled_answers()).
+
+    def compiled_answers(self) -> dict[bytes, tuple[Callable[..., Any], str, tuple[bytes, ...]]]:
+        """How the compiled path may answer each request the table lets it,
+        those answered at once: the handler, how its result becomes the
+        reply (AS_IS, SESSION, TRUTH), and the reply's parts.  A cache
+        request's handler is given the cache first; the compiled path is
+        given only the caches answered at once (fastpath.answerer()).
+        Not tktkey while the fleet's keys are on Redis."""
+        answers = {}
+        for name, (handler, reply_kind) in _COMPILED.items():
+            if name == TKTKEY.name and self.any_remote:
+                continue
+            if reply_kind == AS_IS:
+                handler = types.MethodType(handler, self)
+            answers[name] = (handler, reply_kind, _PARTS[reply_kind])
+        return answers
 
     def key_reply(self, name: bytes, from_memory: bool = False) -> MaybeLater[bytes]:
         """The reply to a tktkey request for a name of a valid length
@@ -404,17 +392,17 @@ class Tlsmgr:
 
     def _reply_with_key(self, name: bytes, key: TicketKey | None) -> bytes:
         if key is None:
-            return _status_and_data(STAT_ERR, b"keybuf", name)
+            return _status_and_data(STAT_ERR, TKTKEY, name)
         # Most requests ask for the current key: its reply is made once.
         last_key, last_reply = self._key_reply
         if key is last_key:
             return last_reply
-        reply = _status_and_data(STAT_OK, b"keybuf", key.pack())
+        reply = _status_and_data(STAT_OK, TKTKEY, key.pack())
         self._key_reply = (key, reply)
         return reply
 
     def _seed(self, message: Message) -> bytes:
-        [size] = self.scan(message, 1, _SIZE)
+        [size] = self.scan(message, 1, SEED.reads)
         if not 0 < size <= SEED_MAX:
             self._client_error('bogus seed length "%d" in "seed" request', size)
             raise BadRequest
@@ -431,7 +419,29 @@ class Tlsmgr:
         return b"".join((_SEED, encode_data(seed), _END))
 
     def _policy(self, message: Message) -> bytes:
-        [cache_type] = self.scan(message, 1, _CACHE_TYPE)
+        [cache_type] = self.scan(message, 1, POLICY.reads)
         cache = self.cache(cache_type, "policy")
         return encode([("status", STAT_OK), ("cachable", int(cache is not None)),
                        ("timeout", self.timeouts[cache_type])])
+
+
+# Who answers each client request: every one the table has, and no other.
+_HANDLERS: dict[bytes, Callable[[Tlsmgr, Message], MaybeLater[bytes]]] = {
+    LOOKUP.name: Tlsmgr._lookup, UPDATE.name: Tlsmgr._update, DELETE.name: Tlsmgr._delete,
+    TKTKEY.name: Tlsmgr._tktkey, SEED.name: Tlsmgr._seed, POLICY.name: Tlsmgr._policy,
+}
+check_answered(CLIENT, frozenset(_HANDLERS), "protocol.Tlsmgr")
+
+# How the compiled path answers each request the table lets it (only those):
+# by the handler, with a result that is the reply, a session or None, or
+# whether it took.
+AS_IS, SESSION, TRUTH = "r", "d", "t"
+_PARTS = {AS_IS: (), SESSION: _SESSION_PARTS, TRUTH: _TRUTH_PARTS}
+_COMPILED: dict[bytes, tuple[Callable[..., Any], str]] = {
+    LOOKUP.name: (SessionCache.lookup, SESSION), UPDATE.name: (SessionCache.update, TRUTH),
+    DELETE.name: (SessionCache.delete, TRUTH), TKTKEY.name: (Tlsmgr.key_reply, AS_IS),
+    SEED.name: (Tlsmgr.seed_reply, AS_IS),
+}
+if frozenset(_COMPILED) != compiled():
+    raise ImportError("the compiled path answers %s, the request table says %s"
+                      % (sorted(_COMPILED), sorted(compiled())))

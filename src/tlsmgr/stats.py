@@ -74,6 +74,16 @@ class Stats:
         for add_in in self.kept_elsewhere:
             add_in()
 
+    def add_answered(self, name: bytes, answered: int, observed: list[int],
+                     seconds: float) -> None:
+        """Requests answered elsewhere (the compiled path's), added in:
+        how many, their count by latency bucket, and their latencies' sum."""
+        self.requests[name] = self.requests.get(name, 0) + answered
+        histogram = self.latency[name]
+        for bucket, count in enumerate(observed):
+            histogram.counts[bucket] += count
+        histogram.sum += seconds
+
     def known_requests(self, names: Iterable[bytes]) -> None:
         for name in (*names, b"unknown"):
             self.requests.setdefault(name, 0)
