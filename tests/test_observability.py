@@ -25,13 +25,13 @@ from helpers.harness import connect, free_tcp_port, start_ours, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from tlsmgr.client import ClientError, TlsmgrClient
+from tlsmgr.histogram import LATENCY_BOUNDS
 from tlsmgr.metrics import (
     METRICS_BACKLOG,
     METRICS_CONNECTIONS,
     METRICS_DEADLINE,
     METRICS_HEAD_LIMIT,
 )
-from tlsmgr.stats import LATENCY_BOUNDS
 from tlsmgr.tickets import TicketKey
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import fastpath, log
+from . import log
 from .attr import Message, encode
 from .pending import MaybeLater, gather, then
 from .requests import (
@@ -65,6 +65,7 @@ class Sources:
     caches: Sequence[SessionCache]     # the enabled ones
     prng: Prng
     connections: Sized                 # the open ones
+    fast_path: str                     # "compiled" or "pure" (fastpath.py)
 
 
 def snapshot(sources: Sources) -> MaybeLater[dict[str, Any]]:
@@ -93,7 +94,7 @@ def _snapshot(sources: Sources, cache_stats: list[dict[str, Any]]) -> dict[str, 
     return {
         "uptime": round(time.monotonic() - stats.started, 3),
         # Whether the common requests are answered in one compiled call.
-        "fast_path": "compiled" if fastpath.COMPILED else "pure",
+        "fast_path": sources.fast_path,
         "caches": caches,
         "ticket_keys": {
             "count": len(ring.keys),

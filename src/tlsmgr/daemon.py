@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from . import __version__, config, log, master
+from . import __version__, config, fastpath, log, master
 from .attr import Decoder, Message
 from .connection import LATER_MARGIN
 from .control import Control, Sources
@@ -309,7 +309,8 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int,
     owner = mail_owner_uid(cfg)
     if owner is not None:
         server.control_uids.add(owner)
-    tlsmgr.control = Control(Sources(tlsmgr, server.caches, prng, server.connections))
+    tlsmgr.control = Control(Sources(tlsmgr, server.caches, prng, server.connections,
+                                     "compiled" if fastpath.COMPILED else "pure"))
     tlsmgr.stats.known_requests(Control.requests)
     return server, tlsmgr.control
 

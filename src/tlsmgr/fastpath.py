@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .histogram import LATENCY_BOUNDS
 from .protocol import Tlsmgr
 from .requests import SEED_MAX, TABLE
-from .stats import LATENCY_BOUNDS
 from .tickets import NAME_LENGTH
 
 # answer(data, write, since): True if data was one whole request, answered

@@ -19,33 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .attr import Message
+from .histogram import LATENCY_BOUNDS, Histogram
 from .tickets import OUTCOMES
-
-# Upper bounds of the latency buckets, in seconds: 10 µs to 1 s, in steps
-# of 1, 2.5 and 5 (Prometheus's "le": a bucket counts what is at most it).
-LATENCY_BOUNDS = tuple(m * 10.0 ** e for e in range(-5, 0) for m in (1, 2.5, 5)) + (1.0,)
-
-
-class Histogram:
-    """Counts of durations by bucket, and their sum, in seconds."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BOUNDS) + 1)     # the last: over 1 s
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
-        self.sum += seconds
-
-    def snapshot(self) -> dict[str, object]:
-        """The buckets as Prometheus has them: cumulative, by upper bound."""
-        buckets, total = [], 0
-        for bound, count in zip((*LATENCY_BOUNDS, float("inf")), self.counts):
-            total += count
-            buckets.append([bound if bound != float("inf") else "+Inf", total])
-        return {"count": total, "sum": round(self.sum, 6), "buckets": buckets}
 
 
 @dataclass

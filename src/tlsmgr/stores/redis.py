@@ -63,9 +63,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .. import log
+from ..histogram import Histogram
 from ..pending import Later, MaybeLater, gather, then
 from ..seal import NotOpened, Seal
-from ..stats import Histogram
 from . import (
     EVICTIONS_PER_SAVE,
     STAMP,
