@@ -1,7 +1,7 @@
-"""atheris harness for the request handlers (tlsmgr.protocol.Tlsmgr).
+"""atheris harness for the request handlers (tlsmgr.protocol.Dispatch).
 
 Each input is what a client sends: it is decoded, and every message is
-answered by an in-process Tlsmgr (memory caches for smtpd and smtp, lmtp
+answered by an in-process Dispatch (memory caches for smtpd and smtp, lmtp
 disabled); invariants.check_request_stream checks that nothing raises and
 that every reply is one well-formed message of the request's layout, of a
 size bounded by the requests, and true to what the caches hold.

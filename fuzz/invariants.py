@@ -37,7 +37,9 @@ from tlsmgr.attr import (
     encode_data,
     encode_int,
 )
-from tlsmgr.protocol import SEED_MAX, WAKEUP, Reply, Tlsmgr
+from tlsmgr.handlers import client_dispatch
+from tlsmgr.protocol import WAKEUP, Dispatch, Reply
+from tlsmgr.requests import SEED_MAX
 from tlsmgr.scache import SessionCache
 from tlsmgr.stores.memory import MemoryStore
 from tlsmgr.tickets import KEY_SIZE, NAME_LENGTH, TicketKey, TicketKeyRing
@@ -193,12 +195,12 @@ def check_decoder_input(data: bytes) -> None:
 # The requests.
 
 def deterministic_bytes(size: int) -> bytes:
-    """The 'random' bytes of the fuzzed Tlsmgr: the same on every run."""
+    """The 'random' bytes of the fuzzed Dispatch: the same on every run."""
     return bytes(index & 0xFF for index in range(size))
 
 
-def make_tlsmgr() -> Tlsmgr:
-    """A Tlsmgr in-process: memory caches for smtpd and smtp, lmtp
+def make_dispatch() -> Dispatch:
+    """A Dispatch of the client requests in-process: memory caches for smtpd and smtp, lmtp
     disabled, a clock that stands still (nothing expires, the ticket key
     never changes) and deterministic random bytes."""
     def clock():
@@ -209,11 +211,11 @@ def make_tlsmgr() -> Tlsmgr:
               for label in ENABLED_CACHES}
     caches["lmtp"] = None
     timeouts = {label.decode(): SESSION_TIMEOUT for label in CACHE_TYPES}
-    return Tlsmgr(caches, timeouts, deterministic_bytes,
-                  TicketKeyRing(deterministic_bytes, clock=clock))
+    return client_dispatch(caches, timeouts, deterministic_bytes,
+                           TicketKeyRing(deterministic_bytes, clock=clock))
 
 
-# The name of the ticket key make_tlsmgr()'s Tlsmgr makes first.
+# The name of the ticket key make_dispatch()'s Dispatch makes first.
 FIRST_TICKET_KEY_NAME = deterministic_bytes(NAME_LENGTH)
 
 
@@ -228,7 +230,7 @@ class _ErrorRecorder(logging.Handler):
 
 @contextmanager
 def recording_internal_errors():
-    """Collect what tlsmgr logs at ERROR level (Tlsmgr.handle() logs there
+    """Collect what tlsmgr logs at ERROR level (Dispatch.handle() logs there
     when a request raised), and keep its warnings quiet meanwhile: a fuzzer
     makes millions of them."""
     logger = log.logger
@@ -279,12 +281,12 @@ def requested(message: Message) -> bytes | None:
 
 
 class RequestChecker:
-    """One Tlsmgr from make_tlsmgr(), every reply of which is checked:
+    """One Dispatch from make_dispatch(), every reply of which is checked:
     of the right layout, of a bounded size, and consistent with a model of
     what the caches hold, kept from the replies to earlier requests."""
 
     def __init__(self):
-        self.tlsmgr = make_tlsmgr()
+        self.tlsmgr = make_dispatch()
         self.sessions: dict[tuple[bytes, bytes], bytes] = {}
         self.largest_request = 0
 
@@ -389,7 +391,7 @@ class RequestChecker:
 
 def check_request_stream(data: bytes) -> None:
     """The requests harness: every message of a client's stream through
-    one Tlsmgr, each reply checked (see RequestChecker)."""
+    one Dispatch, each reply checked (see RequestChecker)."""
     checker = RequestChecker()
     decoder = Decoder(REQUEST_SIZE_LIMIT)
     for start in range(0, len(data), REQUEST_SLICE):

@@ -125,12 +125,12 @@ def test_connection_answers_pipelined_requests_as_tlsmgr_does(path, requests, ro
                                                               high_water):
     # Each message starts with its "request" name, so no piece of the
     # stream is taken for a master(8) trigger, and the server's replies are
-    # exactly those of a Tlsmgr asked directly, in order.
+    # exactly those of a Dispatch asked directly, in order.
     # Several rounds of them: more than a slice of input for the server.
     requests = [message for message in requests
                 if message and message[0][0] == b"request"
                 and invariants.wire_size(message) <= CONNECTION_SIZE_LIMIT] * rounds
-    reference = invariants.make_tlsmgr()
+    reference = invariants.make_dispatch()
     stream = b"".join(map(invariants.wire_bytes, requests))
     server, connection, transport = connect(high_water, path)
     with invariants.recording_internal_errors() as errors:

@@ -25,12 +25,14 @@ from tlsmgr.client import TlsmgrClient
 from tlsmgr.control import Sources, snapshot
 from tlsmgr.ctl import main as ctl_main
 from tlsmgr.ctl import stats_text
+from tlsmgr.handlers import ClientRequests
 from tlsmgr.histogram import Histogram
 from tlsmgr.metrics import parse_listen
 from tlsmgr.pending import Later, then
 from tlsmgr.prng import Prng
-from tlsmgr.protocol import Tlsmgr
+from tlsmgr.protocol import Scanner
 from tlsmgr.scache import SessionCache
+from tlsmgr.stats import Stats
 from tlsmgr.stores.memory import MemoryStore
 from tlsmgr.tickets import FleetTicketKeys, TicketKeyRing
 
@@ -348,10 +350,13 @@ def sources_in_process(tmp_path, tickets=None) -> Sources:
     memory, has it; the ticket keys this host's ring unless given."""
     prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
     cache = SessionCache("smtpd", MemoryStore(), 3600)
-    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
-                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
-                    prng.random_bytes, tickets or TicketKeyRing(prng.random_bytes))
-    return Sources(tlsmgr, [cache], prng, set(), "compiled" if fastpath.COMPILED else "pure")
+    stats = Stats()
+    client = ClientRequests({"smtpd": cache, "smtp": None, "lmtp": None},
+                            {"smtpd": 3600, "smtp": 3600, "lmtp": 3600}, prng.random_bytes,
+                            tickets or TicketKeyRing(prng.random_bytes),
+                            Scanner("tlsmgr socket", stats), stats)
+    return Sources(client, stats, [cache], prng, set(),
+                   "compiled" if fastpath.COMPILED else "pure")
 
 
 def test_scrapes_at_once_share_one_snapshot_from_the_network_and_wait_a_bounded_time(

@@ -104,7 +104,7 @@ class Recorder(logging.Handler):
 
 def observed(shared, transport, lines):
     """All a user could notice of a Connection's work."""
-    stats = shared.tlsmgr.stats
+    stats = shared.dispatch.stats
     stats.settle()
     return {
         "replies": transport.writes,
@@ -115,7 +115,7 @@ def observed(shared, transport, lines):
         "latency observations": {name: sum(histogram.counts)
                                  for name, histogram in stats.latency.items()},
         "caches": {label: cache.stats() if cache else None
-                   for label, cache in shared.tlsmgr.caches.items()},
+                   for label, cache in shared.dispatch.client.caches.items()},
         "log": lines,
     }
 
@@ -126,7 +126,7 @@ def run_both(reads, prepare=lambda tlsmgr: None):
     found = {}
     for path in ("pure", "compiled"):
         shared, connection, transport = connect(10**9, path)
-        prepare(shared.tlsmgr)
+        prepare(shared.dispatch.client)
         recorder = Recorder()
         logger.addHandler(recorder)
         try:
@@ -178,7 +178,7 @@ def test_the_common_requests_are_answered_by_the_compiled_path():
     assert [invariants.decode_replies(reply)[0][b"status"] for reply in replies] == [
         0, 0, -1, 0, -1, 0, 0, 0, 0, -1, 0, 0, 0]
     # Counted in C, and added into the stats when they are read: once.
-    stats = shared.tlsmgr.stats
+    stats = shared.dispatch.stats
     for _ in range(2):
         stats.settle()
         assert stats.requests[b"lookup"] == 2
@@ -189,7 +189,7 @@ def test_the_common_requests_are_answered_by_the_compiled_path():
 @pytest.mark.usefixtures("compiled")
 def test_a_request_the_counts_do_not_name_yet_is_counted_from_zero():
     shared, _, _ = connect(10**9, "compiled")
-    stats = shared.tlsmgr.stats
+    stats = shared.dispatch.stats
     stats.requests.clear()
     for data in PLAIN[:3]:
         assert shared.answer(data, lambda reply: None, time.monotonic())
@@ -226,10 +226,10 @@ def test_a_request_behind_an_unfinished_one_waits_its_turn():
 
 @pytest.mark.usefixtures("compiled")
 def test_a_failure_inside_a_request_is_answered_and_logged_alike():
-    def breaking(tlsmgr):
+    def breaking(client):
         def get(cache_id):
             raise RuntimeError("the store is broken")
-        tlsmgr.caches[b"smtpd"].store.get = get
+        client.caches[b"smtpd"].store.get = get
 
     found = run_both([PLAIN[1], PLAIN[7]], prepare=breaking)
     assert found["compiled"] == found["pure"]
@@ -244,7 +244,7 @@ def test_an_exit_from_inside_a_request_is_not_swallowed():
 
     def exiting(size):
         raise SystemExit(1)
-    shared.tlsmgr.random_bytes = exiting
+    shared.dispatch.client.random_bytes = exiting
     with pytest.raises(SystemExit):
         connection.data_received(PLAIN[10])
 

@@ -79,7 +79,7 @@ def test_any_requests_get_well_formed_replies(requests):
 
 
 class SessionCacheMachine(RuleBasedStateMachine):
-    """update, lookup and delete against one Tlsmgr behave like a dict,
+    """update, lookup and delete against one Dispatch behave like a dict,
     in the enabled caches; the disabled and unknown ones refuse all."""
 
     # Few ids, so that requests meet the entries of earlier ones.

@@ -5,7 +5,8 @@ import logging
 import pytest
 
 from tlsmgr.attr import Decoder, decode_data, encode
-from tlsmgr.protocol import HANDSHAKE, Tlsmgr
+from tlsmgr.handlers import client_dispatch
+from tlsmgr.protocol import HANDSHAKE
 from tlsmgr.scache import SessionCache
 from tlsmgr.stores.memory import MemoryStore
 from tlsmgr.tickets import KEY_SIZE, TicketKey, TicketKeyRing
@@ -30,19 +31,19 @@ def clock():
     return Clock()
 
 
-def make_tlsmgr(clock, smtpd_timeout=TIMEOUT, smtp_enabled=False):
+def make_dispatch(clock, smtpd_timeout=TIMEOUT, smtp_enabled=False):
     caches = {"smtpd": SessionCache("smtpd", MemoryStore(), smtpd_timeout, clock=clock),
               "smtp": SessionCache("smtp", MemoryStore(), TIMEOUT, clock=clock)
               if smtp_enabled else None,
               "lmtp": None}
     timeouts = {"smtpd": smtpd_timeout, "smtp": TIMEOUT, "lmtp": TIMEOUT}
-    return Tlsmgr(caches, timeouts, counting_random,
-                  TicketKeyRing(counting_random, clock=clock))
+    return client_dispatch(caches, timeouts, counting_random,
+                           TicketKeyRing(counting_random, clock=clock))
 
 
 @pytest.fixture
 def tlsmgr(clock):
-    return make_tlsmgr(clock)
+    return make_dispatch(clock)
 
 
 def ask(tlsmgr, wire: bytes) -> bytes:
@@ -74,8 +75,8 @@ def test_seed_whose_bytes_cannot_be_made_is_refused(clock, caplog):
     # never what a buffer held before.
     def failing(n):
         raise OSError(5, "Input/output error")
-    tlsmgr = make_tlsmgr(clock)
-    tlsmgr.random_bytes = failing
+    tlsmgr = make_dispatch(clock)
+    tlsmgr.client.random_bytes = failing
     assert request(tlsmgr, ("request", "seed"), ("size", 32)) == \
         b"status\x004294967295\0seed\0\0\0"
     assert "cannot generate 32 random bytes for a seed request: [Errno 5] Input/output " \
@@ -119,7 +120,7 @@ def test_expired_entry_is_never_returned_and_is_deleted(tlsmgr, clock):
     assert fields(request(tlsmgr, *lookup))["status"] == b"0"
     clock.now += 1
     assert fields(request(tlsmgr, *lookup))["status"] == b"4294967295"
-    assert len(tlsmgr.caches[b"smtpd"].store) == 0
+    assert len(tlsmgr.client.caches[b"smtpd"].store) == 0
 
 
 def test_disabled_cache_refuses_lookup_update_delete(tlsmgr):
@@ -167,7 +168,7 @@ def test_tktkey_malformed_name_echoes_what_decoded(tlsmgr):
 
 
 def test_tktkey_disabled_when_smtpd_timeout_is_zero(clock):
-    tlsmgr = make_tlsmgr(clock, smtpd_timeout=0)
+    tlsmgr = make_dispatch(clock, smtpd_timeout=0)
     assert request(tlsmgr, ("request", "tktkey"), ("keyname", b"")) == \
         b"status\x004294967295\0keybuf\0\0\0"
     # Postfix 3.7 does not echo the name here.
@@ -236,7 +237,7 @@ def test_a_failure_inside_a_request_still_answers_in_shape(tlsmgr, caplog):
     class Broken(MemoryStore):
         def get(self, cache_id):
             raise RuntimeError("disk on fire")
-    tlsmgr.caches[b"smtpd"].store = Broken()
+    tlsmgr.client.caches[b"smtpd"].store = Broken()
     reply = request(tlsmgr, ("request", "lookup"), ("cache_type", "smtpd"), ("cache_id", "a"))
     assert reply == b"status\x004294967294\0session\0\0\0"
     assert "cannot answer lookup request: RuntimeError: disk on fire" in caplog.text

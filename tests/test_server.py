@@ -7,8 +7,8 @@ import os
 
 from tlsmgr import log
 from tlsmgr.attr import Decoder, encode
+from tlsmgr.handlers import client_dispatch
 from tlsmgr.prng import Prng
-from tlsmgr.protocol import Tlsmgr
 from tlsmgr.scache import SessionCache
 from tlsmgr.server import STATUS_WITHIN, LoopErrorLog, Server, listen_unix
 from tlsmgr.stores import Entry, pack_entry
@@ -19,10 +19,10 @@ from tlsmgr.tickets import TicketKeyRing
 def _server_for(cache, tmp_path):
     """A Server answering from one smtpd cache, with a PRNG in tmp_path."""
     prng = Prng("", 32, str(tmp_path / "prng_exch"), 3600, 3600)
-    tlsmgr = Tlsmgr({"smtpd": cache, "smtp": None, "lmtp": None},
-                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
-                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
-    return Server(tlsmgr, prng, [cache], ipc_timeout=60, request_size_limit=65536,
+    dispatch = client_dispatch({"smtpd": cache, "smtp": None, "lmtp": None},
+                               {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
+                               prng.random_bytes, TicketKeyRing(prng.random_bytes))
+    return Server(dispatch, prng, [cache], ipc_timeout=60, request_size_limit=65536,
                   connection_limit=100, client_buffer_limit=1 << 20)
 
 
@@ -84,10 +84,10 @@ def test_time_comes_once_a_turn_and_master_hears_once_within_status_within(tmp_p
         def served(self):
             told.append(1)
 
-    tlsmgr = Tlsmgr({"smtpd": None, "smtp": None, "lmtp": None},
-                    {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
-                    prng.random_bytes, TicketKeyRing(prng.random_bytes))
-    server = Server(tlsmgr, prng, [], ipc_timeout=60, request_size_limit=65536,
+    dispatch = client_dispatch({"smtpd": None, "smtp": None, "lmtp": None},
+                               {"smtpd": 3600, "smtp": 3600, "lmtp": 3600},
+                               prng.random_bytes, TicketKeyRing(prng.random_bytes))
+    server = Server(dispatch, prng, [], ipc_timeout=60, request_size_limit=65536,
                     connection_limit=100, client_buffer_limit=1 << 20, master=Master())
 
     async def turn():

@@ -13,7 +13,7 @@
  * each request it may answer as the request table (requests.py) says it:
  * the request's name, its attributes' names in order and how each is read,
  * the handler that answers it (a cache's lookup(), update() or delete(),
- * given the cache first; Tlsmgr's reply functions for tktkey and seed),
+ * given the cache first; ClientRequests' reply functions for tktkey and seed),
  * and how the handler's result becomes the reply, with the reply's parts,
  * which protocol.py makes; and the limits on values.
  *
@@ -379,8 +379,8 @@ arguments(FastPath *self, Request *request, Text values[], PyObject *args[MAX_VA
     return request->count;
 }
 
-/* As protocol.Tlsmgr.handle(): a reply function that raises an Exception
- * is answered by Tlsmgr.failure(), which logs it; anything else (a
+/* As protocol.Dispatch.handle(): a reply function that raises an Exception
+ * is answered by Dispatch.failure(), which logs it; anything else (a
  * SystemExit from the PRNG) goes on up. */
 static PyObject *
 failed(FastPath *self, PyObject *name)

@@ -37,7 +37,7 @@ from .attr import Decoder, Message, MessageTooLarge
 from .fastpath import Answer
 from .limits import ClientMemory, ConnectionTable
 from .pending import Later
-from .protocol import HANDSHAKE, PROTOCOL_ERROR, Reply, Tlsmgr
+from .protocol import HANDSHAKE, PROTOCOL_ERROR, Dispatch, Reply
 from .stats import Stats
 
 SLICE = 4096            # bytes of input decoded before their requests are answered
@@ -75,7 +75,7 @@ def describe_peer(sock: socket.socket | None) -> str:
 class Shared:
     """All that connections share, and all they may touch of the server."""
 
-    tlsmgr: Tlsmgr
+    dispatch: Dispatch
     stats: Stats
     loop: asyncio.AbstractEventLoop
     connections: ConnectionTable
@@ -248,7 +248,7 @@ class Connection(asyncio.Protocol):
         if self.input.receive(data, now):
             self._serve()
         else:
-            self._send([shared.tlsmgr.handle_trigger(data[:-1])])
+            self._send([shared.dispatch.handle_trigger(data[:-1])])
 
     def _serve(self) -> None:
         """Decode and answer until all that came is answered, a request
@@ -257,7 +257,7 @@ class Connection(asyncio.Protocol):
         if transport.is_closing():
             return
         shared = self.shared
-        tlsmgr = shared.tlsmgr
+        dispatch = shared.dispatch
         flow = self.flow
         client_input = self.input
         pending = client_input.pending
@@ -268,7 +268,7 @@ class Connection(asyncio.Protocol):
         while self.waiting is None and not flow.write_paused:
             if pending:
                 message = pending.popleft()
-                reply = tlsmgr.handle(message, self)
+                reply = dispatch.handle(message, self)
                 if reply.later is not None:
                     # What came before goes first.
                     if replies:
@@ -350,7 +350,7 @@ class Connection(asyncio.Protocol):
             return                   # answered at the deadline
         error = later.error()
         self._answered_later(Reply(later.result() if error is None else
-                                   self.shared.tlsmgr.failure(message[0][1], error)),
+                                   self.shared.dispatch.failure(message[0][1], error)),
                              message, since)
 
     def _deadline(self, control: bool) -> tuple[float, str]:
@@ -371,7 +371,7 @@ class Connection(asyncio.Protocol):
         request = message[0][1].decode(errors="replace")
         shared.late_warning("%s request of %s not answered by the session store within %s: "
                             "answered as failed", request, self.peer(), bound)
-        self._answered_later(shared.tlsmgr.unanswered(message), message, since)
+        self._answered_later(shared.dispatch.unanswered(message), message, since)
 
     def _answered_later(self, reply: Reply, message: Message, since: float) -> None:
         self.waiting = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import types
 from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,15 +43,15 @@ from .requests import (
     STATS,
     check_answered,
     failed_reply,
-    names,
 )
 
 if TYPE_CHECKING:
+    from .handlers import ClientRequests
     from .prng import Prng
-    from .protocol import Tlsmgr
+    from .protocol import Handler, Scanner
     from .scache import SessionCache
+    from .stats import Stats
 
-REQUESTS = names(CONTROL)
 # Ids listed at most, whatever the request says: as many take a few ms of
 # the loop's time (their JSON, and redis-py's parsing of Redis's answer,
 # 11 us an entry without hiredis), in which no other request is answered.
@@ -61,7 +62,8 @@ LIST_MAX = 250
 class Sources:
     """What the stats report reads, each part from its owner."""
 
-    tlsmgr: Tlsmgr                     # requests, errors, ticket keys
+    client: ClientRequests             # the caches' timeouts, the ticket keys
+    stats: Stats                       # requests, errors
     caches: Sequence[SessionCache]     # the enabled ones
     prng: Prng
     connections: Sized                 # the open ones
@@ -81,11 +83,11 @@ def snapshot(sources: Sources) -> MaybeLater[dict[str, Any]]:
 
 
 def _snapshot(sources: Sources, cache_stats: list[dict[str, Any]]) -> dict[str, Any]:
-    tlsmgr = sources.tlsmgr
-    ring = tlsmgr.tickets.ring
+    tickets = sources.client.tickets
+    ring = tickets.ring
     now = time.time()
     caches = {cache.label: stats for cache, stats in zip(sources.caches, cache_stats)}
-    stats = tlsmgr.stats
+    stats = sources.stats
     stats.settle()
     errors = dict(stats.errors)
     store_errors = sum(cache.store_errors for cache in sources.caches)
@@ -100,11 +102,11 @@ def _snapshot(sources: Sources, cache_stats: list[dict[str, Any]]) -> dict[str, 
             "count": len(ring.keys),
             "current_age": None if ring.rotated_at is None else round(now - ring.rotated_at),
             "rotations": ring.rotations,
-            "shared": tlsmgr.tickets.shared,
-            "unopened": tlsmgr.tickets.unopened,
+            "shared": tickets.shared,
+            "unopened": tickets.unopened,
             "lookups": {outcome: count for outcome, count in sorted(stats.ticket_lookups.items())
                         if count},
-            **({"redis": health} if (health := tlsmgr.tickets.health()) is not None else {}),
+            **({"redis": health} if (health := tickets.health()) is not None else {}),
         },
         "prng": {"reseeds": sources.prng.reseeds,
                  "exchange_updates": sources.prng.exchange_updates},
@@ -119,39 +121,38 @@ def _snapshot(sources: Sources, cache_stats: list[dict[str, Any]]) -> dict[str, 
 
 
 class Control:
-    """Answers the control requests of one daemon."""
+    """Answers the control requests of one daemon: from what the stats
+    report reads, and the caches and ticket keys of the client requests."""
 
-    requests = REQUESTS
-
-    def __init__(self, sources: Sources):
+    def __init__(self, sources: Sources, scanner: Scanner):
         self.sources = sources
-        self.tlsmgr = sources.tlsmgr
-        self._handlers = {name: functools.partial(handler, self)
-                          for name, handler in _HANDLERS.items()}
+        self.client = sources.client
+        self.scanner = scanner
 
-    def handle(self, request: bytes, message: Message) -> MaybeLater[bytes]:
-        return self._handlers[request](message)
+    def handlers(self) -> dict[bytes, Handler]:
+        """The handler of each control request."""
+        return {name: types.MethodType(handler, self) for name, handler in _HANDLERS.items()}
 
     def _stats(self, message: Message) -> MaybeLater[bytes]:
-        self.tlsmgr.scan(message, 1, STATS.reads)
+        self.scanner.scan(message, 1, STATS.reads)
         return then(snapshot(self.sources), lambda stats: encode(
             [("status", STAT_OK), ("stats", json.dumps(stats, separators=(",", ":")))]))
 
     def _flush(self, message: Message) -> MaybeLater[bytes]:
-        [cache_type] = self.tlsmgr.scan(message, 1, FLUSH.reads)
-        cache = self.tlsmgr.cache(cache_type, "flush")
+        [cache_type] = self.scanner.scan(message, 1, FLUSH.reads)
+        cache = self.client.cache(cache_type, "flush")
         return then(cache.flush() if cache is not None else -1, _flushed)
 
     def _rotate_keys(self, message: Message) -> bytes:
-        self.tlsmgr.scan(message, 1, ROTATE_KEYS.reads)
-        tickets = self.tlsmgr.tickets
+        self.scanner.scan(message, 1, ROTATE_KEYS.reads)
+        tickets = self.client.tickets
         if tickets.shared:
             # The fleet agrees on its keys through Redis, period by period;
             # one host's new key would not decrypt on the others.
             log.warn("rotate_keys: session ticket keys are shared by the fleet through "
                      "Redis and change every half smtpd session cache timeout: not rotated")
             return failed_reply(b"rotate_keys", STAT_ERR)
-        timeout = self.tlsmgr.timeouts.get(b"smtpd", 0)
+        timeout = self.client.timeouts.get(b"smtpd", 0)
         if timeout <= 0:                            # no tickets without the smtpd cache
             return failed_reply(b"rotate_keys", STAT_ERR)
         key = tickets.ring.rotate(timeout)
@@ -159,13 +160,13 @@ class Control:
         return encode([("status", STAT_OK), ("keyname", key.name)])
 
     def _list(self, message: Message) -> MaybeLater[bytes]:
-        [cache_type] = self.tlsmgr.scan(message, 1, LIST.reads, more=True)
+        [cache_type] = self.scanner.scan(message, 1, LIST.reads, more=True)
         # The optional limit and offset: as many as were sent.
         sent = len(message) - 1 - len(LIST.reads)
-        optional = self.tlsmgr.scan(message, 1 + len(LIST.reads), LIST.optional[:max(0, sent)])
+        optional = self.scanner.scan(message, 1 + len(LIST.reads), LIST.optional[:max(0, sent)])
         defaults = [LIST_MAX, 0]
         limit, offset = optional + defaults[len(optional):]
-        cache = self.tlsmgr.cache(cache_type, "list")
+        cache = self.client.cache(cache_type, "list")
         if cache is None:
             return failed_reply(b"list", STAT_ERR)
         return then(cache.ages(max(0, offset), min(max(0, limit), LIST_MAX)), _listed)

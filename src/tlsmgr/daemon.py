@@ -31,9 +31,11 @@ from . import __version__, config, fastpath, log, master
 from .attr import Decoder, Message
 from .connection import LATER_MARGIN
 from .control import Control, Sources
+from .handlers import ClientRequests
 from .keyfile import KeyFile, remove_saved_keys
+from .limits import ConnectionTable
 from .prng import Prng
-from .protocol import Tlsmgr
+from .protocol import Dispatch, Scanner
 from .scache import SessionCache, logs_cache_activity
 from .secretfile import SecretFileError, read_secret_line
 from .server import Server, listen_unix, raise_open_files_limit
@@ -297,22 +299,25 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int,
     caches = open_caches(cfg, uid, secrets)
     saved = saved_keys(cfg)
     tickets = ticket_keys(caches["smtpd"], prng.random_bytes, saved)
-    tlsmgr = Tlsmgr(caches, {c.label: c.timeout for c in cfg.caches}, prng.random_bytes,
-                    tickets,
-                    socket_name="%s socket" % cfg.params["service_name"], stats=Stats())
-    server = Server(tlsmgr, prng, [cache for cache in caches.values() if cache],
+    stats = Stats()
+    scanner = Scanner("%s socket" % cfg.params["service_name"], stats)
+    client = ClientRequests(caches, {c.label: c.timeout for c in cfg.caches},
+                            prng.random_bytes, tickets, scanner, stats)
+    enabled = [cache for cache in caches.values() if cache]
+    connections = ConnectionTable(connection_limit, stats)
+    control = Control(Sources(client, stats, enabled, prng, connections,
+                              "compiled" if fastpath.COMPILED else "pure"), scanner)
+    server = Server(Dispatch(scanner, client, control), prng, enabled,
                     cfg.ipc_timeout, cfg.tlsmgr_request_size_limit, connection_limit,
                     cfg.tlsmgr_client_buffer_limit,
                     later_deadline=cfg.tlsmgr_redis_timeout_ms / 1000 + LATER_MARGIN,
                     tasks=[*spent_key_task(tickets, caches["smtpd"], saved),
-                           *fleet_off_task(secrets, caches, cfg)])
+                           *fleet_off_task(secrets, caches, cfg)],
+                    connections=connections)
     owner = mail_owner_uid(cfg)
     if owner is not None:
         server.control_uids.add(owner)
-    tlsmgr.control = Control(Sources(tlsmgr, server.caches, prng, server.connections,
-                                     "compiled" if fastpath.COMPILED else "pure"))
-    tlsmgr.stats.known_requests(Control.requests)
-    return server, tlsmgr.control
+    return server, control
 
 
 def build_server_as_mail_owner(cfg: config.Config) -> Server:
@@ -454,7 +459,7 @@ def serve_one_request(server: Server) -> int:
             break
         messages = decoder.feed(data)
     for message in messages[:1]:
-        os.write(1, server.tlsmgr.handle(message).data)
+        os.write(1, server.dispatch.handle(message).data)
     server.prng.save()
     return 0
 

@@ -2,7 +2,7 @@
 
 Nearly every read from a tlsmgr client is one whole, well-formed lookup,
 update, delete, tktkey or seed request.  _fastpath.c reads such a request,
-counts it, answers it as protocol.Tlsmgr does (a cache request by the
+counts it, answers it as the pure path does (a cache request by the
 cache's own method, its reply joined from parts that protocol.py makes;
 tktkey and seed by the reply function the pure path calls too), writes
 the reply and records its latency, all in one call from
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .histogram import LATENCY_BOUNDS
-from .protocol import Tlsmgr
+from .protocol import Dispatch
 from .requests import SEED_MAX, TABLE
 from .tickets import NAME_LENGTH
 
@@ -41,27 +41,28 @@ else:
     COMPILED = True
 
 
-def answerer(tlsmgr: Tlsmgr, size_limit: int) -> Answer | None:
-    """The compiled answer() for tlsmgr's requests, or None when it is not
-    built.  It is given each request as the table (requests.py) says it,
-    with what Tlsmgr.compiled_answers() says answers it; requests that may
+def answerer(dispatch: Dispatch, size_limit: int) -> Answer | None:
+    """The compiled answer() for the requests dispatch answers, or None when
+    it is not built.  It is given each request as the table (requests.py)
+    says it, with what ClientRequests.compiled_answers() says answers it; requests that may
     be answered later, on the network, are left to the pure path: those
     on a cache whose store is remote (Redis), and tktkey when any is (the
     fleet's keys)."""
     if not COMPILED:
         return None
-    caches = {cache_type: cache for cache_type, cache in tlsmgr.caches.items()
+    client = dispatch.client
+    caches = {cache_type: cache for cache_type, cache in client.caches.items()
               if cache is not None and not cache.store.remote}
     requests = []
-    for name, (handler, reply_kind, parts) in tlsmgr.compiled_answers().items():
+    for name, (handler, reply_kind, parts) in client.compiled_answers().items():
         reads = TABLE[name].reads
         codes = b"".join(kind.code for _, kind in reads)
         if b"c" in codes and not caches:
             continue
         requests.append((name, tuple(attribute for attribute, _ in reads), codes, reply_kind,
                          handler, parts))
-    stats = tlsmgr.stats
+    stats = dispatch.stats
     path = FastPath(size_limit, tuple(requests), caches, LATENCY_BOUNDS, NAME_LENGTH, SEED_MAX,
-                    stats.add_answered, tlsmgr.failure)
+                    stats.add_answered, dispatch.failure)
     stats.kept_elsewhere.append(path.settle)
     return path.answer

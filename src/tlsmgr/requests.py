@@ -2,7 +2,7 @@
 it, and whether the compiled path answers it.
 
 The rest is derived from this table: the pure path reads each request's
-attributes (protocol.Tlsmgr.scan()) and fails it in its reply's shape
+attributes (protocol.Scanner.scan()) and fails it in its reply's shape
 (failed_reply()); protocol.py and control.py answer each request the
 table names, and nothing else, which they check when they are imported;
 the compiled path (_fastpath.c) is given each shape it answers when it is

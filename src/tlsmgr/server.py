@@ -35,7 +35,7 @@ from .limits import ClientMemory, ConnectionTable
 from .master import StatusChannel, Watchdog, effective_ids
 from .pending import Later
 from .prng import MustExit, Prng
-from .protocol import Tlsmgr
+from .protocol import Dispatch
 from .scache import SessionCache
 from .stores import COMMIT_WITHIN, Entry
 
@@ -173,15 +173,16 @@ class SideListener:
 
 
 class Server:
-    """The daemon's event loop work, around one Tlsmgr request handler:
+    """The daemon's event loop work, around one Dispatch of requests:
     listening, the connections' shared state, master(8), housekeeping."""
 
-    def __init__(self, tlsmgr: Tlsmgr, prng: Prng, caches: list[SessionCache],
+    def __init__(self, dispatch: Dispatch, prng: Prng, caches: list[SessionCache],
                  ipc_timeout: int, request_size_limit: int, connection_limit: int,
                  client_buffer_limit: int, later_deadline: float = 1.0,
                  master: StatusChannel | None = None, watchdog: Watchdog | None = None,
-                 tasks: Sequence[Callable[[], float | None]] = ()):
-        self.tlsmgr = tlsmgr
+                 tasks: Sequence[Callable[[], float | None]] = (),
+                 connections: ConnectionTable | None = None):
+        self.dispatch = dispatch
         self.prng = prng
         self.caches = caches
         # Housekeeping besides the PRNG's and the caches': each returns the
@@ -194,8 +195,9 @@ class Server:
         self.request_size_limit = request_size_limit
         # How long a request waiting on the network may take (connection.py).
         self.later_deadline = later_deadline
-        stats = tlsmgr.stats               # what the request handler counts too
-        self.connections = ConnectionTable(connection_limit, stats)
+        stats = dispatch.stats             # what the requests are counted in too
+        self.connections = (connections if connections is not None
+                            else ConnectionTable(connection_limit, stats))
         self.memory = ClientMemory(client_buffer_limit, stats)
         self.master = master
         self._turn_due = False             # _after_turn() is on its way
@@ -217,11 +219,11 @@ class Server:
         The socket files named in remove_at_exit go when the server does."""
         self.loop = asyncio.get_running_loop()
         self.memory.loop = self.loop
-        shared = Shared(self.tlsmgr, self.tlsmgr.stats, self.loop,
+        shared = Shared(self.dispatch, self.dispatch.stats, self.loop,
                         self.connections, self.memory, self.served, self.active,
                         self.control_uids, self.ipc_timeout, self.request_size_limit,
                         self.later_deadline,
-                        fastpath.answerer(self.tlsmgr, self.request_size_limit))
+                        fastpath.answerer(self.dispatch, self.request_size_limit))
         self.loop.set_exception_handler(LoopErrorLog())
         self.control_uids.add(os.geteuid())        # after any privilege drop
         self._stopped = asyncio.Event()

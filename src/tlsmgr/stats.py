@@ -6,7 +6,7 @@ in C and adds them in when settle() is called; the server (server.py) and
 each connection (connection.py) count connections and the errors of
 clients (timeouts, limits, requests a store did not answer in time).
 control.snapshot() and the metrics read it, after settle().  daemon.py
-makes the one record and gives it to Tlsmgr, where the others find it.
+makes the one record and gives it to the request handlers and the server.
 The caches keep their own counts (scache.py), since each is its own.
 """
 

@@ -58,15 +58,15 @@ def make_shared(path="pure", size_limit=CONNECTION_SIZE_LIMIT):
     the request handler of fuzz/invariants.py, answering on the path named
     (PATHS), requests of up to size_limit bytes.  The budgets are real but
     never reached: the limits are not under test here."""
-    tlsmgr = invariants.make_tlsmgr()
+    dispatch = invariants.make_dispatch()
     return Shared(
-        tlsmgr, tlsmgr.stats, FakeLoop(),
-        connections=ConnectionTable(1 << 30, tlsmgr.stats),
-        memory=ClientMemory(1 << 62, tlsmgr.stats),
+        dispatch, dispatch.stats, FakeLoop(),
+        connections=ConnectionTable(1 << 30, dispatch.stats),
+        memory=ClientMemory(1 << 62, dispatch.stats),
         served=lambda: None, active=lambda: None,
         control_uids=set(),             # nobody may send control requests
         ipc_timeout=3600, request_size_limit=size_limit, later_deadline=1.0,
-        answer=fastpath.answerer(tlsmgr, size_limit) if path == "compiled" else None)
+        answer=fastpath.answerer(dispatch, size_limit) if path == "compiled" else None)
 
 
 class FakeTransport:
