@@ -22,8 +22,8 @@ no-read      one client pipelines requests for 10 s and never reads the
              replies: the daemon's memory growth, and the well-behaved client.
 kill-9       SIGKILL under a write storm from 4 clients, 3 times: the
              exchange file's size, and whether a restart serves.
-hostile      hostile/run.py --quick (the independent attack suite): attacks
-             passed, if that suite is present.
+hostile      python -m hostile --quick (the independent attack suite):
+             attacks passed, if that suite is present.
 
 As root (the stock daemon runs as mail_owner).  Takes about three minutes.
 """
@@ -53,7 +53,7 @@ from tlsmgr.attr import Decoder, encode
 SEED = encode([("request", "seed"), ("size", 32)])
 MiB = 1 << 20
 DEBIAN_SOFT_LIMIT = 1024
-HOSTILE = compare.BENCHMARKS.parent / "hostile" / "run.py"
+ROOT = compare.BENCHMARKS.parent      # where python -m hostile runs
 
 
 def mib(n: float) -> str:
@@ -240,11 +240,11 @@ def check_kill(daemon, restart) -> str:
 
 
 def check_hostile(daemon) -> str:
-    if not HOSTILE.exists():
-        return "hostile/run.py not present"
-    out = subprocess.run([sys.executable, str(HOSTILE), "--socket", str(daemon.socket_path),
+    if not (ROOT / "hostile" / "__main__.py").exists():
+        return "hostile/ not present"
+    out = subprocess.run([sys.executable, "-m", "hostile", "--socket", str(daemon.socket_path),
                           "--pid", str(daemon.process.pid), "--quick", "--json"],
-                         capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     try:
         report = json.loads(out.stdout)
     except json.JSONDecodeError:
