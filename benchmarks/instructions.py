@@ -67,13 +67,13 @@ def run_loop(path: str, store: str, kind: str, count: int, size: int) -> None:
     shared, connection, transport = connect(high_water=1 << 30, path=path,
                                             size_limit=DAEMON_SIZE_LIMIT)
     if store == "lmdb":
-        shared.tlsmgr.caches[b"smtpd"].store = LmdbStore(
+        shared.dispatch.client.caches[b"smtpd"].store = LmdbStore(
             os.path.join(tempfile.mkdtemp(prefix="tlsmgr-instructions-"), "smtpd_scache"))
     # The daemon's PRNG, for seed replies and the time mixed in after each
     # turn of the event loop (here, each request), rather than the fakes'
     # fixed bytes.
     prng = Prng("dev:/dev/urandom", 32, "", 3600, 3600)
-    shared.tlsmgr.random_bytes = prng.random_bytes
+    shared.dispatch.client.random_bytes = prng.random_bytes
     shared.served = shared.active = prng.mix_time
     wire = encode(requests(kind, size))
     if kind == "hit":
