@@ -21,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tlsmgr import fastpath, metrics
 from tlsmgr.attr import Decoder, encode
-from tlsmgr.client import TlsmgrClient
+from tlsmgr.client import ClientError, TlsmgrClient
 from tlsmgr.control import Sources, snapshot
 from tlsmgr.ctl import main as ctl_main
-from tlsmgr.ctl import stats_text
+from tlsmgr.ctl import read_snapshot, stats_text
 from tlsmgr.handlers import ClientRequests
 from tlsmgr.histogram import Histogram
 from tlsmgr.metrics import parse_listen
@@ -32,7 +32,9 @@ from tlsmgr.pending import Later, then
 from tlsmgr.prng import Prng
 from tlsmgr.protocol import Scanner
 from tlsmgr.scache import SessionCache
+from tlsmgr.snapshot import Snapshot
 from tlsmgr.stats import Stats
+from tlsmgr.stores import Health
 from tlsmgr.stores.memory import MemoryStore
 from tlsmgr.tickets import FleetTicketKeys, TicketKeyRing
 
@@ -398,12 +400,11 @@ class FleetKeysOnRedis:
         self.paused = paused
 
     def health(self):
-        return {"endpoint": "redis://10.0.0.7:6379", "paused": self.paused,
-                "paused_since": round(time.time()) if self.paused else None,
-                "last_error": "ConnectionError: Error 111 connecting to 10.0.0.7:6379. "
-                              "Connection refused." if self.paused else "",
-                "failures": int(self.paused), "recoveries": 0,
-                "round_trips": Histogram().snapshot()}
+        return Health("redis://10.0.0.7:6379", self.paused,
+                      round(time.time()) if self.paused else None,
+                      "ConnectionError: Error 111 connecting to 10.0.0.7:6379. "
+                      "Connection refused." if self.paused else "",
+                      int(self.paused), 0, Histogram().snapshot())
 
 
 @pytest.mark.parametrize("paused,whose,redis_state", [
@@ -422,3 +423,21 @@ def test_stats_text_says_whose_ticket_keys_issue_tickets(tmp_path, paused, whose
     assert "ticket keys: 0; 0 made or taken on " + whose in text
     # Why it is paused is on the tickets' Redis line.
     assert any(re.match("tickets on redis: %s;" % redis_state, line) for line in text), text
+
+
+def test_the_stats_json_reads_back_as_the_snapshot_it_was(tmp_path):
+    # One schema (snapshot.py) for the JSON the daemon sends and what
+    # tlsmgr-ctl, its watch and the metrics read: what goes out comes back
+    # the same, Redis health and latency buckets included; a "redis" only
+    # where there is one.
+    keys = FleetTicketKeys(FleetKeysOnRedis(True), TicketKeyRing(os.urandom), os.urandom)
+    sources = sources_in_process(tmp_path, keys)
+    sources.stats.known_requests([b"lookup"])
+    sources.stats.latency[b"lookup"].observe(0.0003)
+    taken = snapshot(sources)
+    sent = json.loads(json.dumps(taken.to_json()))
+    assert "redis" in sent["ticket_keys"] and "redis" not in sent["caches"]["smtpd"]
+    assert sent["latency"]["lookup"]["count"] == 1
+    assert Snapshot.from_json(sent) == taken
+    with pytest.raises(ClientError, match="not as this tlsmgr-ctl reads them"):
+        read_snapshot({**sent, "caches": {"smtpd": {"entries": 1}}})

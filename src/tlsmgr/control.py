@@ -28,7 +28,7 @@ import time
 import types
 from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import log
 from .attr import Message, encode
@@ -44,12 +44,13 @@ from .requests import (
     check_answered,
     failed_reply,
 )
+from .snapshot import ConnectionStats, PrngStats, Snapshot, TicketKeyStats
 
 if TYPE_CHECKING:
     from .handlers import ClientRequests
     from .prng import Prng
     from .protocol import Handler, Scanner
-    from .scache import SessionCache
+    from .scache import CacheStats, SessionCache
     from .stats import Stats
 
 # Ids listed at most, whatever the request says: as many take a few ms of
@@ -70,54 +71,41 @@ class Sources:
     fast_path: str                     # "compiled" or "pure" (fastpath.py)
 
 
-def snapshot(sources: Sources) -> MaybeLater[dict[str, Any]]:
+def snapshot(sources: Sources) -> MaybeLater[Snapshot]:
     """Everything the stats request and the metrics report; later when a
-    store on the network is asked for its size.
-
-    The JSON shape (docs/OPERATIONS.md): uptime; caches by type (enabled
-    ones only); ticket_keys; prng; connections; requests by name; errors
-    by kind.
-    """
+    store on the network is asked for its size."""
     return then(gather([cache.stats() for cache in sources.caches]),
                 functools.partial(_snapshot, sources))
 
 
-def _snapshot(sources: Sources, cache_stats: list[dict[str, Any]]) -> dict[str, Any]:
+def _snapshot(sources: Sources, cache_stats: list[CacheStats]) -> Snapshot:
     tickets = sources.client.tickets
     ring = tickets.ring
     now = time.time()
-    caches = {cache.label: stats for cache, stats in zip(sources.caches, cache_stats)}
     stats = sources.stats
     stats.settle()
     errors = dict(stats.errors)
     store_errors = sum(cache.store_errors for cache in sources.caches)
     if store_errors:
         errors["store"] = store_errors
-    return {
-        "uptime": round(time.monotonic() - stats.started, 3),
-        # Whether the common requests are answered in one compiled call.
-        "fast_path": sources.fast_path,
-        "caches": caches,
-        "ticket_keys": {
-            "count": len(ring.keys),
-            "current_age": None if ring.rotated_at is None else round(now - ring.rotated_at),
-            "rotations": ring.rotations,
-            "shared": tickets.shared,
-            "unopened": tickets.unopened,
-            "lookups": {outcome: count for outcome, count in sorted(stats.ticket_lookups.items())
-                        if count},
-            **({"redis": health} if (health := tickets.health()) is not None else {}),
-        },
-        "prng": {"reseeds": sources.prng.reseeds,
-                 "exchange_updates": sources.prng.exchange_updates},
-        "connections": {"now": len(sources.connections), "total": stats.accepted},
-        "requests": {name.decode(): count for name, count in sorted(stats.requests.items())
+    return Snapshot(
+        uptime=round(time.monotonic() - stats.started, 3),
+        fast_path=sources.fast_path,
+        caches={cache.label: found for cache, found in zip(sources.caches, cache_stats)},
+        ticket_keys=TicketKeyStats(
+            count=len(ring.keys),
+            current_age=None if ring.rotated_at is None else round(now - ring.rotated_at),
+            rotations=ring.rotations, shared=tickets.shared, unopened=tickets.unopened,
+            lookups={outcome: count for outcome, count in sorted(stats.ticket_lookups.items())
                      if count},
-        "errors": dict(sorted(errors.items())),
-        "latency": {name.decode(): histogram.snapshot()
-                    for name, histogram in sorted(stats.latency.items())
-                    if sum(histogram.counts)},
-    }
+            redis=tickets.health()),
+        prng=PrngStats(sources.prng.reseeds, sources.prng.exchange_updates),
+        connections=ConnectionStats(len(sources.connections), stats.accepted),
+        requests={name.decode(): count for name, count in sorted(stats.requests.items())
+                  if count},
+        errors=dict(sorted(errors.items())),
+        latency={name.decode(): histogram.snapshot()
+                 for name, histogram in sorted(stats.latency.items()) if sum(histogram.counts)})
 
 
 class Control:
@@ -136,7 +124,7 @@ class Control:
     def _stats(self, message: Message) -> MaybeLater[bytes]:
         self.scanner.scan(message, 1, STATS.reads)
         return then(snapshot(self.sources), lambda stats: encode(
-            [("status", STAT_OK), ("stats", json.dumps(stats, separators=(",", ":")))]))
+            [("status", STAT_OK), ("stats", json.dumps(stats.to_json(), separators=(",", ":")))]))
 
     def _flush(self, message: Message) -> MaybeLater[bytes]:
         [cache_type] = self.scanner.scan(message, 1, FLUSH.reads)

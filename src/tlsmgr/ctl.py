@@ -30,6 +30,8 @@ from typing import Any
 
 from . import config, install, log, watch
 from .client import ClientError, TlsmgrClient
+from .histogram import Buckets
+from .snapshot import Snapshot, TicketKeyStats
 
 
 def readable(data: bytes) -> str:
@@ -151,63 +153,73 @@ def show_stats(client: TlsmgrClient, args: argparse.Namespace) -> tuple[int, str
         if args.watch <= 0:
             raise ClientError("--watch wants a number of seconds above 0, not %g" % args.watch)
 
-        def fetch() -> dict[str, Any]:
+        def fetch() -> Snapshot:
             status, found = client.stats()
             if found is None:
                 raise ClientError("the stats request was answered with status %d" % status)
-            return found
+            return read_snapshot(found)
         return watch.watch(fetch, args.watch, args.count), ""
     status, stats = client.stats()
     if stats is None:
         return status, "status=%d" % status
     if args.json:
         return status, json.dumps(stats, indent=2)
-    return status, stats_text(stats)
+    return status, stats_text(read_snapshot(stats))
 
 
-def stats_text(stats: dict[str, Any]) -> str:
+def read_snapshot(found: dict[str, Any]) -> Snapshot:
+    """The stats the daemon sent; ClientError if they are not what this
+    tlsmgr-ctl knows (a daemon of another version)."""
+    try:
+        return Snapshot.from_json(found)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ClientError("the stats the daemon sent are not as this tlsmgr-ctl reads them "
+                          "(%s: %s): is it another version?" % (type(err).__name__, err)) from None
+
+
+def stats_text(stats: Snapshot) -> str:
     """The summary for people of a stats snapshot (control.snapshot())."""
-    lines = ["uptime: %d seconds" % stats["uptime"], "fast path: %s" % stats["fast_path"]]
-    for label, cache in stats["caches"].items():
+    lines = ["uptime: %d seconds" % stats.uptime, "fast path: %s" % stats.fast_path]
+    for label, cache in stats.caches.items():
         lines.append("%s cache: %d entries, %d bytes; %d hits, %d misses (hit ratio %.2f); "
                      "%d updates, %d deletes; %d expired, %d evicted%s"
-                     % (label, cache["entries"], cache["bytes"], cache["hits"],
-                        cache["misses"], cache["hit_ratio"], cache["updates"],
-                        cache["deletes"], cache["expired"], cache["evicted"],
-                        "; %d did not open" % cache["unopened"] if cache["unopened"] else ""))
-    keys = stats["ticket_keys"]
-    age = "" if keys["current_age"] is None else ", the current one %d seconds old" \
-        % keys["current_age"]
+                     % (label, cache.entries, cache.bytes, cache.hits, cache.misses,
+                        cache.hit_ratio, cache.updates, cache.deletes, cache.expired,
+                        cache.evicted,
+                        "; %d did not open" % cache.unopened if cache.unopened else ""))
+    keys = stats.ticket_keys
+    age = "" if keys.current_age is None else ", the current one %d seconds old" \
+        % keys.current_age
     lines.append("ticket keys: %d%s; %d made or taken on%s%s" % (
-        keys["count"], age, keys["rotations"], whose_keys(keys),
-        "; %d from Redis did not open" % keys["unopened"] if keys["unopened"] else ""))
-    if keys["lookups"]:
-        lines.append("tktkey: %s" % ", ".join("%s %d" % item for item in keys["lookups"].items()))
-    for label, health in [(label, cache["redis"]) for label, cache in stats["caches"].items()
-                          if "redis" in cache] + ([("tickets", keys["redis"])]
-                                                  if "redis" in keys else []):
-        lines.append("%s on redis: %s; %d failures, %d recoveries%s" % (
-            label, watch.redis_state(health), health["failures"], health["recoveries"],
-            "; last error: %s" % health["last_error"] if health["last_error"] else ""))
+        keys.count, age, keys.rotations, whose_keys(keys),
+        "; %d from Redis did not open" % keys.unopened if keys.unopened else ""))
+    if keys.lookups:
+        lines.append("tktkey: %s" % ", ".join("%s %d" % item for item in keys.lookups.items()))
+    users = [(label, cache.redis) for label, cache in stats.caches.items()]
+    for label, health in [*users, ("tickets", keys.redis)]:
+        if health is not None:
+            lines.append("%s on redis: %s; %d failures, %d recoveries%s" % (
+                label, watch.redis_state(health), health.failures, health.recoveries,
+                "; last error: %s" % health.last_error if health.last_error else ""))
     lines.append("prng: %d reseeds, %d exchange file updates"
-                 % (stats["prng"]["reseeds"], stats["prng"]["exchange_updates"]))
+                 % (stats.prng.reseeds, stats.prng.exchange_updates))
     lines.append("connections: %d open, %d in all"
-                 % (stats["connections"]["now"], stats["connections"]["total"]))
-    for title in ("requests", "errors"):
-        counts = ", ".join("%s %d" % item for item in stats[title].items())
+                 % (stats.connections.now, stats.connections.total))
+    for title, found in (("requests", stats.requests), ("errors", stats.errors)):
+        counts = ", ".join("%s %d" % item for item in found.items())
         lines.append("%s: %s" % (title, counts or "none"))
-    if stats["latency"]:
+    if stats.latency:
         lines.append("latency, p50/p99 (upper bound of its bucket): " + ", ".join(
             "%s %s/%s" % (name, quantile(histogram, 0.5), quantile(histogram, 0.99))
-            for name, histogram in stats["latency"].items()))
+            for name, histogram in stats.latency.items()))
     return "\n".join(lines)
 
 
-def whose_keys(keys: dict[str, Any]) -> str:
+def whose_keys(keys: TicketKeyStats) -> str:
     """Whose ticket keys issue tickets, when they may be the fleet's."""
-    if not keys["shared"]:
+    if not keys.shared:
         return ""
-    if keys["redis"]["paused"]:
+    if keys.redis is not None and keys.redis.paused:
         # As FleetTicketKeys does while Redis is away: the hosts go on
         # agreeing on the last fleet key while they can.  Why Redis is
         # paused is on the "tickets on redis" line.
@@ -216,12 +228,12 @@ def whose_keys(keys: dict[str, Any]) -> str:
     return " (shared by the fleet)"
 
 
-def quantile(histogram: dict[str, Any], q: float) -> str:
+def quantile(histogram: Buckets, q: float) -> str:
     """The upper bound of the bucket that holds the q-quantile, readable."""
-    wanted = q * histogram["count"]
-    for bound, cumulative in histogram["buckets"]:
+    wanted = q * histogram.count
+    for bound, cumulative in histogram.buckets:
         if cumulative >= wanted:
-            if bound == "+Inf":
+            if isinstance(bound, str):
                 return ">1s"
             return "%gms" % (bound * 1000) if bound >= 0.001 else "%gus" % (bound * 1e6)
     return "-"

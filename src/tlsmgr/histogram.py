@@ -5,6 +5,8 @@ package, so that any layer may count in one."""
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
+from typing import Any
 
 # Upper bounds of the latency buckets, in seconds: 10 µs to 1 s, in steps
 # of 1, 2.5 and 5 (Prometheus's "le": a bucket counts what is at most it).
@@ -24,10 +26,26 @@ class Histogram:
         self.counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
         self.sum += seconds
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> Buckets:
         """The buckets as Prometheus has them: cumulative, by upper bound."""
-        buckets, total = [], 0
+        buckets: list[tuple[float | str, int]] = []
+        total = 0
         for bound, count in zip((*LATENCY_BOUNDS, float("inf")), self.counts):
             total += count
-            buckets.append([bound if bound != float("inf") else "+Inf", total])
-        return {"count": total, "sum": round(self.sum, 6), "buckets": buckets}
+            buckets.append((bound if bound != float("inf") else "+Inf", total))
+        return Buckets(total, round(self.sum, 6), buckets)
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """A Histogram as the stats report it: how many, their sum, and the
+    cumulative count at each upper bound (the last "+Inf")."""
+
+    count: int
+    sum: float
+    buckets: list[tuple[float | str, int]]
+
+    @classmethod
+    def from_json(cls, found: dict[str, Any]) -> Buckets:
+        return cls(found["count"], found["sum"],
+                   [(bound, cumulative) for bound, cumulative in found["buckets"]])

@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -30,8 +29,11 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from . import httpd, log
 from .control import Control, Sources, snapshot
+from .histogram import Buckets
 from .pending import Later
+from .scache import CacheStats
 from .server import Server, SideListener
+from .snapshot import Snapshot
 
 # What scrapers, any local user among them, may take of the daemon.  The
 # listener and its connections are among the descriptors that the server
@@ -47,17 +49,23 @@ _SNAPSHOT_WITHIN = 3.0
 _PATHS = frozenset({b"/", b"/metrics"})
 _LISTEN = re.compile(r"(?:(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):)?(?P<port>\d+)")
 
-# Per cache: (metric, stats key, help); counters end in _total.
-_CACHE_GAUGES = (("tlsmgr_cache_entries", "entries", "Entries in the TLS session cache"),
-                 ("tlsmgr_cache_bytes", "bytes", "Bytes of ids and sessions in the cache"))
-_CACHE_COUNTERS = (
-    ("tlsmgr_cache_hits", "hits", "Lookups that found a session"),
-    ("tlsmgr_cache_misses", "misses", "Lookups that found none (or an expired one)"),
-    ("tlsmgr_cache_updates", "updates", "Sessions saved"),
-    ("tlsmgr_cache_deletes", "deletes", "Sessions removed by delete requests"),
-    ("tlsmgr_cache_expired", "expired", "Entries removed because they were too old"),
-    ("tlsmgr_cache_evicted", "evicted", "Live entries removed to stay within the limits"),
-    ("tlsmgr_cache_unopened", "unopened",
+# Per cache: (metric, its value in a cache's stats, help); counters end in _total.
+CacheMetric = tuple[str, Callable[[CacheStats], float], str]
+_CACHE_GAUGES: tuple[CacheMetric, ...] = (
+    ("tlsmgr_cache_entries", lambda cache: cache.entries, "Entries in the TLS session cache"),
+    ("tlsmgr_cache_bytes", lambda cache: cache.bytes, "Bytes of ids and sessions in the cache"),
+)
+_CACHE_COUNTERS: tuple[CacheMetric, ...] = (
+    ("tlsmgr_cache_hits", lambda cache: cache.hits, "Lookups that found a session"),
+    ("tlsmgr_cache_misses", lambda cache: cache.misses,
+     "Lookups that found none (or an expired one)"),
+    ("tlsmgr_cache_updates", lambda cache: cache.updates, "Sessions saved"),
+    ("tlsmgr_cache_deletes", lambda cache: cache.deletes, "Sessions removed by delete requests"),
+    ("tlsmgr_cache_expired", lambda cache: cache.expired,
+     "Entries removed because they were too old"),
+    ("tlsmgr_cache_evicted", lambda cache: cache.evicted,
+     "Live entries removed to stay within the limits"),
+    ("tlsmgr_cache_unopened", lambda cache: cache.unopened,
      "Entries read from Redis whose seal did not open (counted as misses too)"),
 )
 
@@ -76,82 +84,82 @@ class Collector:
     """The metric families of one snapshot (control.snapshot()), as
     prometheus-client collects them."""
 
-    def __init__(self, stats: dict[str, Any]):
+    def __init__(self, stats: Snapshot):
         self.stats = stats
 
     def collect(self) -> Iterator[Metric]:
         stats = self.stats
         yield GaugeMetricFamily("tlsmgr_uptime_seconds", "Seconds since the daemon started",
-                                value=stats["uptime"])
-        for name, key, text in _CACHE_GAUGES:
+                                value=stats.uptime)
+        for name, value, text in _CACHE_GAUGES:
             family = GaugeMetricFamily(name, text, labels=["cache"])
-            for label, cache in stats["caches"].items():
-                family.add_metric([label], cache[key])
+            for label, cache in stats.caches.items():
+                family.add_metric([label], value(cache))
             yield family
-        for name, key, text in _CACHE_COUNTERS:
+        for name, value, text in _CACHE_COUNTERS:
             counter = CounterMetricFamily(name, text, labels=["cache"])
-            for label, cache in stats["caches"].items():
-                counter.add_metric([label], cache[key])
+            for label, cache in stats.caches.items():
+                counter.add_metric([label], value(cache))
             yield counter
-        keys = stats["ticket_keys"]
+        keys = stats.ticket_keys
         yield GaugeMetricFamily("tlsmgr_ticket_keys", "Session ticket keys held",
-                                value=keys["count"])
-        if keys["current_age"] is not None:
+                                value=keys.count)
+        if keys.current_age is not None:
             yield GaugeMetricFamily("tlsmgr_ticket_key_age_seconds",
                                     "Age of the current session ticket key",
-                                    value=keys["current_age"])
+                                    value=keys.current_age)
         lookups = CounterMetricFamily(
             "tlsmgr_ticket_key_lookups", "tktkey requests: the current key, or how a "
             "lookup by name went", labels=["outcome"])
-        for outcome, count in keys["lookups"].items():
+        for outcome, count in keys.lookups.items():
             lookups.add_metric([outcome], count)
         yield lookups
         yield CounterMetricFamily("tlsmgr_ticket_keys_unopened",
                                   "Ticket keys read from Redis whose seal did not open",
-                                  value=keys["unopened"])
+                                  value=keys.unopened)
         yield CounterMetricFamily("tlsmgr_ticket_key_rotations",
-                                  "Session ticket keys made or taken on", value=keys["rotations"])
+                                  "Session ticket keys made or taken on", value=keys.rotations)
         yield CounterMetricFamily("tlsmgr_prng_reseeds", "PRNG reseeds from the entropy source",
-                                  value=stats["prng"]["reseeds"])
+                                  value=stats.prng.reseeds)
         yield CounterMetricFamily("tlsmgr_prng_exchange_updates",
                                   "Rewrites of the PRNG exchange file",
-                                  value=stats["prng"]["exchange_updates"])
+                                  value=stats.prng.exchange_updates)
         yield GaugeMetricFamily("tlsmgr_connections", "Client connections open",
-                                value=stats["connections"]["now"])
+                                value=stats.connections.now)
         yield CounterMetricFamily("tlsmgr_connections_accepted", "Client connections accepted",
-                                  value=stats["connections"]["total"])
+                                  value=stats.connections.total)
         requests = CounterMetricFamily("tlsmgr_requests", "Requests answered, by name",
                                        labels=["request"])
-        for request, count in stats["requests"].items():
+        for request, count in stats.requests.items():
             requests.add_metric([request], count)
         yield requests
         errors = CounterMetricFamily("tlsmgr_errors", "Errors, by kind", labels=["kind"])
-        for kind, count in stats["errors"].items():
+        for kind, count in stats.errors.items():
             errors.add_metric([kind], count)
         yield errors
         durations = HistogramMetricFamily(
             "tlsmgr_request_duration_seconds",
             "From a request read whole to its reply written, by request name",
             labels=["request"])
-        for request, histogram in stats["latency"].items():
+        for request, histogram in stats.latency.items():
             add_histogram(durations, [request], histogram)
         yield durations
         yield from redis_health(stats)
 
 
 def add_histogram(family: HistogramMetricFamily, labels: list[str],
-                  histogram: dict[str, Any]) -> None:
+                  histogram: Buckets) -> None:
     family.add_metric(labels, [(bound if bound == "+Inf" else repr(bound), count)
-                               for bound, count in histogram["buckets"]],
-                      sum_value=histogram["sum"])
+                               for bound, count in histogram.buckets],
+                      sum_value=histogram.sum)
 
 
-def redis_health(stats: dict[str, Any]) -> Iterator[Metric]:
+def redis_health(stats: Snapshot) -> Iterator[Metric]:
     """The fleet's Redis, for each cache on it and for the ticket keys."""
-    users = {label: cache["redis"] for label, cache in stats["caches"].items()
-             if "redis" in cache}
-    if "redis" in stats["ticket_keys"]:
-        users["tickets"] = stats["ticket_keys"]["redis"]
+    users = {label: cache.redis for label, cache in stats.caches.items()
+             if cache.redis is not None}
+    if stats.ticket_keys.redis is not None:
+        users["tickets"] = stats.ticket_keys.redis
     if not users:
         return
     info = GaugeMetricFamily("tlsmgr_redis_endpoint", "The Redis endpoint in use (1)",
@@ -167,13 +175,13 @@ def redis_health(stats: dict[str, Any]) -> Iterator[Metric]:
     trips = HistogramMetricFamily("tlsmgr_redis_round_trip_seconds", "Each Redis command, "
                                   "from asking to its answer", labels=["cache"])
     for label, health in users.items():
-        info.add_metric([label, health["endpoint"]], 1)
-        paused.add_metric([label], int(health["paused"]))
-        if health["paused_since"] is not None:
-            since.add_metric([label], health["paused_since"])
-        failures.add_metric([label], health["failures"])
-        recoveries.add_metric([label], health["recoveries"])
-        add_histogram(trips, [label], health["round_trips"])
+        info.add_metric([label, health.endpoint], 1)
+        paused.add_metric([label], int(health.paused))
+        if health.paused_since is not None:
+            since.add_metric([label], health.paused_since)
+        failures.add_metric([label], health.failures)
+        recoveries.add_metric([label], health.recoveries)
+        add_histogram(trips, [label], health.round_trips)
     yield from (info, paused, since, failures, recoveries, trips)
 
 
@@ -183,12 +191,12 @@ class Scrapes:
     def __init__(self, sources: Sources):
         self.sources = sources
         # A snapshot waiting on the network, for the scrapes meanwhile.
-        self._taking: asyncio.Future[dict[str, Any]] | None = None   # as an asyncio one
+        self._taking: asyncio.Future[Snapshot] | None = None   # as an asyncio one
 
     async def page(self) -> bytes:
         return generate_latest(Collector(await self._snapshot()))
 
-    async def _snapshot(self) -> dict[str, Any]:
+    async def _snapshot(self) -> Snapshot:
         if self._taking is None:
             taken = snapshot(self.sources)
             if not isinstance(taken, Later):
@@ -203,11 +211,11 @@ class Scrapes:
         except TimeoutError:
             raise TimeoutError("no snapshot within %g seconds" % _SNAPSHOT_WITHIN) from None
 
-    def _taken(self, _: asyncio.Future[dict[str, Any]]) -> None:
+    def _taken(self, _: asyncio.Future[Snapshot]) -> None:
         self._taking = None
 
 
-async def _awaited(later: Later[dict[str, Any]]) -> dict[str, Any]:
+async def _awaited(later: Later[Snapshot]) -> Snapshot:
     return await later
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import log
 from .pending import Later, MaybeLater, recover, then
-from .stores import STAMP, CannotOpen, Entry, Limits, Store, StoreError, Trimmed
+from .stores import STAMP, CannotOpen, Entry, Health, Limits, Store, StoreError, Trimmed
 
 T = TypeVar("T")
 _STORE_ERRORS = (StoreError,)
@@ -58,6 +59,32 @@ def describe_limits(limits: Limits) -> str:
     if limits.bytes:
         parts.append("%d bytes" % limits.bytes)
     return ", ".join(parts) or "none"
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What a cache reports in the stats (docs/OPERATIONS.md): entries and
+    bytes as its store counts them (-1 when it cannot), and what it did."""
+
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    updates: int
+    deletes: int
+    expired: int
+    evicted: int
+    unopened: int                  # entries read from Redis whose seal did not open
+    hit_ratio: float
+    redis: Health | None = None    # a store on the network: how it is doing
+
+    @classmethod
+    def from_json(cls, found: dict[str, Any]) -> CacheStats:
+        redis = found.get("redis")
+        return cls(found["entries"], found["bytes"], found["hits"], found["misses"],
+                   found["updates"], found["deletes"], found["expired"], found["evicted"],
+                   found["unopened"], found["hit_ratio"],
+                   None if redis is None else Health.from_json(redis))
 
 
 class SessionCache:
@@ -252,23 +279,17 @@ class SessionCache:
                               list[tuple[bytes, int]]()),
                     lambda stamps: [(cache_id, now - stamp) for cache_id, stamp in stamps])
 
-    def stats(self) -> MaybeLater[dict[str, Any]]:
+    def stats(self) -> MaybeLater[CacheStats]:
         """Counts for the stats request; the store is asked for its size."""
         return then(self._ask(self.store.counts, (), "cannot count %s TLS session cache: %s",
                               (-1, -1)), self._stats)
 
-    def _stats(self, counts: tuple[int, int]) -> dict[str, Any]:
+    def _stats(self, counts: tuple[int, int]) -> CacheStats:
         entries, size = counts
         lookups = self.hits + self.misses
-        found: dict[str, Any] = {
-                "entries": entries, "bytes": size, "hits": self.hits, "misses": self.misses,
-                "updates": self.updates, "deletes": self.deletes, "expired": self.expired,
-                "evicted": self.evicted, "unopened": self.unopened,
-                "hit_ratio": self.hits / lookups if lookups else 0.0}
-        health = self.store.health()
-        if health is not None:
-            found["redis"] = health
-        return found
+        return CacheStats(entries, size, self.hits, self.misses, self.updates, self.deletes,
+                          self.expired, self.evicted, self.unopened,
+                          self.hits / lookups if lookups else 0.0, self.store.health())
 
     def start_cleanup(self) -> None:
         """Begin a cleanup pass, unless one is still running."""

@@ -21,11 +21,11 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from . import log
 from .pending import Later, MaybeLater, then
-from .stores import CannotOpen, StoreError
+from .stores import CannotOpen, Health, StoreError
 
 _STORE_ERRORS = (StoreError,)
 
@@ -91,7 +91,7 @@ class TicketKeys(Protocol):
     def unopened(self) -> int:
         """Keys read from the fleet's Redis that did not open (seal.py)."""
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self) -> Health | None:
         """How the fleet's Redis is doing for the keys; None for the ring."""
 
 
@@ -157,7 +157,7 @@ class TicketKeyRing:
         """The key of that name while it may still decrypt tickets."""
         return self.lookup(name, timeout)[0]
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self) -> Health | None:
         return None
 
     def lookup(self, name: bytes, timeout: int) -> tuple[TicketKey | None, str]:
@@ -200,7 +200,7 @@ class SharedTicketKeys(Protocol):
     def find(self, name: bytes) -> MaybeLater[bytes | None]:
         """The packed key of that name, if the fleet has it."""
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """What Breaker.health() says (stores/redis.py)."""
 
 
@@ -236,7 +236,7 @@ class FleetTicketKeys:
     def ring(self) -> TicketKeyRing:
         return self.local
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         return self.fleet.health()
 
     def _make(self, expires: int) -> bytes:

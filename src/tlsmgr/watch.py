@@ -15,7 +15,10 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TextIO
+from typing import TextIO
+
+from .snapshot import Snapshot
+from .stores import Health
 
 # Terminal control (xterm, and what every terminal emulator follows).
 _ENTER = "\x1b[?1049h\x1b[?25l"     # the alternate screen; hide the cursor
@@ -27,21 +30,24 @@ _HOME = "\x1b[H\x1b[2J"             # the top left, the screen cleared
 _ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def counters(stats: dict[str, Any]) -> dict[str, float]:
+def counters(stats: Snapshot) -> dict[str, float]:
     """The counters of a stats snapshot, by a flat name."""
     found: dict[str, float] = {}
-    for name, count in stats["requests"].items():
+    for name, count in stats.requests.items():
         found["requests." + name] = count
-    for kind, count in stats["errors"].items():
+    for kind, count in stats.errors.items():
         found["errors." + kind] = count
-    for label, cache in stats["caches"].items():
-        for key in ("hits", "misses", "updates", "deletes", "expired", "evicted", "unopened"):
-            found["%s.%s" % (label, key)] = cache.get(key, 0)
-        if "redis" in cache:
-            found["%s.redis_failures" % label] = cache["redis"]["failures"]
-    for outcome, count in stats["ticket_keys"]["lookups"].items():
+    for label, cache in stats.caches.items():
+        for key, count in (("hits", cache.hits), ("misses", cache.misses),
+                           ("updates", cache.updates), ("deletes", cache.deletes),
+                           ("expired", cache.expired), ("evicted", cache.evicted),
+                           ("unopened", cache.unopened)):
+            found["%s.%s" % (label, key)] = count
+        if cache.redis is not None:
+            found["%s.redis_failures" % label] = cache.redis.failures
+    for outcome, count in stats.ticket_keys.lookups.items():
         found["tktkey." + outcome] = count
-    found["connections.accepted"] = stats["connections"]["total"]
+    found["connections.accepted"] = stats.connections.total
     return found
 
 
@@ -52,15 +58,15 @@ def rates(before: dict[str, float], after: dict[str, float],
             for name, value in sorted(after.items()) if seconds > 0}
 
 
-def screen(stats: dict[str, Any], per_second: dict[str, float], interval: float) -> str:
+def screen(stats: Snapshot, per_second: dict[str, float], interval: float) -> str:
     """One refresh on a terminal: the state, then the rates that moved."""
     lines = ["tlsmgr: up %d s, %d connections open; every %g s (Ctrl-C to stop)"
-             % (stats["uptime"], stats["connections"]["now"], interval), ""]
-    for label, cache in stats["caches"].items():
+             % (stats.uptime, stats.connections.now, interval), ""]
+    for label, cache in stats.caches.items():
         text = "%-6s %8d entries %10d bytes  hit ratio %.2f" % (
-            label, cache["entries"], cache["bytes"], cache["hit_ratio"])
-        if "redis" in cache:
-            text += "  redis " + redis_state(cache["redis"])
+            label, cache.entries, cache.bytes, cache.hit_ratio)
+        if cache.redis is not None:
+            text += "  redis " + redis_state(cache.redis)
         lines.append(text)
     lines.append("")
     lines.append("%-28s %12s" % ("per second", ""))
@@ -70,12 +76,11 @@ def screen(stats: dict[str, Any], per_second: dict[str, float], interval: float)
     return "\n".join(lines) + "\n"
 
 
-def redis_state(health: dict[str, Any]) -> str:
-    if not health["paused"]:
-        return "reachable (%s)" % health["endpoint"]
+def redis_state(health: Health) -> str:
+    if not health.paused:
+        return "reachable (%s)" % health.endpoint
     return "PAUSED since %s: %s" % (
-        time.strftime("%H:%M:%S", time.localtime(health["paused_since"])),
-        health["last_error"])
+        time.strftime("%H:%M:%S", time.localtime(health.paused_since)), health.last_error)
 
 
 def plain_line(per_second: dict[str, float]) -> str:
@@ -83,9 +88,9 @@ def plain_line(per_second: dict[str, float]) -> str:
     return "%s %s" % (time.strftime("%Y-%m-%dT%H:%M:%S"), moved or "idle")
 
 
-def snapshots(fetch: Callable[[], dict[str, Any]], interval: float,
+def snapshots(fetch: Callable[[], Snapshot], interval: float,
               sleep: Callable[[float], None] = time.sleep) -> Iterator[
-                  tuple[dict[str, Any], dict[str, float]]]:
+                  tuple[Snapshot, dict[str, float]]]:
     """(stats, rates) every interval, the first after one interval."""
     last, last_at = counters(fetch()), time.monotonic()
     while True:
@@ -97,7 +102,7 @@ def snapshots(fetch: Callable[[], dict[str, Any]], interval: float,
         last, last_at = current, now
 
 
-def watch(fetch: Callable[[], dict[str, Any]], interval: float, count: int | None = None,
+def watch(fetch: Callable[[], Snapshot], interval: float, count: int | None = None,
           out: TextIO = sys.stdout) -> int:
     """Show the rates until Ctrl-C, SIGTERM or SIGHUP (or count refreshes);
     exit status 0."""

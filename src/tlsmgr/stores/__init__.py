@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..histogram import Buckets
 from ..pending import MaybeLater
 from .redis_url import redact_url
 
@@ -61,6 +63,27 @@ def unpack_entry(value: bytes | memoryview) -> Entry:
 # within them this many entries an update, so that no update waits for a
 # million removals: 64 take about a millisecond in LMDB.
 EVICTIONS_PER_SAVE = 64
+
+
+@dataclass(frozen=True)
+class Health:
+    """How a store on the network is doing, as its breaker sees it
+    (stores/redis.py), for the stats: where it is, whether it is asked,
+    what went wrong last, and how long its round trips take."""
+
+    endpoint: str
+    paused: bool                   # not asked now: unreachable, probed every second
+    paused_since: int | None       # Unix time
+    last_error: str
+    failures: int                  # times it became unreachable
+    recoveries: int                # times a probe found it back
+    round_trips: Buckets
+
+    @classmethod
+    def from_json(cls, found: dict[str, Any]) -> Health:
+        return cls(found["endpoint"], found["paused"], found["paused_since"],
+                   found["last_error"], found["failures"], found["recoveries"],
+                   Buckets.from_json(found["round_trips"]))
 
 
 class Limits(NamedTuple):
@@ -160,7 +183,7 @@ class Store(ABC):
         """Commit what is held; release files and connections."""
         return None
 
-    def health(self) -> dict[str, Any] | None:
+    def health(self) -> Health | None:
         """How a store on the network is doing (stores/redis.py), for the
         stats; None for a local store."""
         return None

@@ -71,6 +71,7 @@ from . import (
     STAMP,
     CannotOpen,
     Entry,
+    Health,
     Limits,
     Store,
     StoreError,
@@ -484,14 +485,13 @@ class Breaker:
         self.recoveries += 1
         self._probing = None
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         """Whether Redis is asked now, since when not, and what went wrong
         last (the stats; docs/OPERATIONS.md)."""
-        return {"endpoint": self.link.where(), "paused": self.opened_at is not None,
-                "paused_since": None if self.paused_since is None else round(self.paused_since),
-                "last_error": self.last_error, "failures": self.failures,
-                "recoveries": self.recoveries,
-                "round_trips": self.round_trips.snapshot()}
+        return Health(self.link.where(), self.opened_at is not None,
+                      None if self.paused_since is None else round(self.paused_since),
+                      self.last_error, self.failures, self.recoveries,
+                      self.round_trips.snapshot())
 
 
 # Every script gets the cache's keys and this function, which removes one
@@ -671,7 +671,7 @@ class RedisStore(Store):
                        self.breaker.call("GET", self._total)])
         return then(both, lambda both: (int(both[0]), int(both[1] or 0)))
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         return self.breaker.health()
 
     def close(self) -> Later[None]:
@@ -750,7 +750,7 @@ class RedisTicketKeys:
         return then(found, lambda found: open_from(self._seal, bytes(found), period_key,
                                                    "the ticket key"))
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         return self.breaker.health()
 
     def find(self, name: bytes) -> MaybeLater[bytes | None]:
