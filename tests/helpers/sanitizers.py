@@ -226,8 +226,12 @@ def main() -> None:
 def pytest_args(seed: int) -> list[str]:
     """tests/test_fastpath.py, with hypothesis seeded; but the test that
     builds a wheel without a compiler: it runs pip and a build, which the
-    preloaded runtimes would slow, and never loads the compiled path."""
-    return ["-q", "-p", "no:cacheprovider", "--hypothesis-seed=%d" % seed,
+    preloaded runtimes would slow, and never loads the compiled path.
+    Verbose, so that the test a report ends is the last one named.  pytest
+    captures sys.stdout and sys.stderr only: were it to capture file
+    descriptor 2, as it does by default, a sanitizer's report, written
+    there just before the process ends, would be lost with its capture."""
+    return ["-v", "-p", "no:cacheprovider", "--capture=sys", "--hypothesis-seed=%d" % seed,
             "tests/test_fastpath.py", "-k", "not without_a_compiler"]
 
 
