@@ -76,17 +76,20 @@ def test_store_keeps_within_limits_oldest_out_first(redis_server):
     assert store.counts()[1] <= 2000 and store.get(b"big") is not None
 
 
+def store_of(kind, tmp_path, redis_server, prefix):
+    """A store of each kind, answering at once (Blocking) for the tests."""
+    if kind == "redis":
+        return Blocking(RedisStore(redis_server.url, "smtpd", RedisSettings(prefix),
+                                   timeout=3600))
+    return Blocking(LmdbStore(str(tmp_path / "scache")) if kind == "lmdb" else MemoryStore())
+
+
 @pytest.mark.parametrize("kind", ["redis", "lmdb", "memory"])
 def test_a_store_far_over_its_limits_is_trimmed_a_bounded_number_an_update(
         tmp_path, redis_server, kind):
     # As after the limits were lowered under a cache of millions: no update
     # waits for them all to go; each takes a bounded share.
-    if kind == "redis":
-        store = Blocking(RedisStore(redis_server.url, "smtpd", RedisSettings("over:"),
-                                    timeout=3600))
-    else:
-        store = Blocking(LmdbStore(str(tmp_path / "scache")) if kind == "lmdb"
-                         else MemoryStore())
+    store = store_of(kind, tmp_path, redis_server, "over:")
     for i in range(300):
         store.save(b"k%03d" % i, pack_entry(Entry(1000 + i, b"x")), Limits(), cutoff=0)
     limits = Limits(entries=10)
@@ -100,12 +103,7 @@ def test_a_store_far_over_its_limits_is_trimmed_a_bounded_number_an_update(
 
 @pytest.mark.parametrize("kind", ["redis", "lmdb", "memory"])
 def test_every_store_lists_a_page_after_an_offset_oldest_first(tmp_path, redis_server, kind):
-    if kind == "redis":
-        store = Blocking(RedisStore(redis_server.url, "smtpd", RedisSettings("pages:"),
-                                    timeout=3600))
-    else:
-        store = Blocking(LmdbStore(str(tmp_path / "scache")) if kind == "lmdb"
-                         else MemoryStore())
+    store = store_of(kind, tmp_path, redis_server, "pages:")
     for i in range(10):
         store.save(b"k%d" % i, pack_entry(Entry(1000 + i, b"x")), Limits(), cutoff=0)
     assert store.stamps(3, 4) == [(b"k%d" % i, 1000 + i) for i in range(3, 7)]
