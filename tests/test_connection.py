@@ -184,7 +184,7 @@ def test_what_the_input_holds_is_its_undecoded_bytes_and_unfinished_request():
     core.decode_slice()
     assert len(core.pending) == 2
     assert 7 <= core.held < len(data)
-    core.forget()
+    core.drop_all()
     assert core.held == 0 and not core.pending
     core.receive(request_bytes(), now=1.0)             # a fresh decoder after forget()
     core.decode_slice()

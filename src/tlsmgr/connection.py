@@ -144,7 +144,7 @@ class Input:
         """Bytes held for it: not yet decoded, and of the unfinished request."""
         return self.decoder.held + len(self.unread)
 
-    def forget(self) -> None:
+    def drop_all(self) -> None:
         """Drop all of it: the connection is closing."""
         self.unread = b""
         self.pending.clear()
@@ -234,7 +234,7 @@ class Connection(asyncio.Protocol):
         self.shared.memory.hold(self, 0)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
-        self.input.forget()                # whatever it left unanswered goes with it
+        self.input.drop_all()                # whatever it left unanswered goes with it
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
@@ -324,7 +324,7 @@ class Connection(asyncio.Protocol):
         else:
             why = "has more than %d attributes" % err.limit
         self.shared.client_warning("%s: request %s -- closing connection", self.peer(), why)
-        self.input.forget()
+        self.input.drop_all()
         self._account()
         self.transport.write(PROTOCOL_ERROR)
         self.transport.close()
@@ -431,7 +431,7 @@ class Connection(asyncio.Protocol):
         """Close the connection now, and free what it holds now rather than
         when the event loop gets round to connection_lost()."""
         self.held = 0
-        self.input.forget()
+        self.input.drop_all()
         self.transport.abort()
 
     def _account(self) -> bool:

@@ -36,7 +36,7 @@ except (OSError, AttributeError):
     _malloc_trim = None
 
 
-class Client(Protocol):
+class Budgeted(Protocol):
     """What a budget needs of a connection."""
 
     @property
@@ -60,16 +60,16 @@ class ConnectionTable:
     def __init__(self, limit: int, stats: Stats):
         self.limit = limit
         self.stats = stats
-        self._open: set[Client] = set()
+        self._open: set[Budgeted] = set()
         self._warning = log.RateLimitedWarning()
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def __iter__(self) -> Iterator[Client]:
+    def __iter__(self) -> Iterator[Budgeted]:
         return iter(list(self._open))
 
-    def admit(self, connection: Client) -> None:
+    def admit(self, connection: Budgeted) -> None:
         """Count a new connection in, first closing the one idle longest
         when the table is full."""
         if len(self._open) >= self.limit:
@@ -84,7 +84,7 @@ class ConnectionTable:
         self._open.add(connection)
         self.stats.accepted += 1
 
-    def discard(self, connection: Client) -> None:
+    def discard(self, connection: Budgeted) -> None:
         self._open.discard(connection)
 
 
@@ -98,12 +98,12 @@ class ClientMemory:
         self.loop: asyncio.AbstractEventLoop | None = None   # for giving memory back
         self.held = 0                      # for all connections
         # Those that hold bytes, in the order they began to, and how many.
-        self._holders: OrderedDict[Client, int] = OrderedDict()
+        self._holders: OrderedDict[Budgeted, int] = OrderedDict()
         self._peak = 0                     # since memory last went back
         self._trim_pending = False
         self._warning = log.RateLimitedWarning()
 
-    def hold(self, connection: Client, held: int) -> None:
+    def hold(self, connection: Budgeted, held: int) -> None:
         """Account for what a connection now holds; close the longest
         holders while all of them are past the limit."""
         holders = self._holders

@@ -95,7 +95,7 @@ STATUS_REPLIES = {status: encode([("status", status)])
 PROTOCOL_ERROR = STATUS_REPLIES[STAT_FAIL]
 
 
-class Client(Protocol):
+class Requester(Protocol):
     """What a request handler may know of the connection a request came on."""
 
     privileged: bool             # may send control requests (control.py)
@@ -170,7 +170,7 @@ class Dispatch:
         self._control = control.handlers() if control is not None else {}
         self.stats.known_requests([*self._handlers, *self._control])
 
-    def handle(self, message: Message, client: Client | None = None) -> Reply:
+    def handle(self, message: Message, client: Requester | None = None) -> Reply:
         """Answer one complete request message.  Never raises: a failure
         inside a request is logged and answered with status -2.
 

@@ -280,7 +280,7 @@ class LmdbStore(LocalStore):
             txn.put(packed[:STAMP.size] + key, b"", db=self._ages)
             return old
         def counted(old: bytes | None) -> None:
-            self._forget(key, old)
+            self._count_removed(key, old)
             self._count += 1
             self._size += len(key) + len(packed) - STAMP.size
         self._write(put, counted)
@@ -308,7 +308,7 @@ class LmdbStore(LocalStore):
             txn.delete(index_key, db=self._ages)     # not the one _remove() took
         return key, packed
 
-    def _forget(self, key: bytes, removed: bytes | None) -> None:
+    def _count_removed(self, key: bytes, removed: bytes | None) -> None:
         # The counts change once an operation has run, not before: done
         # again after the map grew, it must not count twice.  Held writes
         # that are lost take their counts with them (_drop_held()).
@@ -319,7 +319,7 @@ class LmdbStore(LocalStore):
     def delete(self, cache_id: bytes) -> bool:
         key = self._key(cache_id)
         removed = self._write(lambda txn: self._remove(txn, key),
-                              functools.partial(self._forget, key))
+                              functools.partial(self._count_removed, key))
         return removed is not None
 
     def pop_oldest(self) -> Entry | None:
@@ -328,7 +328,7 @@ class LmdbStore(LocalStore):
             if not cursor.first():
                 return b"", None
             return self._remove_indexed(txn, bytes(cursor.key()))
-        key, removed = self._write(pop_oldest, lambda found: self._forget(*found))
+        key, removed = self._write(pop_oldest, lambda found: self._count_removed(*found))
         return None if removed is None else unpack_entry(removed)
 
     def expire(self, cutoff: int, budget: int) -> tuple[list[Entry], bool]:
@@ -344,7 +344,7 @@ class LmdbStore(LocalStore):
             return removed, not cursor.first()
         def counted(found: tuple[list[tuple[bytes, bytes | None]], bool]) -> None:
             for key, packed in found[0]:
-                self._forget(key, packed)
+                self._count_removed(key, packed)
         removed, done = self._write(expire, counted)
         return [unpack_entry(packed) for _, packed in removed if packed is not None], done
 
