@@ -251,8 +251,9 @@ def test_a_bad_value_is_a_warning_and_nothing_is_preserved(tmp_path):
 
 
 def test_saves_that_meet_leave_the_latest_ring_in_the_file(tmp_path):
-    # Fleet keys are taken on in worker threads while the event loop drops
-    # spent ones: whatever the order, the file ends as the ring does.
+    # Saves that meet, from threads rotating at once: whatever the order,
+    # the file ends as the ring does, and no save takes another's file
+    # from under it (they were racing for one temporary file).
     import threading
     saved = KeyFile(str(tmp_path))
     ring = TicketKeyRing(os.urandom, on_change=saved.save_ring)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -45,6 +46,9 @@ class KeyFile:
         self.path = os.path.join(directory, NAME)
         self._clock = clock
         self._warning = log.RateLimitedWarning()
+        # One save at a time: two that met would write the same temporary
+        # file, and one's rename would take the other's file from under it.
+        self._writing = threading.Lock()
         # Reached through this descriptor once in the jail.
         self._directory = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         remove_damaged_copies(self.path)
@@ -103,12 +107,14 @@ class KeyFile:
     def save_ring(self, ring: TicketKeyRing) -> None:
         """Save the ring as it is when the file is written: of two saves
         that meet, the one written last has the latest keys."""
-        self._write(ring.keys)
+        with self._writing:
+            self._write(ring.keys)
 
     def save(self, keys: list[TicketKey]) -> None:
         """Replace the file with these keys; a failure is a warning (the
         keys then live in memory only, as with the option off)."""
-        self._write(keys)
+        with self._writing:
+            self._write(keys)
 
     def _write(self, keys: list[TicketKey]) -> None:
         body = _MAGIC + bytes([len(keys)]) + b"".join(key.pack() for key in keys)
