@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from tlsmgr import fastpath
 from tlsmgr.attr import Decoder, MessageTooLarge, encode
+from tlsmgr.requests import LOOKUP, Kind
 
 SOURCE = Path(__file__).resolve().parents[1]
 KEY_NAME = base64.b64encode(invariants.FIRST_TICKET_KEY_NAME)
@@ -312,3 +313,14 @@ def test_the_compiled_base64_encoder_is_binascii(data):
 
     assert encode_base64(data) == binascii.b2a_base64(data, newline=False)
     assert encode_base64(bytearray(data)) == encode_base64(memoryview(data))
+
+
+@pytest.mark.usefixtures("compiled")
+def test_a_table_the_compiled_path_cannot_read_leaves_every_request_to_the_pure_one(
+        monkeypatch, caplog):
+    # A kind of attribute _fastpath.c does not know: the daemon serves on
+    # the pure path, with one warning, rather than not at all.
+    odd = LOOKUP._replace(reads=((b"cache_type", Kind(None, "", b"x")), LOOKUP.reads[1]))
+    monkeypatch.setitem(fastpath.TABLE, LOOKUP.name, odd)
+    assert fastpath.answerer(invariants.make_dispatch(), DAEMON_SIZE_LIMIT) is None
+    assert "the compiled path cannot answer as the request table says" in caplog.text

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import log
 from .histogram import LATENCY_BOUNDS
 from .protocol import Dispatch
 from .requests import SEED_MAX, TABLE
@@ -43,8 +44,9 @@ else:
 
 def answerer(dispatch: Dispatch, size_limit: int) -> Answer | None:
     """The compiled answer() for the requests dispatch answers, or None when
-    it is not built.  It is given each request as the table (requests.py)
-    says it, with what ClientRequests.compiled_answers() says answers it; requests that may
+    it is not built, or cannot answer as the table says.  It is given each
+    request as the table (requests.py) says it, with what
+    ClientRequests.compiled_answers() says answers it; requests that may
     be answered later, on the network, are left to the pure path: those
     on a cache whose store is remote (Redis), and tktkey when any is (the
     fleet's keys)."""
@@ -62,7 +64,14 @@ def answerer(dispatch: Dispatch, size_limit: int) -> Answer | None:
         requests.append((name, tuple(attribute for attribute, _ in reads), codes, reply_kind,
                          handler, parts))
     stats = dispatch.stats
-    path = FastPath(size_limit, tuple(requests), caches, LATENCY_BOUNDS, NAME_LENGTH, SEED_MAX,
-                    stats.add_answered, dispatch.failure)
+    try:
+        path = FastPath(size_limit, tuple(requests), caches, LATENCY_BOUNDS, NAME_LENGTH,
+                        SEED_MAX, stats.add_answered, dispatch.failure)
+    except (TypeError, ValueError) as err:
+        # The table says what this build of _fastpath.c cannot do: a
+        # mistake for the tests to catch, never a reason not to serve.
+        log.warn("the compiled path cannot answer as the request table says (%s): "
+                 "the pure path answers every request", err)
+        return None
     stats.kept_elsewhere.append(path.settle)
     return path.answer

@@ -3,11 +3,11 @@ it, and whether the compiled path answers it.
 
 The rest is derived from this table: the pure path reads each request's
 attributes (protocol.Scanner.scan()) and fails it in its reply's shape
-(failed_reply()); protocol.py and control.py answer each request the
+(failed_reply()); handlers.py and control.py answer each request the
 table names, and nothing else, which they check when they are imported;
-the compiled path (_fastpath.c) is given each shape it answers when it is
-made (fastpath.py), and the pure path and it must agree on each, or it
-is not used.
+the compiled path (_fastpath.c) is given each request it answers when it
+is made (fastpath.py), and is not used when it cannot read one as the
+table says.
 
 Postfix's clients (tls_mgr.c, tls_scache.c) send the client requests; the
 administrator's tools send the control requests, an extension in
