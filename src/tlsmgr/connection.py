@@ -234,7 +234,7 @@ class Connection(asyncio.Protocol):
         self.shared.memory.hold(self, 0)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
-        self.input.drop_all()                # whatever it left unanswered goes with it
+        self.input.drop_all()              # whatever it left unanswered goes with it
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()

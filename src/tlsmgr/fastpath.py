@@ -26,7 +26,7 @@ from collections.abc import Callable
 from . import log
 from .histogram import LATENCY_BOUNDS
 from .protocol import Dispatch
-from .requests import SEED_MAX, TABLE
+from .requests import CACHE_TYPE, SEED_MAX, TABLE
 from .tickets import NAME_LENGTH
 
 # answer(data, write, since): True if data was one whole request, answered
@@ -59,7 +59,7 @@ def answerer(dispatch: Dispatch, size_limit: int) -> Answer | None:
     for name, (handler, reply_kind, parts) in client.compiled_answers().items():
         reads = TABLE[name].reads
         codes = b"".join(kind.code for _, kind in reads)
-        if b"c" in codes and not caches:
+        if CACHE_TYPE.code in codes and not caches:
             continue
         requests.append((name, tuple(attribute for attribute, _ in reads), codes, reply_kind,
                          handler, parts))

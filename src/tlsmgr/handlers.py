@@ -47,22 +47,23 @@ def _data_name(request: Request) -> bytes:
     return name.encode()
 
 
+def _before_data(status: int, request: Request) -> bytes:
+    """What comes before the data of a request's reply (its base64 text
+    and _END follow): the replies on every request's path are joined from
+    parts, without a call to make them."""
+    return b"status\0%s\0%s\0" % (encode_int(status), _data_name(request))
+
+
+_END = b"\0\0"
+
+
 def _status_and_data(status: int, request: Request, data: bytes) -> bytes:
-    return b"status\0%s\0%s\0%s\0\0" % (encode_int(status), _data_name(request),
-                                         encode_data(data))
-
-
-def _ok_before_data(request: Request) -> bytes:
-    """What comes before the data of a request's reply that succeeded (its
-    base64 text and _END follow): such replies are joined from parts,
-    without a call to make them."""
-    return b"status\0%s\0%s\0" % (encode_int(STAT_OK), _data_name(request))
+    return b"".join((_before_data(status, request), encode_data(data), _END))
 
 
 _LOOKUP_MISS = failed_reply(LOOKUP.name, STAT_ERR)
-_FOUND = _ok_before_data(LOOKUP)
-_SEED = _ok_before_data(SEED)
-_END = b"\0\0"
+_FOUND = _before_data(STAT_OK, LOOKUP)
+_SEED = _before_data(STAT_OK, SEED)
 # The parts of the replies the compiled path makes from a handler's result
 # (ClientRequests.compiled_answers()): a session found or not, and whether an
 # update or a delete took.
@@ -76,7 +77,6 @@ def _lookup_reply(found: bytes | None) -> bytes:
 
 def _status_reply(done: bool) -> bytes:
     return STATUS_REPLIES[STAT_OK if done else STAT_ERR]
-
 
 
 class ClientRequests:
@@ -112,7 +112,7 @@ class ClientRequests:
         is a BadRequest, with a warning."""
         if cache_type not in self.caches:
             self.scanner.client_error('bogus cache type "%s" in "%s" request',
-                               printable(cache_type), request)
+                                      printable(cache_type), request)
             raise BadRequest
         return self.caches[cache_type]
 
@@ -182,7 +182,7 @@ class ClientRequests:
         (empty: the current key); later when the fleet's Redis is asked."""
         timeout = self.timeouts[b"smtpd"]
         if timeout <= 0:
-            return failed_reply(b"tktkey", STAT_ERR)     # no tickets without the cache
+            return failed_reply(TKTKEY.name, STAT_ERR)   # no tickets without the cache
         if from_memory:
             return self._reply_with_key(name, self.tickets.at_hand(name, timeout))
         if name:
@@ -224,7 +224,7 @@ class ClientRequests:
         except OSError as err:
             # As Postfix since July 2026: no bytes, no seed, never garbage.
             log.warn("cannot generate %d random bytes for a seed request: %s", size, err)
-            return failed_reply(b"seed", STAT_ERR)
+            return failed_reply(SEED.name, STAT_ERR)
         return b"".join((_SEED, encode_data(seed), _END))
 
     def _policy(self, message: Message) -> bytes:

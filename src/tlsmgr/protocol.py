@@ -136,25 +136,25 @@ class Scanner:
         for index, (name, (convert, malformed, _)) in enumerate(wanted, start):
             if index >= len(message):
                 self.client_error("missing attribute %s in input from %s", name.decode(),
-                                   self.socket_name)
+                                  self.socket_name)
                 raise BadRequest
             got_name, value = message[index]
             if got_name != name:
                 self.client_error("unexpected attribute %s from %s (expecting: %s)",
-                                   printable(got_name), self.socket_name, name.decode())
+                                  printable(got_name), self.socket_name, name.decode())
                 raise BadRequest
             if convert is not None:
                 value = convert(value)
                 if value is None:
                     self.client_error("malformed %s data from %s while reading input "
-                                       "attribute value: %.100s", malformed,
-                                       self.socket_name, printable(message[index][1]))
+                                      "attribute value: %.100s", malformed,
+                                      self.socket_name, printable(message[index][1]))
                     raise BadRequest
             values.append(value)
         end = start + len(wanted)
         if not more and end < len(message):
             self.client_error("unexpected attribute %s from %s (expecting: (list "
-                               "terminator))", printable(message[end][0]), self.socket_name)
+                              "terminator))", printable(message[end][0]), self.socket_name)
         return values
 
 
