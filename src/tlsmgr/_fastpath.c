@@ -50,6 +50,20 @@
  * key_name_length bytes); a decimal size from 1 to seed_max. */
 enum { CACHE_TYPE = 'c', STRING = 's', DATA = 'd', KEY_NAME = 'k', SIZE = 'n' };
 
+static int
+known_code(char code)
+{
+    switch (code) {
+    case CACHE_TYPE:
+    case STRING:
+    case DATA:
+    case KEY_NAME:
+    case SIZE:
+        return 1;
+    }
+    return 0;
+}
+
 /* How the handler's result becomes the reply: it is the reply; a session
  * or None (the parts around its base64 text, or the reply without one);
  * whether it took (the reply if so, the reply if not). */
@@ -706,7 +720,7 @@ take_request(FastPath *self, PyObject *given)
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *attribute = PyTuple_GET_ITEM(names, i);
         char code = PyBytes_AS_STRING(codes)[i];
-        if (!PyBytes_Check(attribute) || !strchr("csdkn", code) || code == 0) {
+        if (!PyBytes_Check(attribute) || !known_code(code)) {
             PyErr_Format(PyExc_ValueError, "request %s: attribute names must be bytes, "
                          "codes of c, s, d, k or n", PyBytes_AS_STRING(name));
             return -1;
