@@ -167,7 +167,7 @@ def snapshot_source(scratch: Path, pure: bool) -> tuple[Path, bool]:
                     ignore=shutil.ignore_patterns(*left_out))
     found = subprocess.run(
         [harness.PYTHON, "-c",
-         "import tlsmgr.fastpath as f; print(f.__file__); print(f.COMPILED)"],
+         "import tlsmgr.service.fastpath as f; print(f.__file__); print(f.COMPILED)"],
         env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
         text=True, check=True, timeout=60).stdout.split()
     if not found[0].startswith(str(root)):

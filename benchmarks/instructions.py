@@ -60,9 +60,9 @@ def run_loop(path: str, store: str, kind: str, count: int, size: int) -> None:
     sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
     from helpers.connection_fakes import DAEMON_SIZE_LIMIT, connect  # noqa: PLC0415
 
-    from tlsmgr.attr import encode  # noqa: PLC0415
-    from tlsmgr.prng import Prng  # noqa: PLC0415
+    from tlsmgr.service.prng import Prng  # noqa: PLC0415
     from tlsmgr.stores.lmdb import LmdbStore  # noqa: PLC0415
+    from tlsmgr.wire.attr import encode  # noqa: PLC0415
 
     shared, connection, transport = connect(high_water=1 << 30, path=path,
                                             size_limit=DAEMON_SIZE_LIMIT)

@@ -41,7 +41,7 @@ from helpers.redis_servers import (  # noqa: E402
     timed,
 )
 
-from tlsmgr.client import TlsmgrClient  # noqa: E402
+from tlsmgr.admin.client import TlsmgrClient  # noqa: E402
 
 TAG = ("{faults%d:smtpd}" % os.getpid()).encode()
 
@@ -180,7 +180,7 @@ def cluster_kill_only_named(work: Path):
 
 _WAITING_CLIENT = """
 import sys
-from tlsmgr.client import TlsmgrClient
+from tlsmgr.admin.client import TlsmgrClient
 with TlsmgrClient(sys.argv[1], timeout=30) as client:
     n = 0
     while True:

@@ -42,11 +42,11 @@ sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
 from helpers.harness import start_ours  # noqa: E402
 from helpers.redis_servers import Servers  # noqa: E402
 
-from tlsmgr.client import TlsmgrClient  # noqa: E402
-from tlsmgr.pending import gather  # noqa: E402
-from tlsmgr.seal import Seal, new_secret_line, read_secret_file  # noqa: E402
+from tlsmgr.admin.client import TlsmgrClient  # noqa: E402
 from tlsmgr.stores import Entry, Limits, pack_entry  # noqa: E402
 from tlsmgr.stores.redis import RedisSettings, RedisStore  # noqa: E402
+from tlsmgr.stores.seal import Seal, new_secret_line, read_secret_file  # noqa: E402
+from tlsmgr.util.pending import gather  # noqa: E402
 
 PREFIX = "scale:"
 BATCH = 2000                # saves issued in one turn of the loop: one pipeline

@@ -48,7 +48,7 @@ from pathlib import Path
 import compare
 from compare import harness
 
-from tlsmgr.attr import Decoder, encode
+from tlsmgr.wire.attr import Decoder, encode
 
 SEED = encode([("request", "seed"), ("size", 32)])
 MiB = 1 << 20

@@ -53,7 +53,7 @@ sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
 
 from helpers.harness import Daemon, start_ours  # noqa: E402
 
-from tlsmgr.client import TlsmgrClient  # noqa: E402
+from tlsmgr.admin.client import TlsmgrClient  # noqa: E402
 from tlsmgr.stores import Entry, pack_entry  # noqa: E402
 from tlsmgr.stores.lmdb import LmdbStore  # noqa: E402
 

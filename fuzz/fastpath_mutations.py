@@ -1,4 +1,4 @@
-"""The compiled path (src/tlsmgr/_fastpath.c) on the corpus and its mutations.
+"""The compiled path (src/tlsmgr/service/_fastpath.c) on the corpus and its mutations.
 
 The atheris harnesses fuzz the pure path.  This one feeds what a client
 could send to the compiled path's entry points, FastPath.answer() (through
@@ -39,9 +39,9 @@ from pathlib import Path
 import invariants
 import seeds
 
-from tlsmgr import fastpath
-from tlsmgr.attr import AttrError, Decoder, Message, encode
-from tlsmgr.protocol import Reply
+from tlsmgr.service import fastpath
+from tlsmgr.service.protocol import Reply
+from tlsmgr.wire.attr import AttrError, Decoder, Message, encode
 
 FUZZ_DIR = Path(__file__).resolve().parent
 CORPUS = FUZZ_DIR / "corpus"
@@ -150,7 +150,7 @@ class _CompiledFirst:
 
 
 def check_encoder(data: bytes) -> None:
-    from tlsmgr._fastpath import encode_base64
+    from tlsmgr.service._fastpath import encode_base64
 
     assert encode_base64(data) == binascii.b2a_base64(data, newline=False)
     view = memoryview(data)[1:]             # a buffer that starts anywhere

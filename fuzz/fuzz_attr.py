@@ -1,4 +1,4 @@
-"""atheris harness for the attr0 decoder (tlsmgr.attr).
+"""atheris harness for the attr0 decoder (tlsmgr.wire.attr).
 
 Each input picks a size limit and a way to cut a byte stream into pieces
 (see invariants.split_attr_input); the checks are invariants.check_decoder_input:

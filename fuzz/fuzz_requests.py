@@ -1,4 +1,4 @@
-"""atheris harness for the request handlers (tlsmgr.protocol.Dispatch).
+"""atheris harness for the request handlers (tlsmgr.service.protocol.Dispatch).
 
 Each input is what a client sends: it is decoded, and every message is
 answered by an in-process Dispatch (memory caches for smtpd and smtp, lmtp

@@ -23,8 +23,13 @@ import shlex
 import sys
 from contextlib import contextmanager
 
-from tlsmgr import log
-from tlsmgr.attr import (
+from tlsmgr.service.handlers import client_dispatch
+from tlsmgr.service.protocol import WAKEUP, Dispatch, Reply
+from tlsmgr.service.scache import SessionCache
+from tlsmgr.service.tickets import KEY_SIZE, NAME_LENGTH, TicketKey, TicketKeyRing
+from tlsmgr.stores.memory import MemoryStore
+from tlsmgr.util import log
+from tlsmgr.wire.attr import (
     DEFAULT_MAX_SIZE,
     MAX_ATTRIBUTES,
     AttrError,
@@ -37,12 +42,7 @@ from tlsmgr.attr import (
     encode_data,
     encode_int,
 )
-from tlsmgr.handlers import client_dispatch
-from tlsmgr.protocol import WAKEUP, Dispatch, Reply
-from tlsmgr.requests import SEED_MAX
-from tlsmgr.scache import SessionCache
-from tlsmgr.stores.memory import MemoryStore
-from tlsmgr.tickets import KEY_SIZE, NAME_LENGTH, TicketKey, TicketKeyRing
+from tlsmgr.wire.requests import SEED_MAX
 
 # libFuzzer options the harnesses add unless given: long enough inputs for
 # an oversized message and for numbers of more than 4300 digits.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from invariants import ATTR_LIMITS, FIRST_TICKET_KEY_NAME, REQUEST_SIZE_LIMIT
 
-from tlsmgr.attr import DEFAULT_MAX_SIZE, MAX_ATTRIBUTES, encode
+from tlsmgr.wire.attr import DEFAULT_MAX_SIZE, MAX_ATTRIBUTES, encode
 
 
 def _raw(*pairs: tuple[bytes, bytes]) -> bytes:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tlsmgr.attr import (
+from tlsmgr.wire.attr import (
     MAX_ATTRIBUTES,
     AttrError,
     Decoder,

@@ -11,7 +11,7 @@ import redis
 from conftest import require_command
 from helpers.harness import PYTHON, free_tcp_port, start_ours, write_main_cf
 
-from tlsmgr.seal import new_secret_line
+from tlsmgr.stores.seal import new_secret_line
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 
@@ -137,7 +137,7 @@ def test_tlsmgr_ctl_check_is_the_same_check(tmp_path):
     require_command("postconf", "postfix")
     conf = write_main_cf(tmp_path / "conf", mail_owner=ME, data_directory=tmp_path,
                          queue_directory=tmp_path, tlsmgr_preserve_sessions="yse")
-    done = subprocess.run([PYTHON, "-m", "tlsmgr.ctl", "check", "-o", "tlsmgr_event_loop=x"],
+    done = subprocess.run([PYTHON, "-m", "tlsmgr.admin.ctl", "check", "-o", "tlsmgr_event_loop=x"],
                           capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, MAIL_CONFIG=str(conf)))
     assert done.returncode == 1

@@ -8,8 +8,9 @@ import pytest
 from conftest import require_command
 from helpers.harness import comparable_with_postconf
 
-from tlsmgr import config, log
+from tlsmgr import config
 from tlsmgr.config import MacroError, expand, parse_main_cf
+from tlsmgr.util import log
 
 
 def load(tmp_path, main_cf, *overrides):

@@ -25,9 +25,7 @@ from helpers.request_strategies import (
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from tlsmgr import log
-from tlsmgr.attr import MessageTooLarge, encode
-from tlsmgr.connection import (
+from tlsmgr.runtime.connection import (
     IDLE_TIMEOUT,
     REQUEST_TIMEOUT,
     SLICE,
@@ -35,7 +33,9 @@ from tlsmgr.connection import (
     FlowControl,
     Input,
 )
-from tlsmgr.protocol import HANDSHAKE, PROTOCOL_ERROR
+from tlsmgr.service.protocol import HANDSHAKE, PROTOCOL_ERROR
+from tlsmgr.util import log
+from tlsmgr.wire.attr import MessageTooLarge, encode
 
 # The Connection, in-process, with a fake transport: any bytes, any flow control.
 

@@ -19,26 +19,26 @@ from conftest import require
 from helpers.harness import free_tcp_port, postfix_dirs, start_ours, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from tlsmgr import fastpath, metrics
-from tlsmgr.attr import Decoder, encode
-from tlsmgr.client import ClientError, TlsmgrClient
-from tlsmgr.control import Sources, snapshot
-from tlsmgr.ctl import main as ctl_main
-from tlsmgr.ctl import read_snapshot, stats_text
-from tlsmgr.handlers import ClientRequests
-from tlsmgr.histogram import Histogram
-from tlsmgr.metrics import parse_listen
-from tlsmgr.pending import Later, then
-from tlsmgr.prng import Prng
-from tlsmgr.protocol import Scanner
-from tlsmgr.scache import SessionCache
-from tlsmgr.snapshot import Snapshot
-from tlsmgr.stats import Stats
-from tlsmgr.stores import Health
+from tlsmgr.admin.client import ClientError, TlsmgrClient
+from tlsmgr.admin.ctl import main as ctl_main
+from tlsmgr.admin.ctl import read_snapshot, stats_text
+from tlsmgr.observe.histogram import Histogram
+from tlsmgr.observe.snapshot import Health, Snapshot
+from tlsmgr.observe.stats import Stats
+from tlsmgr.runtime import metrics
+from tlsmgr.runtime.metrics import parse_listen
+from tlsmgr.service import fastpath
+from tlsmgr.service.control import Sources, snapshot
+from tlsmgr.service.handlers import ClientRequests
+from tlsmgr.service.prng import Prng
+from tlsmgr.service.protocol import Scanner
+from tlsmgr.service.scache import SessionCache
+from tlsmgr.service.tickets import FleetTicketKeys, TicketKeyRing
 from tlsmgr.stores.memory import MemoryStore
-from tlsmgr.tickets import FleetTicketKeys, TicketKeyRing
+from tlsmgr.util.pending import Later, then
+from tlsmgr.wire.attr import Decoder, encode
 
-CTL = [sys.executable, "-m", "tlsmgr.ctl"]
+CTL = [sys.executable, "-m", "tlsmgr.admin.ctl"]
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from helpers.harness import (
     wait_for,
 )
 
-from tlsmgr.attr import Decoder, encode
-from tlsmgr.client import TlsmgrClient
-from tlsmgr.tickets import KEY_SIZE
+from tlsmgr.admin.client import TlsmgrClient
+from tlsmgr.service.tickets import KEY_SIZE
+from tlsmgr.wire.attr import Decoder, encode
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_seed_requests_are_answered_well_when_the_entropy_source_fails(tmp_path)
 
 
 def ctl(daemon, *args):
-    return subprocess.run([PYTHON, "-m", "tlsmgr.ctl", "--socket", str(daemon.socket_path),
+    return subprocess.run([PYTHON, "-m", "tlsmgr.admin.ctl", "--socket", str(daemon.socket_path),
                            *args], capture_output=True, text=True, timeout=30)
 
 
@@ -223,7 +223,7 @@ def test_ctl_prints_readable_results(daemon):
 
 
 def test_ctl_without_a_server_says_so(tmp_path):
-    result = subprocess.run([PYTHON, "-m", "tlsmgr.ctl", "--socket", str(tmp_path / "none"),
+    result = subprocess.run([PYTHON, "-m", "tlsmgr.admin.ctl", "--socket", str(tmp_path / "none"),
                              "seed", "8"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "tlsmgr-ctl: error: connect to" in result.stderr

@@ -27,9 +27,9 @@ from helpers.request_strategies import invariants, messages
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tlsmgr import fastpath
-from tlsmgr.attr import Decoder, MessageTooLarge, encode
-from tlsmgr.requests import LOOKUP, Kind
+from tlsmgr.service import fastpath
+from tlsmgr.wire.attr import Decoder, MessageTooLarge, encode
+from tlsmgr.wire.requests import LOOKUP, Kind
 
 SOURCE = Path(__file__).resolve().parents[1]
 KEY_NAME = base64.b64encode(invariants.FIRST_TICKET_KEY_NAME)
@@ -275,7 +275,8 @@ def test_the_package_installs_and_works_without_a_compiler(tmp_path):
     assert install.returncode == 0, install.stdout + install.stderr
     # The daemon's own code, from the wheel alone, answers on the pure path.
     check = subprocess.run(
-        [sys.executable, "-c", "import tlsmgr, tlsmgr.fastpath as f, tlsmgr.server; "
+        [sys.executable, "-c", "import tlsmgr, tlsmgr.service.fastpath as f, "
+         "tlsmgr.runtime.server; "
          "print(tlsmgr.__file__, f.COMPILED)"],
         env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")), capture_output=True,
         text=True, timeout=60)
@@ -309,7 +310,7 @@ def test_a_session_saved_on_the_compiled_path_is_found_as_it_was(session):
 @pytest.mark.usefixtures("compiled")
 @given(SESSIONS)
 def test_the_compiled_base64_encoder_is_binascii(data):
-    from tlsmgr._fastpath import encode_base64
+    from tlsmgr.service._fastpath import encode_base64
 
     assert encode_base64(data) == binascii.b2a_base64(data, newline=False)
     assert encode_base64(bytearray(data)) == encode_base64(memoryview(data))

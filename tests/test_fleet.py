@@ -16,7 +16,7 @@ from conftest import require, require_command
 from helpers.fleet import Fleet
 from helpers.postfix_instance import available
 
-from tlsmgr.seal import Seal
+from tlsmgr.stores.seal import Seal
 
 pytestmark = pytest.mark.postfix
 

@@ -14,8 +14,8 @@ from helpers.harness import start_ours, wait_for
 
 from tlsmgr import config
 from tlsmgr import daemon as tlsmgr_daemon
-from tlsmgr.client import TlsmgrClient
-from tlsmgr.seal import new_secret_line
+from tlsmgr.admin.client import TlsmgrClient
+from tlsmgr.stores.seal import new_secret_line
 
 pytestmark = pytest.mark.redis
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
-from tlsmgr.attr import AttrError, Decoder
+from tlsmgr.wire.attr import AttrError, Decoder
 
 CORPUS = FUZZ_DIR / "corpus"
 CHECKS = {"attr": invariants.check_decoder_input,

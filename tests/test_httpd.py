@@ -9,8 +9,8 @@ import socket
 import pytest
 import uvloop
 
-from tlsmgr import log
-from tlsmgr.httpd import Responder, Site
+from tlsmgr.runtime.httpd import Responder, Site
+from tlsmgr.util import log
 
 PAGE = b"tlsmgr_uptime_seconds 1.0\n"
 RUNNERS = {"asyncio": asyncio.run, "uvloop": uvloop.run}

@@ -20,7 +20,8 @@ from conftest import require, require_command
 from helpers.harness import wait_for
 from helpers.postfix_instance import PostfixInstance, available, handshake
 
-from tlsmgr import config, ctl, install
+from tlsmgr import config
+from tlsmgr.admin import ctl, install
 
 pytestmark = pytest.mark.postfix
 
@@ -121,7 +122,7 @@ def postconf_warnings(site: Site, *args: str) -> list[str]:
 def ctl_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """tlsmgr-ctl as an administrator runs it, in a process of its own."""
     environ = {k: v for k, v in os.environ.items() if k != "MAIL_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "tlsmgr.ctl", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tlsmgr.admin.ctl", *args], capture_output=True,
                           text=True, timeout=60, env=environ | (env or {}))
 
 

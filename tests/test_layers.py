@@ -66,18 +66,56 @@ def test_no_module_is_imported_back_by_what_it_imports(name):
     assert cycle_from(name) is None, " -> ".join(cycle_from(name) or [])
 
 
-def test_the_stores_and_the_request_table_know_nothing_above_them():
-    # The stores serve the session cache; the request table is the wire's.
-    # Neither counts into the daemon's stats nor knows its handlers.
-    above = {"tlsmgr.stats", "tlsmgr.metrics", "tlsmgr.control", "tlsmgr.protocol",
-             "tlsmgr.server", "tlsmgr.connection", "tlsmgr.daemon", "tlsmgr.scache"}
-    for name in MODULES:
-        if name.startswith("tlsmgr.stores") or name == "tlsmgr.requests":
-            assert not GRAPH[name] & above, (name, sorted(GRAPH[name] & above))
+# The layers, bottom up (tlsmgr/__init__.py): a module imports modules of
+# its own layer and of those before it, never of one after.  The package
+# itself (its __version__) is below them all; config.py and daemon.py
+# are with tlsmgr-ctl's admin/ at the top.
+LAYERS = ("util", "wire", "observe", "stores", "service", "runtime", "top")
+
+
+def layer(name: str) -> int:
+    if name == "tlsmgr":
+        return -1
+    package = name.split(".")[1]
+    return LAYERS.index(package if package in LAYERS else "top")
+
+
+def imported_anywhere(name: str) -> set[str]:
+    """The package's modules this one names in any import: at import,
+    under TYPE_CHECKING, or inside a function."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[:len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            found |= {candidate for candidate in
+                      (target, *(target + "." + alias.name for alias in node.names))
+                      if candidate in MODULES}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tlsmgr"):
+            raise AssertionError("%s: import tlsmgr's modules relatively" % name)
+    found.discard(name)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_imports_one_of_a_later_layer(name):
+    later = sorted(imported for imported in imported_anywhere(name)
+                   if layer(imported) > layer(name))
+    assert not later, "%s (%s) imports %s" % (name, LAYERS[layer(name)], later)
+
+
+@pytest.mark.parametrize("package", [name for name in LAYERS if name != "top"] + ["stores"])
+def test_each_layer_says_in_one_line_what_it_may_import(package):
+    docstring = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text()))
+    assert docstring is not None and "import" in docstring.splitlines()[0]
 
 
 def test_the_graph_sees_imports():
     # The graph is read from the sources: were it empty, the tests above
     # could not fail.
-    assert "tlsmgr.requests" in GRAPH["tlsmgr.protocol"]
+    assert "tlsmgr.wire.requests" in GRAPH["tlsmgr.service.protocol"]
     assert "tlsmgr.stores" in GRAPH["tlsmgr.stores.lmdb"]
+    assert "tlsmgr.service.scache" in imported_anywhere("tlsmgr.service.control")
+    assert layer("tlsmgr.runtime.server") > layer("tlsmgr.service.scache") > layer("tlsmgr.util")

@@ -5,9 +5,9 @@ they must."""
 import logging
 import time
 
-from tlsmgr import log
-from tlsmgr.limits import ClientMemory, ConnectionTable
-from tlsmgr.stats import Stats
+from tlsmgr.observe.stats import Stats
+from tlsmgr.runtime.limits import ClientMemory, ConnectionTable
+from tlsmgr.util import log
 
 
 class Client:

@@ -9,7 +9,7 @@ import syslog
 
 import pytest
 
-from tlsmgr import log
+from tlsmgr.util import log
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import require, require_command
 
-from tlsmgr import config, ctl, daemon
+from tlsmgr import config, daemon
+from tlsmgr.admin import ctl
 
 ROOT = Path(__file__).resolve().parent.parent
 TLSMGR_8 = ROOT / "man" / "tlsmgr.8"

@@ -24,10 +24,10 @@ from helpers.harness import (
     write_main_cf,
 )
 
-from tlsmgr import master
-from tlsmgr.client import TlsmgrClient
-from tlsmgr.master import StatusChannel
-from tlsmgr.server import raise_open_files_limit
+from tlsmgr.admin.client import TlsmgrClient
+from tlsmgr.runtime import master
+from tlsmgr.runtime.master import StatusChannel
+from tlsmgr.runtime.server import raise_open_files_limit
 
 
 @pytest.fixture

@@ -177,7 +177,7 @@ def test_bad_boolean_is_a_warning_in_maillog_file(postfix, chroot):
 
 def test_fleet_secret_file_readable_by_others_turns_the_fleet_off(postfix, redis_node,
                                                                   tmp_path):
-    secret = subprocess.run([sys.executable, "-m", "tlsmgr.ctl", "fleet-secret"],
+    secret = subprocess.run([sys.executable, "-m", "tlsmgr.admin.ctl", "fleet-secret"],
                             capture_output=True, text=True, timeout=60, check=True).stdout
     assert secret.strip()
     prefix = "mistakes%d:" % time.monotonic_ns()

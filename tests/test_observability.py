@@ -24,18 +24,18 @@ from conftest import require_command
 from helpers.harness import connect, free_tcp_port, start_ours, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from tlsmgr.client import ClientError, TlsmgrClient
-from tlsmgr.histogram import LATENCY_BOUNDS
-from tlsmgr.metrics import (
+from tlsmgr.admin.client import ClientError, TlsmgrClient
+from tlsmgr.observe.histogram import LATENCY_BOUNDS
+from tlsmgr.runtime.metrics import (
     METRICS_BACKLOG,
     METRICS_CONNECTIONS,
     METRICS_DEADLINE,
     METRICS_HEAD_LIMIT,
 )
-from tlsmgr.tickets import TicketKey
+from tlsmgr.service.tickets import TicketKey
 
 ROOT = Path(__file__).resolve().parent.parent
-CTL = [sys.executable, "-m", "tlsmgr.ctl"]
+CTL = [sys.executable, "-m", "tlsmgr.admin.ctl"]
 
 
 def daemon_with(tmp_path, **params):

@@ -72,7 +72,7 @@ def test_stats_and_metrics_under_master(instance, tmp_path):
     # Under master(8), as mail_owner (and in the jail with chroot=y): root's
     # tlsmgr-ctl is served, and the metrics were bound before the jail.
     resumed_across_processes(instance, tmp_path / "stats.sess", "-tls1_2", "-no_ticket")
-    ctl = subprocess.run([sys.executable, "-m", "tlsmgr.ctl", "--socket",
+    ctl = subprocess.run([sys.executable, "-m", "tlsmgr.admin.ctl", "--socket",
                           str(instance.queue / "private" / "tlsmgr"), "stats", "--json"],
                          capture_output=True, text=True, timeout=30)
     assert ctl.returncode == 0, ctl.stderr
@@ -166,7 +166,7 @@ def test_install_and_uninstall_switch_a_running_postfix(tmp_path):
         instance.start()
         handshake(instance, "-tls1_2")
         wait_for(lambda: instance.tlsmgr_pids(ours=False), what="the stock tlsmgr")
-        ctl = [sys.executable, "-m", "tlsmgr.ctl"]
+        ctl = [sys.executable, "-m", "tlsmgr.admin.ctl"]
         result = subprocess.run(ctl + ["install", "-c", str(instance.conf), "--reload"],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr

@@ -12,9 +12,9 @@ import pytest
 from helpers.harness import start_ours, wait_for
 from test_stores import _on_file
 
-from tlsmgr.client import TlsmgrClient
-from tlsmgr.keyfile import NAME, KeyFile
-from tlsmgr.tickets import KEY_SIZE, TicketKey, TicketKeyRing
+from tlsmgr.admin.client import TlsmgrClient
+from tlsmgr.service.keyfile import NAME, KeyFile
+from tlsmgr.service.tickets import KEY_SIZE, TicketKey, TicketKeyRing
 
 TIMEOUT = 3600
 

@@ -1,4 +1,4 @@
-"""Tests for tlsmgr.prng: the DRBG, the entropy sources, the exchange file."""
+"""Tests for tlsmgr.service.prng: the DRBG, the entropy sources, the exchange file."""
 
 import fcntl
 import logging
@@ -11,8 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tlsmgr import log, prng
-from tlsmgr.prng import MustExit, Pool, Prng
+from tlsmgr.service import prng
+from tlsmgr.service.prng import MustExit, Pool, Prng
+from tlsmgr.util import log
 
 HOUR = 3600
 

@@ -4,12 +4,12 @@ import logging
 
 import pytest
 
-from tlsmgr.attr import Decoder, decode_data, encode
-from tlsmgr.handlers import client_dispatch
-from tlsmgr.protocol import HANDSHAKE
-from tlsmgr.scache import SessionCache
+from tlsmgr.service.handlers import client_dispatch
+from tlsmgr.service.protocol import HANDSHAKE
+from tlsmgr.service.scache import SessionCache
+from tlsmgr.service.tickets import KEY_SIZE, TicketKey, TicketKeyRing
 from tlsmgr.stores.memory import MemoryStore
-from tlsmgr.tickets import KEY_SIZE, TicketKey, TicketKeyRing
+from tlsmgr.wire.attr import Decoder, decode_data, encode
 
 TIMEOUT = 3600
 

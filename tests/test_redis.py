@@ -16,8 +16,7 @@ from conftest import require
 from helpers.harness import redis_available, start_ours, wait_for
 from helpers.remote import Blocking
 
-from tlsmgr.client import TlsmgrClient
-from tlsmgr.pending import gather
+from tlsmgr.admin.client import TlsmgrClient
 from tlsmgr.stores import EVICTIONS_PER_SAVE, Entry, Limits, StoreError, pack_entry
 from tlsmgr.stores.lmdb import LmdbStore
 from tlsmgr.stores.memory import MemoryStore
@@ -28,6 +27,7 @@ from tlsmgr.stores.redis import (
     describe_error,
     parse_url,
 )
+from tlsmgr.util.pending import gather
 
 pytestmark = pytest.mark.redis
 
@@ -539,7 +539,7 @@ def test_the_clients_made_inside_the_jail_need_no_module_not_loaded_before():
     # before the jail.
     script = """
 import asyncio, sys
-from tlsmgr import master
+from tlsmgr.runtime import master
 master.preload_modules()
 from tlsmgr.stores.redis import RedisLink, RedisSettings, parse_url
 before = set(sys.modules)

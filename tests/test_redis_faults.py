@@ -24,9 +24,9 @@ from conftest import require
 from helpers.harness import Redis, redis_available, wait_for
 from helpers.redis_servers import Cluster, Load, SentinelSet, Servers, SlowProxy, fleet_host, timed
 
-from tlsmgr.attr import Message, encode
-from tlsmgr.client import ClientError, ReplyAttributes, TlsmgrClient
-from tlsmgr.connection import LATER_MARGIN
+from tlsmgr.admin.client import ClientError, ReplyAttributes, TlsmgrClient
+from tlsmgr.runtime.connection import LATER_MARGIN
+from tlsmgr.wire.attr import Message, encode
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 

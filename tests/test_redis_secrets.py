@@ -19,12 +19,14 @@ from helpers.remote import Blocking
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tlsmgr import config, install, log
-from tlsmgr.client import TlsmgrClient
-from tlsmgr.secretfile import SecretFileError, read_secret_line
+from tlsmgr import config
+from tlsmgr.admin import install
+from tlsmgr.admin.client import TlsmgrClient
 from tlsmgr.stores import Entry, StoreError, pack_entry, redact_table
 from tlsmgr.stores.redis import RedisSettings, RedisStore, Refused, parse_url
 from tlsmgr.stores.redis_url import MASK, Credentials, redact_url, split_credentials
+from tlsmgr.util import log
+from tlsmgr.util.secretfile import SecretFileError, read_secret_line
 
 PASSWORD = "pw-" + os.urandom(8).hex()        # nothing else holds this text
 
@@ -224,7 +226,7 @@ def test_a_password_file_that_is_not_one_line_is_refused(tmp_path, text, problem
 # --- daemons on a real Redis ----------------------------------------------------
 
 def ctl(daemon, *args):
-    result = subprocess.run([PYTHON, "-m", "tlsmgr.ctl", "--socket", str(daemon.socket_path),
+    result = subprocess.run([PYTHON, "-m", "tlsmgr.admin.ctl", "--socket", str(daemon.socket_path),
                              *args], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return result.stdout

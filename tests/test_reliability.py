@@ -25,8 +25,8 @@ from helpers.harness import (
     wait_for,
 )
 
-from tlsmgr.attr import Decoder, encode
-from tlsmgr.client import TlsmgrClient
+from tlsmgr.admin.client import TlsmgrClient
+from tlsmgr.wire.attr import Decoder, encode
 
 SEED = encode([("request", "seed"), ("size", 32)])
 MiB = 1 << 20

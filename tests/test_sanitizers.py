@@ -1,4 +1,4 @@
-"""The compiled path (src/tlsmgr/_fastpath.c) under AddressSanitizer and UBSan.
+"""The compiled path (src/tlsmgr/service/_fastpath.c) under AddressSanitizer and UBSan.
 
 It is built with gcc -fsanitize=address,undefined into a temporary
 directory and loaded, in a child process with the sanitizers' runtimes
@@ -22,7 +22,7 @@ from conftest import require
 from helpers import sanitizers
 from helpers.request_strategies import FUZZ_DIR  # noqa: F401  (puts fuzz/ on sys.path)
 
-from tlsmgr import fastpath
+from tlsmgr.service import fastpath
 
 # The mutation run: a fixed seed and count, so that every run checks the
 # same inputs; the time bound is only for a machine much slower than the

@@ -7,7 +7,7 @@ import os
 import pytest
 from conftest import require
 
-from tlsmgr.seal import NotOpened, Seal, SecretFileError, new_secret_line, read_secret_file
+from tlsmgr.stores.seal import NotOpened, Seal, SecretFileError, new_secret_line, read_secret_file
 
 OLD, NEW = os.urandom(32), os.urandom(32)
 PLACE = b"{tlsmgr:smtpd}:s:sess1"

@@ -12,9 +12,10 @@ import stat
 from conftest import require
 from helpers.harness import postfix_dirs, start_ours, wait_for
 
-from tlsmgr import log, server
-from tlsmgr.client import TlsmgrClient
-from tlsmgr.keyfile import NAME as KEY_FILE
+from tlsmgr.admin.client import TlsmgrClient
+from tlsmgr.runtime import server
+from tlsmgr.service.keyfile import NAME as KEY_FILE
+from tlsmgr.util import log
 
 PRECIOUS = b"root's own, not postfix's\n"
 

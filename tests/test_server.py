@@ -5,15 +5,15 @@ import errno
 import logging
 import os
 
-from tlsmgr import log
-from tlsmgr.attr import Decoder, encode
-from tlsmgr.handlers import client_dispatch
-from tlsmgr.prng import Prng
-from tlsmgr.scache import SessionCache
-from tlsmgr.server import STATUS_WITHIN, LoopErrorLog, Server, listen_unix
+from tlsmgr.runtime.server import STATUS_WITHIN, LoopErrorLog, Server, listen_unix
+from tlsmgr.service.handlers import client_dispatch
+from tlsmgr.service.prng import Prng
+from tlsmgr.service.scache import SessionCache
+from tlsmgr.service.tickets import TicketKeyRing
 from tlsmgr.stores import Entry, pack_entry
 from tlsmgr.stores.memory import MemoryStore
-from tlsmgr.tickets import TicketKeyRing
+from tlsmgr.util import log
+from tlsmgr.wire.attr import Decoder, encode
 
 
 def _server_for(cache, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from conftest import require
 from helpers.harness import start_ours, start_stock, stock_available
 
-from tlsmgr.attr import Decoder, decode_data, encode
+from tlsmgr.wire.attr import Decoder, decode_data, encode
 
 pytestmark = pytest.mark.postfix
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import require
 
-from tlsmgr.scache import SessionCache
+from tlsmgr.service.scache import SessionCache
 from tlsmgr.stores import Entry, Limits, StoreError, open_store, pack_entry, split_table
 from tlsmgr.stores.lmdb import LmdbStore
 from tlsmgr.stores.memory import MemoryStore
@@ -132,7 +132,7 @@ def test_lmdb_holds_writes_until_a_commit_or_enough_of_them(tmp_path):
 def test_lmdb_held_writes_that_cannot_be_committed_are_counted_out(tmp_path, caplog):
     import lmdb
 
-    from tlsmgr.scache import SessionCache
+    from tlsmgr.service.scache import SessionCache
     store = LmdbStore(str(tmp_path / "scache"))
     cache = SessionCache("smtpd", store, 3600)
     cache.update(b"kept", b"s")

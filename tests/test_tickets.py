@@ -4,9 +4,9 @@ import asyncio
 import itertools
 import os
 
-from tlsmgr.pending import Later
+from tlsmgr.service.tickets import KEY_SIZE, FleetTicketKeys, TicketKey, TicketKeyRing
 from tlsmgr.stores import StoreError
-from tlsmgr.tickets import KEY_SIZE, FleetTicketKeys, TicketKey, TicketKeyRing
+from tlsmgr.util.pending import Later
 
 T = 3600                       # smtpd_tls_session_cache_timeout
 
@@ -187,7 +187,7 @@ def test_requests_waiting_for_the_current_fleet_key_share_one_question():
 def test_a_spent_key_leaves_the_saved_ring_when_its_window_ends(tmp_path):
     # tlsmgr_preserve_sessions: a quiet host (no tktkey request) still
     # takes a key off the disk when it can no longer decrypt.
-    from tlsmgr.keyfile import KeyFile
+    from tlsmgr.service.keyfile import KeyFile
     now = [1_000_000]
     saved = KeyFile(str(tmp_path), clock=lambda: now[0])
     ring = TicketKeyRing(os.urandom, clock=lambda: now[0], on_change=saved.save_ring)

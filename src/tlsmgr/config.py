@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from . import log
 from .stores import redact_table
 from .stores.redis_url import MASK, redact_url
+from .util import log
 
 DEFAULT_CONFIG_DIRECTORY = "/etc/postfix"
 CACHE_LABELS = ("smtpd", "smtp", "lmtp")

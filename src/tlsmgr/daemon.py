@@ -27,19 +27,20 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from . import __version__, config, fastpath, log, master
-from .attr import Decoder, Message
-from .connection import LATER_MARGIN
-from .control import Control, Sources
-from .handlers import ClientRequests
-from .keyfile import KeyFile, remove_saved_keys
-from .limits import ConnectionTable
-from .prng import Prng
-from .protocol import Dispatch, Scanner
-from .scache import SessionCache, logs_cache_activity
-from .secretfile import SecretFileError, read_secret_line
-from .server import Server, listen_unix, raise_open_files_limit
-from .stats import Stats
+from . import __version__, config
+from .observe.stats import Stats
+from .runtime import master
+from .runtime.connection import LATER_MARGIN
+from .runtime.limits import ConnectionTable
+from .runtime.server import Server, listen_unix, raise_open_files_limit
+from .service import fastpath
+from .service.control import Control, Sources
+from .service.handlers import ClientRequests
+from .service.keyfile import KeyFile, remove_saved_keys
+from .service.prng import Prng
+from .service.protocol import Dispatch, Scanner
+from .service.scache import SessionCache, logs_cache_activity
+from .service.tickets import FleetTicketKeys, TicketKeyRing, TicketKeys
 from .stores import (
     FILE_TYPES,
     MEMORY_TYPE,
@@ -51,11 +52,13 @@ from .stores import (
     split_table,
 )
 from .stores.redis_url import split_credentials
-from .tickets import FleetTicketKeys, TicketKeyRing, TicketKeys
+from .util import log
+from .util.secretfile import SecretFileError, read_secret_line
+from .wire.attr import Decoder, Message
 
 if TYPE_CHECKING:
-    from .seal import Seal
     from .stores.redis import RedisSettings
+    from .stores.seal import Seal
 
 
 def redirect_to_data_directory(path: str, what: str, name: str,
@@ -187,7 +190,7 @@ def read_fleet_secret(cfg: config.Config) -> Seal | None:
     path = cfg.tlsmgr_fleet_secret_file
     if not path:
         return None
-    from . import seal
+    from .stores import seal
     try:
         return seal.read_secret_file(path, secret_file_owners(cfg))
     except SecretFileError as err:
@@ -329,7 +332,9 @@ def build_server_as_mail_owner(cfg: config.Config) -> Server:
     serve_metrics: Callable[[str, Control, Server], None] | None = None
     if cfg.tlsmgr_metrics_listen:
         try:
-            from .metrics import start as serve_metrics  # and prometheus-client: when wanted
+            from .runtime.metrics import (
+                start as serve_metrics,  # and prometheus-client: when wanted
+            )
         except ImportError as err:
             log.warn("tlsmgr_metrics_listen = %s, but %s: metrics are not served (install "
                      "prometheus-client)", cfg.tlsmgr_metrics_listen, err)
@@ -554,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.writelines(line + "\n" for line in config.show(cfg, args.foreground))
             return 0
         if args.check:
-            from . import check
+            from .admin import check
             return check.run(args.overrides)
         if args.listen:
             end_now(run_standalone(args))

@@ -4,9 +4,10 @@ and applies flow control as asyncio's do.  Used by tests/test_server.py and
 benchmarks/instructions.py."""
 
 from helpers.request_strategies import invariants
-from tlsmgr import config, fastpath
-from tlsmgr.connection import Connection, Shared
-from tlsmgr.limits import ClientMemory, ConnectionTable
+from tlsmgr import config
+from tlsmgr.runtime.connection import Connection, Shared
+from tlsmgr.runtime.limits import ClientMemory, ConnectionTable
+from tlsmgr.service import fastpath
 
 CONNECTION_SIZE_LIMIT = 1024
 # The daemon's own (tlsmgr_request_size_limit's default), for requests as

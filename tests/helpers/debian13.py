@@ -107,7 +107,7 @@ def pip_paths() -> list[Path]:
 # The package, copied out of the read-only /src to be built and installed.
 _COPY_PACKAGE = ("rm -rf /tmp/tlsmgr-src && mkdir /tmp/tlsmgr-src && "
                  "cp -r /src/pyproject.toml /src/setup.py /src/README.md /src/src /src/man "
-                 "/tmp/tlsmgr-src && rm -f /tmp/tlsmgr-src/src/tlsmgr/*.so")
+                 "/tmp/tlsmgr-src && find /tmp/tlsmgr-src/src -name '*.so' -delete")
 
 
 def install_package() -> str:

@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tlsmgr.seal import new_secret_line
+from tlsmgr.stores.seal import new_secret_line
 
 from .harness import Redis, postfix_dirs, start_as_master_does, wait_for
 from .postfix_instance import OUR_COMMAND, PostfixInstance

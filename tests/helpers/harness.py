@@ -21,8 +21,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tlsmgr.attr import Decoder
-from tlsmgr.client import ClientError, TlsmgrClient
+from tlsmgr.admin.client import ClientError, TlsmgrClient
+from tlsmgr.wire.attr import Decoder
 
 STOCK_TLSMGR = "/usr/lib/postfix/sbin/tlsmgr"
 PYTHON = sys.executable

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from tlsmgr.client import TlsmgrClient
+from tlsmgr.admin.client import TlsmgrClient
 
 from .harness import REDIS_SERVER, end_process, free_tcp_port, start_ours, wait_for
 

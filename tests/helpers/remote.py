@@ -4,8 +4,8 @@ Redis has answered."""
 
 import asyncio
 
-from tlsmgr.pending import Later
 from tlsmgr.stores import Limits
+from tlsmgr.util.pending import Later
 
 
 class Blocking:

@@ -1,7 +1,7 @@
 """The child side of tests/helpers/sanitizers.py: a process started with
 the AddressSanitizer and UBSan runtimes preloaded, in which the sanitized
 build of _fastpath in DIRECTORY is loaded in place of the installed one
-(DIRECTORY goes first in tlsmgr.__path__ before tlsmgr.fastpath is
+(DIRECTORY goes first in tlsmgr.service.__path__ before tlsmgr.service.fastpath is
 imported), and then one task runs through it:
 
     sanitized.py DIRECTORY pytest ARGS...      pytest.main(ARGS)
@@ -36,14 +36,14 @@ def runtimes_loaded() -> list[str]:
 
 
 def load_sanitized(directory: Path) -> None:
-    """tlsmgr.fastpath on the sanitized build in directory, checked."""
-    if "tlsmgr._fastpath" in sys.modules or "tlsmgr.fastpath" in sys.modules:
+    """tlsmgr.service.fastpath on the sanitized build in directory, checked."""
+    if "tlsmgr.service._fastpath" in sys.modules or "tlsmgr.service.fastpath" in sys.modules:
         fail("the compiled path was imported before its sanitized build could take its place")
-    import tlsmgr
+    import tlsmgr.service
 
-    tlsmgr.__path__.insert(0, str(directory))
-    import tlsmgr._fastpath as extension
-    from tlsmgr import fastpath
+    tlsmgr.service.__path__.insert(0, str(directory))
+    import tlsmgr.service._fastpath as extension
+    from tlsmgr.service import fastpath
 
     if not fastpath.COMPILED:
         fail("fastpath.COMPILED is false: the sanitized build did not load")

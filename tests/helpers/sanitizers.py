@@ -7,7 +7,7 @@ tests/test_sanitizers.py; run as a script, it runs the same for longer
 
     .venv/bin/python tests/helpers/sanitizers.py --seconds 600 --seed 7
 
-The source built is src/tlsmgr/_fastpath.c, or the file that
+The source built is src/tlsmgr/service/_fastpath.c, or the file that
 TLSMGR_SANITIZE_SOURCE names (to check that a bug planted in a scratch
 copy is caught).
 """
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE = ROOT / "src" / "tlsmgr" / "_fastpath.c"
+SOURCE = ROOT / "src" / "tlsmgr" / "service" / "_fastpath.c"
 SOURCE_VARIABLE = "TLSMGR_SANITIZE_SOURCE"
 CHILD = Path(__file__).resolve().with_name("sanitized.py")
 

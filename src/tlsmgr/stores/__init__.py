@@ -1,6 +1,6 @@
-"""Storage for TLS session caches: one small interface, several stores.
+"""Where sessions are kept: one small interface, several stores; imports util, observe.
 
-The session cache (scache.py) speaks only to :class:`Store`; which store
+The session cache (service/scache.py) speaks only to :class:`Store`; which store
 serves a cache is decided once, at start, from the cache's main.cf
 ``type:name`` value by :func:`open_store`.  A store keeps, per cache id,
 the time the entry was saved and the session bytes; it never looks inside
@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from ..histogram import Buckets
-from ..pending import MaybeLater
+from ..observe.snapshot import Health
+from ..util.pending import MaybeLater
 from .redis_url import redact_url
 
 if TYPE_CHECKING:
@@ -63,27 +62,6 @@ def unpack_entry(value: bytes | memoryview) -> Entry:
 # within them this many entries an update, so that no update waits for a
 # million removals: 64 take about a millisecond in LMDB.
 EVICTIONS_PER_SAVE = 64
-
-
-@dataclass(frozen=True)
-class Health:
-    """How a store on the network is doing, as its breaker sees it
-    (stores/redis.py), for the stats: where it is, whether it is asked,
-    what went wrong last, and how long its round trips take."""
-
-    endpoint: str
-    paused: bool                   # not asked now: unreachable, probed every second
-    paused_since: int | None       # Unix time
-    last_error: str
-    failures: int                  # times it became unreachable
-    recoveries: int                # times a probe found it back
-    round_trips: Buckets
-
-    @classmethod
-    def from_json(cls, found: dict[str, Any]) -> Health:
-        return cls(found["endpoint"], found["paused"], found["paused_since"],
-                   found["last_error"], found["failures"], found["recoveries"],
-                   Buckets.from_json(found["round_trips"]))
 
 
 class Limits(NamedTuple):

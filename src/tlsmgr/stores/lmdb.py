@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from .. import log
-from ..leftovers import remove_damaged_copies
+from ..util import log
+from ..util.leftovers import remove_damaged_copies
 from . import STAMP, Entry, LocalStore, StoreError, unpack_entry
 
 T = TypeVar("T")

@@ -62,22 +62,13 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .. import log
-from ..histogram import Histogram
-from ..pending import Later, MaybeLater, gather, then
-from ..seal import NotOpened, Seal
-from . import (
-    EVICTIONS_PER_SAVE,
-    STAMP,
-    CannotOpen,
-    Entry,
-    Health,
-    Limits,
-    Store,
-    StoreError,
-    Trimmed,
-)
+from ..observe.histogram import Histogram
+from ..observe.snapshot import Health
+from ..util import log
+from ..util.pending import Later, MaybeLater, gather, then
+from . import EVICTIONS_PER_SAVE, STAMP, CannotOpen, Entry, Limits, Store, StoreError, Trimmed
 from .redis_url import Credentials, redact_url, split_credentials
+from .seal import NotOpened, Seal
 
 _CLEAR_STEP = 64           # entries removed per script call by clear(): ~0.5 ms of Redis
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import log
-from .histogram import LATENCY_BOUNDS
+from ..observe.histogram import LATENCY_BOUNDS
+from ..util import log
+from ..wire.requests import CACHE_TYPE, SEED_MAX, TABLE
 from .protocol import Dispatch
-from .requests import CACHE_TYPE, SEED_MAX, TABLE
 from .tickets import NAME_LENGTH
 
 # answer(data, write, since): True if data was one whole request, answered

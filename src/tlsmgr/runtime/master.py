@@ -19,7 +19,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from . import log
+from ..util import log
 
 STATUS_FD = 5            # shared channel to master(8)
 LISTEN_FD = 6            # the first listening socket

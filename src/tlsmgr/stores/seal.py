@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .secretfile import SecretFileError, read_private_file
+from ..util.secretfile import SecretFileError, read_private_file
 
 SECRET_BYTES = 32
 PARAMETER = "tlsmgr_fleet_secret_file"

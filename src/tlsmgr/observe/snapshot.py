@@ -3,9 +3,11 @@ tlsmgr-ctl's text and its watch, and the metrics all read.
 
 control.snapshot() makes one from the daemon's state; to_json() is what
 the stats request sends (docs/OPERATIONS.md describes it), and
-from_json() reads it back in tlsmgr-ctl.  Each part is its owner's
-record: a cache's (scache.CacheStats), a store's health (stores.Health),
-a histogram's buckets (histogram.Buckets).
+from_json() reads it back in tlsmgr-ctl.  Each part is the record its
+owner fills: a cache's (CacheStats, by service/scache.py), a store's
+health (Health, by stores/redis.py), a histogram's buckets (Buckets).
+They are kept here, below the layers that fill them, so that the schema
+is read in one place.
 """
 
 from __future__ import annotations
@@ -15,8 +17,60 @@ from dataclasses import dataclass
 from typing import Any
 
 from .histogram import Buckets
-from .scache import CacheStats
-from .stores import Health
+
+# How a lookup of a key by name went (the stats, docs/OPERATIONS.md): the
+# current key or the one before it, one only the fleet's Redis had, a
+# name no host has (hosts disagree on keys, or keys rotate too fast), one
+# past its decrypt window, or Redis could not be asked.
+OUTCOMES = ("found_current", "found_previous", "found_fleet", "unknown", "expired",
+            "unavailable")
+
+
+@dataclass(frozen=True)
+class Health:
+    """How a store on the network is doing, as its breaker sees it
+    (stores/redis.py), for the stats: where it is, whether it is asked,
+    what went wrong last, and how long its round trips take."""
+
+    endpoint: str
+    paused: bool                   # not asked now: unreachable, probed every second
+    paused_since: int | None       # Unix time
+    last_error: str
+    failures: int                  # times it became unreachable
+    recoveries: int                # times a probe found it back
+    round_trips: Buckets
+
+    @classmethod
+    def from_json(cls, found: dict[str, Any]) -> Health:
+        return cls(found["endpoint"], found["paused"], found["paused_since"],
+                   found["last_error"], found["failures"], found["recoveries"],
+                   Buckets.from_json(found["round_trips"]))
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What a cache reports in the stats (docs/OPERATIONS.md): entries and
+    bytes as its store counts them (-1 when it cannot), and what it did."""
+
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    updates: int
+    deletes: int
+    expired: int
+    evicted: int
+    unopened: int                  # entries read from Redis whose seal did not open
+    hit_ratio: float
+    redis: Health | None = None    # a store on the network: how it is doing
+
+    @classmethod
+    def from_json(cls, found: dict[str, Any]) -> CacheStats:
+        redis = found.get("redis")
+        return cls(found["entries"], found["bytes"], found["hits"], found["misses"],
+                   found["updates"], found["deletes"], found["expired"], found["evicted"],
+                   found["unopened"], found["hit_ratio"],
+                   None if redis is None else Health.from_json(redis))
 
 
 @dataclass(frozen=True)

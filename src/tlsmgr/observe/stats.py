@@ -18,9 +18,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .attr import Message
+from ..wire.attr import Message
 from .histogram import LATENCY_BOUNDS, Histogram
-from .tickets import OUTCOMES
+from .snapshot import OUTCOMES
 
 
 @dataclass

@@ -16,11 +16,11 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from . import log
-from .attr import Message, decode_data_prefix, encode, encode_data, encode_int
-from .pending import Later, MaybeLater, then
-from .protocol import STATUS_REPLIES, BadRequest, Dispatch, Handler, Scanner, printable
-from .requests import (
+from ..observe.stats import Stats
+from ..util import log
+from ..util.pending import Later, MaybeLater, then
+from ..wire.attr import Message, decode_data_prefix, encode, encode_data, encode_int
+from ..wire.requests import (
     CLIENT,
     DELETE,
     LOOKUP,
@@ -36,8 +36,8 @@ from .requests import (
     compiled,
     failed_reply,
 )
+from .protocol import STATUS_REPLIES, BadRequest, Dispatch, Handler, Scanner, printable
 from .scache import SessionCache
-from .stats import Stats
 from .tickets import NAME_LENGTH, TicketKey, TicketKeys
 
 

@@ -17,8 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from .snapshot import Snapshot
-from .stores import Health
+from ..observe.snapshot import Health, Snapshot
 
 # Terminal control (xterm, and what every terminal emulator follows).
 _ENTER = "\x1b[?1049h\x1b[?25l"     # the alternate screen; hide the cursor

@@ -28,10 +28,11 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from . import log
-from .attr import Message, Value, encode
-from .pending import Later, MaybeLater
-from .requests import (
+from ..observe.stats import Stats
+from ..util import log
+from ..util.pending import Later, MaybeLater
+from ..wire.attr import Message, Value, encode
+from ..wire.requests import (
     REQUEST,
     STAT_ERR,
     STAT_FAIL,
@@ -39,7 +40,6 @@ from .requests import (
     Wanted,
     failed_reply,
 )
-from .stats import Stats
 
 if TYPE_CHECKING:
     from .control import Control

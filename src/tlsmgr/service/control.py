@@ -30,10 +30,11 @@ from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import log
-from .attr import Message, encode
-from .pending import MaybeLater, gather, then
-from .requests import (
+from ..observe.snapshot import ConnectionStats, PrngStats, Snapshot, TicketKeyStats
+from ..util import log
+from ..util.pending import MaybeLater, gather, then
+from ..wire.attr import Message, encode
+from ..wire.requests import (
     CONTROL,
     FLUSH,
     LIST,
@@ -44,14 +45,14 @@ from .requests import (
     check_answered,
     failed_reply,
 )
-from .snapshot import ConnectionStats, PrngStats, Snapshot, TicketKeyStats
 
 if TYPE_CHECKING:
+    from ..observe.snapshot import CacheStats
+    from ..observe.stats import Stats
     from .handlers import ClientRequests
     from .prng import Prng
     from .protocol import Handler, Scanner
-    from .scache import CacheStats, SessionCache
-    from .stats import Stats
+    from .scache import SessionCache
 
 # Ids listed at most, whatever the request says: as many take a few ms of
 # the loop's time (their JSON, and redis-py's parsing of Redis's answer,

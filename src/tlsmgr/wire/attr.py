@@ -67,7 +67,7 @@ def _encode_data(data: bytes) -> bytes:
 encode_data: Callable[[bytes], bytes]
 try:
     # The same, two letters at a time (_fastpath.c), where it is built.
-    from ._fastpath import encode_base64
+    from ..service._fastpath import encode_base64
 except ImportError:
     encode_data = _encode_data
 else:

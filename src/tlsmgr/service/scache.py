@@ -13,12 +13,12 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import log
-from .pending import Later, MaybeLater, recover, then
-from .stores import STAMP, CannotOpen, Entry, Health, Limits, Store, StoreError, Trimmed
+from ..observe.snapshot import CacheStats
+from ..stores import STAMP, CannotOpen, Entry, Limits, Store, StoreError, Trimmed
+from ..util import log
+from ..util.pending import Later, MaybeLater, recover, then
 
 T = TypeVar("T")
 _STORE_ERRORS = (StoreError,)
@@ -59,32 +59,6 @@ def describe_limits(limits: Limits) -> str:
     if limits.bytes:
         parts.append("%d bytes" % limits.bytes)
     return ", ".join(parts) or "none"
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    """What a cache reports in the stats (docs/OPERATIONS.md): entries and
-    bytes as its store counts them (-1 when it cannot), and what it did."""
-
-    entries: int
-    bytes: int
-    hits: int
-    misses: int
-    updates: int
-    deletes: int
-    expired: int
-    evicted: int
-    unopened: int                  # entries read from Redis whose seal did not open
-    hit_ratio: float
-    redis: Health | None = None    # a store on the network: how it is doing
-
-    @classmethod
-    def from_json(cls, found: dict[str, Any]) -> CacheStats:
-        redis = found.get("redis")
-        return cls(found["entries"], found["bytes"], found["hits"], found["misses"],
-                   found["updates"], found["deletes"], found["expired"], found["evicted"],
-                   found["unopened"], found["hit_ratio"],
-                   None if redis is None else Health.from_json(redis))
 
 
 class SessionCache:

@@ -797,7 +797,7 @@ PyDoc_STRVAR(FastPath_doc,
 
 static PyTypeObject FastPath_type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "tlsmgr._fastpath.FastPath",
+    .tp_name = "tlsmgr.service._fastpath.FastPath",
     .tp_basicsize = sizeof(FastPath),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = FastPath_doc,
@@ -811,7 +811,7 @@ static PyTypeObject FastPath_type = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "tlsmgr._fastpath",
+    .m_name = "tlsmgr.service._fastpath",
     .m_doc = "The common tlsmgr requests answered in C (see fastpath.py).",
     .m_size = -1,
     .m_methods = module_functions,

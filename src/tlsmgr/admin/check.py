@@ -20,8 +20,10 @@ import subprocess
 import urllib.request
 from collections.abc import Sequence
 
-from . import config, daemon, log, master
-from .stores import FILE_TYPES, REDIS_TYPE, StoreError, redact_table
+from .. import config, daemon
+from ..runtime import master
+from ..stores import FILE_TYPES, REDIS_TYPE, StoreError, redact_table
+from ..util import log
 
 # The oldest Postfix whose smtpd, smtp and tlsproxy were tested with this daemon.
 OLDEST_POSTFIX = (3, 7)
@@ -139,7 +141,7 @@ def _may_write(directory: str, owner: tuple[int, int] | None) -> bool:
 def _check_redis(cfg: config.Config, cache: config.CacheSettings, url: str,
                  secrets: daemon.Secrets) -> None:
     """Whether the Redis of a cache answers, within tlsmgr_redis_timeout_ms."""
-    from .stores.redis import RedisSettings, RedisStore
+    from ..stores.redis import RedisSettings, RedisStore
     settings: RedisSettings = daemon.redis_settings(cfg, secrets)
     try:
         store = RedisStore(url, cache.label, settings, cache.timeout)
@@ -162,7 +164,7 @@ def _check_redis(cfg: config.Config, cache: config.CacheSettings, url: str,
 
 
 def _check_metrics(listen: str) -> None:
-    from .metrics import bind, parse_listen
+    from ..runtime.metrics import bind, parse_listen
     try:
         host, port = parse_listen(listen)
     except ValueError as err:

@@ -29,7 +29,7 @@ from typing import NoReturn
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from . import log
+from ..util import log
 
 TIMEOUT = 10                    # seconds, for each entropy device or EGD I/O
 MAX_READ = 255                  # bytes per reseed from a device or EGD server

@@ -11,8 +11,8 @@ import json
 import socket
 from typing import Any
 
-from .attr import Decoder, Message, Value, decode_data, decode_int, encode
-from .tickets import KEY_SIZE, TicketKey
+from ..service.tickets import KEY_SIZE, TicketKey
+from ..wire.attr import Decoder, Message, Value, decode_data, decode_int, encode
 
 HANDSHAKE_MESSAGE = ((b"protocol", b"tlsmgr_protocol"),)
 

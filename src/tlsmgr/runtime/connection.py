@@ -32,13 +32,13 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import cast
 
-from . import log
-from .attr import Decoder, Message, MessageTooLarge
-from .fastpath import Answer
+from ..observe.stats import Stats
+from ..service.fastpath import Answer
+from ..service.protocol import HANDSHAKE, PROTOCOL_ERROR, Dispatch, Reply
+from ..util import log
+from ..util.pending import Later
+from ..wire.attr import Decoder, Message, MessageTooLarge
 from .limits import ClientMemory, ConnectionTable
-from .pending import Later
-from .protocol import HANDSHAKE, PROTOCOL_ERROR, Dispatch, Reply
-from .stats import Stats
 
 SLICE = 4096            # bytes of input decoded before their requests are answered
 _REPLY_BATCH = 64       # replies made before they are written...

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import cast
 
-from . import log
+from ..util import log
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _CHUNK = 16384                  # bytes of the answer handed to the transport at a time

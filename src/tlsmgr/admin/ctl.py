@@ -28,10 +28,12 @@ import sys
 import time
 from typing import Any
 
-from . import config, install, log, watch
+from .. import config
+from ..observe.histogram import Buckets
+from ..observe.snapshot import Snapshot, TicketKeyStats
+from ..util import log
+from . import install, watch
 from .client import ClientError, TlsmgrClient
-from .histogram import Buckets
-from .snapshot import Snapshot, TicketKeyStats
 
 
 def readable(data: bytes) -> str:
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("install", "uninstall"):
         return install.command(args)
     if args.command == "fleet-secret":
-        from .seal import new_secret_line
+        from ..stores.seal import new_secret_line
         print(new_secret_line())
         return 0
     if args.command == "check":

@@ -29,15 +29,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import fastpath, log
+from ..service import fastpath
+from ..service.prng import MustExit, Prng
+from ..service.protocol import Dispatch
+from ..service.scache import SessionCache
+from ..stores import COMMIT_WITHIN, Entry
+from ..util import log
+from ..util.pending import Later
 from .connection import Connection, Shared
 from .limits import ClientMemory, ConnectionTable
 from .master import StatusChannel, Watchdog, effective_ids
-from .pending import Later
-from .prng import MustExit, Prng
-from .protocol import Dispatch
-from .scache import SessionCache
-from .stores import COMMIT_WITHIN, Entry
 
 _GC_YOUNG_THRESHOLD = 50_000
 # Descriptors kept besides the clients' connections: for caches, logging,

@@ -29,8 +29,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import log
-from .leftovers import remove_damaged_copies
+from ..util import log
+from ..util.leftovers import remove_damaged_copies
 from .tickets import KEY_SIZE, TicketKey, TicketKeyRing
 
 NAME = "tlsmgr_ticket_keys"

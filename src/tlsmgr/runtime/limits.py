@@ -24,8 +24,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from . import log
-from .stats import Stats
+from ..observe.stats import Stats
+from ..util import log
 
 _TRIM_AFTER = 4 << 20   # bytes of client buffers freed before memory goes back
 

@@ -23,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from . import log
-from .pending import Later, MaybeLater, then
-from .stores import CannotOpen, Health, StoreError
+from ..observe.snapshot import Health
+from ..stores import CannotOpen, StoreError
+from ..util import log
+from ..util.pending import Later, MaybeLater, then
 
 _STORE_ERRORS = (StoreError,)
 
@@ -58,14 +59,6 @@ class TicketKey:
         return cls(*_LAYOUT.unpack(data))
 
 
-# How a lookup of a key by name went (the stats, docs/OPERATIONS.md): the
-# current key or the one before it, one only the fleet's Redis had, a
-# name no host has (hosts disagree on keys, or keys rotate too fast), one
-# past its decrypt window, or Redis could not be asked.
-OUTCOMES = ("found_current", "found_previous", "found_fleet", "unknown", "expired",
-            "unavailable")
-
-
 class TicketKeys(Protocol):
     """What the request handlers and control requests ask of ticket keys:
     this host's ring alone, or the fleet's keys in front of it."""
@@ -82,7 +75,7 @@ class TicketKeys(Protocol):
 
     def lookup(self, name: bytes, timeout: int) -> MaybeLater[tuple[TicketKey | None, str]]:
         """The key of that name while it may decrypt, and how the lookup
-        went: one of OUTCOMES; later when the fleet is asked."""
+        went: one of observe.snapshot.OUTCOMES; later when the fleet is asked."""
 
     def at_hand(self, name: bytes, timeout: int) -> TicketKey | None:
         """The answer for name (empty: the current key) from memory alone."""

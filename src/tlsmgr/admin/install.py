@@ -42,7 +42,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
-from . import config, log, stores
+from .. import config, stores
+from ..util import log
 
 SERVICE = "tlsmgr/unix"
 STOCK_COMMAND = "tlsmgr"

@@ -27,13 +27,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from . import httpd, log
-from .control import Control, Sources, snapshot
-from .histogram import Buckets
-from .pending import Later
-from .scache import CacheStats
+from ..observe.histogram import Buckets
+from ..observe.snapshot import CacheStats, Snapshot
+from ..service.control import Control, Sources, snapshot
+from ..util import log
+from ..util.pending import Later
+from . import httpd
 from .server import Server, SideListener
-from .snapshot import Snapshot
 
 # What scrapers, any local user among them, may take of the daemon.  The
 # listener and its connections are among the descriptors that the server

@@ -1,0 +1,1 @@
+"""tlsmgr-ctl: client, watch, install, --check; imports any layer and the daemon."""

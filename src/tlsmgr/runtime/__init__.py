@@ -1,0 +1,1 @@
+"""Connections, their limits, the server, master(8), metrics; imports every layer below."""

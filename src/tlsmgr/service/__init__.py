@@ -1,0 +1,1 @@
+"""Request handlers, session caches, ticket keys, PRNG; imports util, wire, observe, stores."""

@@ -1,0 +1,1 @@
+"""Helpers of every layer: the mail log, later answers, files; imports no other layer."""

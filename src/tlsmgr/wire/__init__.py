@@ -1,0 +1,1 @@
+"""The attribute codec and the table of requests; imports no other layer."""
