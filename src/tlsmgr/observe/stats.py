@@ -33,7 +33,7 @@ class Stats:
     requests: dict[bytes, int] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)        # by kind
     # tktkey requests: "current" (no name), or how a lookup by name went
-    # (tickets.OUTCOMES); zeros too, as for requests.
+    # (snapshot.OUTCOMES); zeros too, as for requests.
     ticket_lookups: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("current", *OUTCOMES), 0))
     # From a request read whole to its reply written, by request name (the
