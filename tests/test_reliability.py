@@ -376,7 +376,7 @@ def test_a_flood_of_bad_requests_neither_floods_the_log_nor_holds_others_up(daem
         while len(replies) < 65536:
             replies += decoder.feed(flooder.recv(1 << 20))
         assert set(replies) == {((b"status", b"4294967294"),)}
-        # A while later, the next warning says how many were held back.
+        # A while later, the next warning says how many were suppressed.
         time.sleep(0.2)
         assert request(flooder, b"bogus\0\0\0")[0] == (b"status", b"4294967294")
     assert healthy(daemon)

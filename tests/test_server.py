@@ -138,10 +138,11 @@ def test_updates_held_by_the_store_reach_the_file_soon_after_without_more_reques
             pass
         assert replies[0][0] == (b"status", b"0")
         for _ in range(500):                    # 5 s at most
-            if not cache.store.writes_held:
+            if not cache.store.uncommitted_writes:
                 break
             await asyncio.sleep(0.01)
-        committed = not cache.store.writes_held and _on_file(str(tmp_path / "scache")) == ["id1"]
+        committed = (not cache.store.uncommitted_writes
+                     and _on_file(str(tmp_path / "scache")) == ["id1"])
         writer.close()
         server.stop()
         assert await serving == 0

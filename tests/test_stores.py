@@ -116,14 +116,14 @@ def test_lmdb_holds_writes_until_a_commit_or_enough_of_them(tmp_path):
     store.delete(b"b")
     # Seen by lookups and counts at once, on the file only once committed.
     assert store.get(b"a") == pack_entry(Entry(1, b"x")) and store.get(b"b") is None
-    assert (len(store), store.writes_held) == (1, 3)
+    assert (len(store), store.uncommitted_writes) == (1, 3)
     assert store.stamps(0, 10) == [(b"a", 1)]
     assert _on_file(path) == []
     store.commit()
-    assert store.writes_held == 0 and _on_file(path) == ["a"]
-    for i in range(module._HELD_AT_MOST):        # as many as a group holds
+    assert store.uncommitted_writes == 0 and _on_file(path) == ["a"]
+    for i in range(module._UNCOMMITTED_AT_MOST):        # as many as a group holds
         store.put(b"n%02d" % i, pack_entry(Entry(2, b"z")))
-    assert store.writes_held == 0 and len(_on_file(path)) == 1 + module._HELD_AT_MOST
+    assert store.uncommitted_writes == 0 and len(_on_file(path)) == 1 + module._UNCOMMITTED_AT_MOST
     store.put(b"last", pack_entry(Entry(3, b"z")))
     store.close()                                # commits what is held
     assert "last" in _on_file(path)
@@ -151,11 +151,11 @@ def test_lmdb_held_writes_that_cannot_be_committed_are_counted_out(tmp_path, cap
 
     store._writer = FailingCommit(store._writer)
     cache.commit()
-    assert (len(store), store.size, store.writes_held) == (1, len(b"kept") + 1, 0)
+    assert (len(store), store.size, store.uncommitted_writes) == (1, len(b"kept") + 1, 0)
     assert cache.lookup(b"lost") is None and cache.lookup(b"kept") == b"s"
     assert cache.store_errors == 1
     assert "cannot save smtpd TLS sessions" in caplog.text
-    assert "No space left on device (1 held updates lost)" in caplog.text
+    assert "No space left on device (1 uncommitted updates lost)" in caplog.text
     cache.close()
 
 
@@ -189,7 +189,7 @@ def test_lmdb_on_a_full_filesystem_says_what_it_lost_and_serves_what_it_has(
     assert "cannot save smtpd TLS session: " in caplog.text
     # (LMDB says "Input/output error" for the short write.)
     assert "scache.lmdb: mdb_txn_commit: " in caplog.text
-    assert "(64 held updates lost)" in caplog.text
+    assert "(64 uncommitted updates lost)" in caplog.text
     # What the file holds is what the cache counts and finds; the rest is gone.
     on_file = _on_file(path)
     assert len(cache.store) == len(on_file) > 0
@@ -366,11 +366,11 @@ def test_lmdb_totals_count_the_write_that_commits_its_group(tmp_path):
     import tlsmgr.stores.lmdb as module
     path = str(tmp_path / "scache")
     store = LmdbStore(path)
-    for i in range(module._HELD_AT_MOST):       # the last one commits the group
+    for i in range(module._UNCOMMITTED_AT_MOST):       # the last one commits the group
         store.put(b"id%d" % i, pack_entry(Entry(1, b"s")))
-    assert store.writes_held == 0
+    assert store.uncommitted_writes == 0
     store._env.close()                          # as a kill -9 would leave it, nothing held
-    assert len(LmdbStore(path, preserve=True)) == module._HELD_AT_MOST
+    assert len(LmdbStore(path, preserve=True)) == module._UNCOMMITTED_AT_MOST
 
 
 def test_lmdb_damaged_entry_in_a_preserved_file_is_a_miss_and_removed(tmp_path, caplog):

@@ -286,7 +286,7 @@ class Server:
         # costs as much again as the rest.
         if not self._commit_due:
             for cache in self.caches:
-                if cache.store.writes_held:
+                if cache.store.uncommitted_writes:
                     self._commit_due = True
                     self.loop.call_later(COMMIT_WITHIN, self._event, self._commit)
                     break

@@ -42,7 +42,7 @@ class Entry(NamedTuple):
 # and Redis's stored values rely on it), then the session.
 STAMP = struct.Struct(">q")
 
-# Writes a store holds back (Store.writes_held) are committed within this
+# Writes a store has not committed yet (Store.uncommitted_writes) are committed within this
 # many seconds of the first, by the server's loop (server.py): under load
 # a group then holds the updates of many turns of the loop, and an idle
 # daemon holds none for long.
@@ -148,12 +148,12 @@ class Store(ABC):
         plus sessions)."""
 
     def commit(self) -> None:
-        """Commit the writes held back (stores/lmdb.py commits them together);
+        """Commit the uncommitted writes (stores/lmdb.py commits them together);
         nothing for a store that writes at once.  Raises StoreError, the
-        held writes lost, when that fails."""
+        uncommitted writes lost, when that fails."""
 
     @property
-    def writes_held(self) -> int:
+    def uncommitted_writes(self) -> int:
         """How many writes wait for commit()."""
         return 0
 

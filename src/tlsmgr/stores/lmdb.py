@@ -12,7 +12,7 @@ stock daemon truncates its cache files, so nothing from a previous run
 does not grow with it (_check()), and a damaged one is removed and made
 anew.  Durability across a crash is
 not wanted, so writes are not synced, and they are committed in groups
-(_HELD_AT_MOST below): after a crash the file holds what the last committed
+(_UNCOMMITTED_AT_MOST below): after a crash the file holds what the last committed
 transactions wrote, which LMDB keeps consistent.
 
 Cache ids that LMDB cannot take as keys (empty, or longer than its key
@@ -111,10 +111,10 @@ class LmdbStore(LocalStore):
         # The write transaction that holds writes until commit(), and what
         # they were, to be done again if the map must grow (_write()).
         self._writer: Any = None
-        self._held: list[Callable[[Any], object]] = []
-        self._counts_before = (0, 0)        # _count, _size without the held writes
+        self._uncommitted: list[Callable[[Any], object]] = []
+        self._counts_before = (0, 0)        # _count, _size without the uncommitted writes
         # The transaction lookups read in (get()): the writer while writes
-        # are held, else a read-only one shared between writes.
+        # are uncommitted, else a read-only one shared between writes.
         self._lookups: Any = None
 
     def _check(self) -> tuple[int, int]:
@@ -164,7 +164,7 @@ class LmdbStore(LocalStore):
 
     def _read(self, operation: Callable[[Any], T]) -> T:
         try:
-            if self._writer is not None:            # what is held must be seen
+            if self._writer is not None:            # what is uncommitted must be seen
                 return operation(self._writer)
             with self._env.begin(buffers=True) as txn:
                 return operation(txn)
@@ -186,11 +186,11 @@ class LmdbStore(LocalStore):
                 except lmdb.MapFullError:
                     self._grow_and_replay()
         except lmdb.Error as err:
-            lost = self._drop_held()
+            lost = self._drop_uncommitted()
             raise StoreError("%s: %s%s" % (self.path, err, lost)) from None
-        self._held.append(operation)
+        self._uncommitted.append(operation)
         counted(result)
-        if len(self._held) >= _HELD_AT_MOST:
+        if len(self._uncommitted) >= _UNCOMMITTED_AT_MOST:
             self.commit()
         return result
 
@@ -202,7 +202,7 @@ class LmdbStore(LocalStore):
         # LMDB's map has a fixed size: when it fills up, in a write or in
         # the commit (which writes the free list: large after a flush or a
         # cleanup of millions), double it (only when no transaction is
-        # open), and do again in a new transaction what the failed one held.
+        # open), and do again in a new transaction what the failed one did.
         while True:
             self._writer.abort()
             self._writer = self._lookups = None
@@ -210,30 +210,30 @@ class LmdbStore(LocalStore):
             self._map = _mapping(os.path.abspath(self.path))     # it moved
             self._begin_writes()
             try:
-                for held in self._held:
-                    held(self._writer)
+                for write in self._uncommitted:
+                    write(self._writer)
                 return
             except lmdb.MapFullError:
                 continue
 
-    def _drop_held(self) -> str:
-        """Abort the held writes, their counts with them; what was lost."""
+    def _drop_uncommitted(self) -> str:
+        """Abort the uncommitted writes, their counts with them; what was lost."""
         if self._writer is None:
             return ""
         self._writer.abort()
         self._writer = self._lookups = None
-        lost, self._held = len(self._held), []
+        lost, self._uncommitted = len(self._uncommitted), []
         self._count, self._size = self._counts_before
-        return " (%d held updates lost)" % lost if lost else ""
+        return " (%d uncommitted updates lost)" % lost if lost else ""
 
     @property
-    def writes_held(self) -> int:
-        return len(self._held)
+    def uncommitted_writes(self) -> int:
+        return len(self._uncommitted)
 
     def commit(self) -> None:
         if self._writer is None:
             return
-        held = len(self._held)
+        uncommitted = len(self._uncommitted)
         try:
             while True:
                 try:
@@ -244,14 +244,15 @@ class LmdbStore(LocalStore):
                 except lmdb.MapFullError:
                     self._grow_and_replay()
         except lmdb.Error as err:
-            self._drop_held()
-            raise StoreError("%s: %s (%d held updates lost)" % (self.path, err, held)) from None
+            self._drop_uncommitted()
+            raise StoreError("%s: %s (%d uncommitted updates lost)" % (self.path, err,
+                                                                   uncommitted)) from None
         self._writer = self._lookups = None
-        self._held = []
+        self._uncommitted = []
 
     def get(self, cache_id: bytes) -> bytes | None:
         # Every lookup comes here.  They share one transaction: the writer
-        # while writes are held, else a read-only one begun by the first
+        # while writes are uncommitted, else a read-only one begun by the first
         # lookup after a commit, for LMDB's begin and abort cost more than
         # a lookup.  Held between writes, it pins only the snapshot that is
         # the newest anyway.  Values are read as bytes: a copy of a few
@@ -311,7 +312,7 @@ class LmdbStore(LocalStore):
     def _count_removed(self, key: bytes, removed: bytes | None) -> None:
         # The counts change once an operation has run, not before: done
         # again after the map grew, it must not count twice.  Held writes
-        # that are lost take their counts with them (_drop_held()).
+        # that are lost take their counts with them (_drop_uncommitted()).
         if removed is not None:
             self._count -= 1
             self._size -= len(key) + len(removed) - STAMP.size
@@ -382,12 +383,12 @@ class LmdbStore(LocalStore):
             self._env.close()
 
 
-# Writes are held in one write transaction and committed together: by the
+# Writes are kept uncommitted in one write transaction and committed together: by the
 # server, soon after the first (COMMIT_WITHIN in stores/__init__.py), or
-# here once this many are held.  A commit costs more than the writes it
+# here once this many are uncommitted.  A commit costs more than the writes it
 # commits (pwrite(2) of each page they dirtied, LMDB's free list, the meta
-# page); a crash loses what was held, which a cache can spare.
-_HELD_AT_MOST = 64
+# page); a crash loses what was uncommitted, which a cache can spare.
+_UNCOMMITTED_AT_MOST = 64
 
 
 # Every so many updates, the pages of the map that this process touched are

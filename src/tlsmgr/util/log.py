@@ -47,8 +47,8 @@ def warn(text: str, *args: object) -> None:
 class RateLimitedWarning:
     """A warning that may recur many times a second (a backend that is
     down, a client sending garbage): the first ``burst`` are logged as they
-    come, then one per ``interval`` seconds, with a count of those held
-    back in between."""
+    come, then one per ``interval`` seconds, with a count of those
+    suppressed in between."""
 
     def __init__(self, interval: float = 60.0, burst: int = 1,
                  clock: Callable[[], float] = time.monotonic):
