@@ -18,29 +18,39 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
 
 
+def imports_in(name: str, nodes) -> set[str]:
+    """The package's modules that these nodes of module name's source
+    import (a package's own modules are imported relatively)."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[:len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            found |= {candidate for candidate in
+                      (target, *(target + "." + alias.name for alias in node.names))
+                      if candidate in MODULES}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tlsmgr"):
+            raise AssertionError("%s: import tlsmgr's modules relatively" % name)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in MODULES}
+    found.discard(name)
+    return found
+
+
 def imported_at_import(name: str) -> set[str]:
     """The package's modules that importing this one imports: its
     module-level imports, not those under ``if TYPE_CHECKING`` nor those
     inside functions."""
-    path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for statement in ast.parse(path.read_text()).body:
+    at_import = []
+    for statement in ast.parse(MODULES[name].read_text()).body:
         if isinstance(statement, ast.If) and "TYPE_CHECKING" in ast.unparse(statement.test):
             continue
         if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
-        for node in ast.walk(statement):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-                found |= {candidate for candidate in
-                          (target, *(target + "." + alias.name for alias in node.names))
-                          if candidate in MODULES}
-            elif isinstance(node, ast.Import):
-                found |= {alias.name for alias in node.names if alias.name in MODULES}
-    found.discard(name)
-    return found
+        at_import.extend(ast.walk(statement))
+    return imports_in(name, at_import)
 
 
 GRAPH = {name: imported_at_import(name) for name in MODULES}
@@ -83,20 +93,7 @@ def layer(name: str) -> int:
 def imported_anywhere(name: str) -> set[str]:
     """The package's modules this one names in any import: at import,
     under TYPE_CHECKING, or inside a function."""
-    path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = package.split(".")[:len(package.split(".")) - node.level + 1]
-            target = ".".join(base + ([node.module] if node.module else []))
-            found |= {candidate for candidate in
-                      (target, *(target + "." + alias.name for alias in node.names))
-                      if candidate in MODULES}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tlsmgr"):
-            raise AssertionError("%s: import tlsmgr's modules relatively" % name)
-    found.discard(name)
-    return found
+    return imports_in(name, ast.walk(ast.parse(MODULES[name].read_text())))
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
