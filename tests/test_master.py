@@ -198,7 +198,8 @@ def test_single_request_on_stdin(tmp_path):
 
 
 def test_watchdog_ends_a_stalled_process(tmp_path):
-    code = ("import time; from tlsmgr import log, master; log.setup_stderr();"
+    code = ("import time; from tlsmgr.util import log; from tlsmgr.runtime import master; "
+            "log.setup_stderr();"
             "dog = master.Watchdog(1); dog.pet(); time.sleep(30)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30)
