@@ -94,3 +94,13 @@ def test_what_the_hosts_keep_in_redis_is_sealed(our_fleet, tmp_path):
     for key in sealed:
         seal.open(client.get(key), key)          # raises if it does not open
     our_fleet.wait_for_daemons()
+
+
+def test_hosts_with_one_service_name_do_not_warn_about_it(our_fleet, tmp_path):
+    # Each host has read the other's service names and the sessions in
+    # Redis (service_names.py): nothing to say when they agree.
+    made_on_a_offered_to_b(our_fleet, tmp_path / "quiet.sess", "-tls1_2", "-no_ticket")
+    for host in our_fleet.hosts.values():
+        log = host.instance.log()
+        assert "master.cf service" not in log and "no smtpd here" not in log, log
+    assert len(our_fleet.redis.client().hgetall(b"{fleettest:smtpd}:hosts")) == 2

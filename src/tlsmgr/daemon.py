@@ -290,6 +290,19 @@ def spent_key_task(tickets: TicketKeys, smtpd_cache: SessionCache | None,
     return [lambda: tickets.ring.drop_spent(timeout)]
 
 
+def service_names_task(cfg: config.Config, smtpd_cache: SessionCache | None
+                       ) -> list[Callable[[], float | None]]:
+    """With the smtpd cache on Redis: this host's smtpd service names said
+    to the fleet, and the others' checked against them (service_names.py)."""
+    if smtpd_cache is None or not smtpd_cache.store.remote:
+        return []
+    from .stores.redis import RedisStore
+    if not isinstance(smtpd_cache.store, RedisStore):
+        return []
+    from .service.service_names import fleet_task
+    return fleet_task(smtpd_cache.store, cfg.config_directory, cfg.myhostname)
+
+
 def build_server(cfg: config.Config, uid: int, connection_limit: int,
                  secrets: Secrets) -> tuple[Server, Control]:
     """The stock daemon's pre-init: open everything, then make the server
@@ -315,7 +328,8 @@ def build_server(cfg: config.Config, uid: int, connection_limit: int,
                     cfg.tlsmgr_client_buffer_limit,
                     later_deadline=cfg.tlsmgr_redis_timeout_ms / 1000 + LATER_MARGIN,
                     tasks=[*spent_key_task(tickets, caches["smtpd"], saved),
-                           *fleet_off_task(secrets, caches, cfg)],
+                           *fleet_off_task(secrets, caches, cfg),
+                           *service_names_task(cfg, caches["smtpd"])],
                     connections=connections)
     owner = mail_owner_uid(cfg)
     if owner is not None:

@@ -3,7 +3,8 @@
 Each host is a private Postfix instance (postfix_instance.py) in its own
 network namespace (``ip netns add``, with its own ``lo`` up).  Both listen
 on 127.0.0.1:PORT inside their namespace with the same master.cf service
-name (smtpd's session id context depends on it) and serve the same
+name (smtpd's session cache ids, and from Postfix 3.12 on its tickets,
+depend on it; ``listen_as`` gives a host another) and serve the same
 certificate and key (a session only resumes with the same server
 identity); each has its own queue and data directories.  A client in
 host A's namespace reaches only host A, and one in host B's only host B,
@@ -223,8 +224,12 @@ class Fleet:
     whatever it started if that fails), leaving closes everything.
     """
 
-    def __init__(self, *, ours: bool, label: str | None = None):
+    def __init__(self, *, ours: bool, label: str | None = None,
+                 listen_as: dict[str, str] | None = None):
         self.ours = ours
+        # The master.cf service name of a host's smtpd, where it is not the
+        # one the others have.
+        self.listen_as = listen_as or {}
         self.label = label or ("ours" if ours else "stock")
         self.redis: Redis | None = None
         self.secret_file: Path | None = None
@@ -270,7 +275,8 @@ class Fleet:
                 join(hub, namespace, "10.250.0.%d" % number,
                      "tf%d%s" % (os.getpid() % 100000, name))
             instance = PostfixInstance(ours=self.ours, chroot=True, netns=namespace.name,
-                                       port=PORT, relay_port=RELAY_PORT, **self.main_cf())
+                                       port=PORT, relay_port=RELAY_PORT,
+                                       listen_as=self.listen_as.get(name), **self.main_cf())
             host = Host(name, namespace, instance)
             # Callbacks run last-in first-out: instances stop before their
             # namespaces go and before redis-server.

@@ -12,8 +12,10 @@ the caller with ``ip netns add``): ``postfix`` commands and ``s_client``
 run through ``ip netns exec NAME``, so its listeners are on that
 namespace's loopback; ``port`` and ``relay_port`` may then be fixed
 numbers, the same in several namespaces.  ``master_cf`` adds master.cf
-lines (``{chroot}`` in them stands for the chroot column), and keyword
-parameters are main.cf settings over the ones made here.
+lines (``{chroot}`` in them stands for the chroot column), ``listen_as``
+is the master.cf service name of ``port``'s smtpd (default
+``127.0.0.1:<port>``), and keyword parameters are main.cf settings over
+the ones made here.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class PostfixInstance:
 
     def __init__(self, *, ours: bool = True, chroot: bool = False, port: int | None = None,
                  relay_port: int | None = None, netns: str | None = None,
-                 master_cf: str = "", **params):
+                 master_cf: str = "", listen_as: str | None = None, **params):
         self.root = Path(tempfile.mkdtemp(prefix="tlsmgr-postfix-"))
         self.root.chmod(0o755)
         self.conf = self.root / "conf"
@@ -111,7 +113,8 @@ class PostfixInstance:
         main.update(params)
         (self.conf / "main.cf").write_text("".join("%s = %s\n" % kv for kv in main.items()))
         (self.conf / "master.cf").write_text(MASTER_CF.format(
-            port="127.0.0.1:%d" % self.port, relay_port="127.0.0.1:%d" % self.relay_port,
+            port=listen_as or "127.0.0.1:%d" % self.port,
+            relay_port="127.0.0.1:%d" % self.relay_port,
             chroot="y" if chroot else "n", tlsmgr=OUR_COMMAND if ours else "tlsmgr")
             + master_cf.format(chroot="y" if chroot else "n"))
 

@@ -25,7 +25,9 @@ together.  Per cache:
   the cache timeout: Redis itself expires it;
 * ``{P<label>}:age``     the ids by save time (a sorted set), for eviction;
 * ``{P<label>}:sizes``   the bytes each id holds, and ``{P<label>}:bytes``
-  their sum, for the byte limit.
+  their sum, for the byte limit;
+* ``{P<label>}:hosts``   for the smtpd cache, each host's smtpd service
+  names (service/service_names.py).
 
 Saving an entry and keeping the cache within its limits is one script, so
 that hosts writing at once never overshoot together.
@@ -575,7 +577,7 @@ class RedisStore(Store):
         self.link.resolve_hosts()            # stores are opened before the jail
         self.settings = settings
         self.timeout = timeout
-        tag = "{%s%s}" % (settings.key_prefix, label)
+        self.tag = tag = "{%s%s}" % (settings.key_prefix, label)   # service_names.py's too
         self._sessions = (tag + ":s:").encode()
         self._keys = [self._sessions] + [(tag + suffix).encode()
                                          for suffix in (":age", ":sizes", ":bytes")]
