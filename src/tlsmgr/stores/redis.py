@@ -401,7 +401,9 @@ class RedisLink:
         if self._in_flight is not None:
             self._in_flight.cancel()
         if self._client is not None:
-            await self._client.aclose()
+            # aclose() from redis-py 5.0.1; before (Debian 12's 4.3), close().
+            closing = getattr(self._client, "aclose", None) or self._client.close
+            await closing()
 
 
 class _Command(NamedTuple):
