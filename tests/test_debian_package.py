@@ -173,6 +173,12 @@ def test_apt_installs_it_postfix_runs_it_and_purge_leaves_nothing(package):
             root.root / "usr/share/doc/tlsmgr/README.Debian").read_text()
         assert root.run(["postconf", "-Fh", "tlsmgr/unix/command"], "postconf") == "tlsmgr\n"
         listing = root.run(["dpkg", "-L", "tlsmgr"], "dpkg -L").split()
+        # Debian 12's redis-py 4.3 cannot serve a redis: cache: --check says so.
+        check = root.sh("pytlsmgr --check -o smtpd_tls_session_cache_database="
+                        "redis:redis://127.0.0.1:9/0 2>&1 || true", "pytlsmgr --check")
+        assert ("a redis: cache needs redis-py 5.0 or later, and this Python has 4.3.4"
+                in check) == (suite == "bookworm"), check
+        assert "smtpd_tls_session_cache_database" in check
 
         root.run(["postconf", "-e", *MAIN_CF], "postconf -e")
         root.run(["postfix", "start"], "postfix start", isolated=True)
