@@ -81,6 +81,7 @@ def pristine(suite: str) -> Path:
         for old in CACHE.glob("%s-*" % suite):
             if old != partial and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
+        partial.chmod(0o755)                  # mkdtemp's 0700: the root's / is 0755
         partial.rename(root)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
