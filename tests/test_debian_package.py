@@ -225,7 +225,9 @@ def test_apt_installs_it_postfix_runs_it_and_purge_leaves_nothing(package):
         root.run(["apt-get", "remove", "-y", "-qq", "tlsmgr"], "apt-get remove")
         assert not daemon.exists()
         resumes(root, "the stock tlsmgr after removal")
-        assert (data / "tlsmgr_ticket_keys").exists()          # state stays until purge
+        # What the daemon wrote stays until purge: its keys, its cache files.
+        assert (data / "tlsmgr_ticket_keys").exists()
+        assert (data / "smtpd_scache.lmdb").exists() and (data / "smtp_scache.lmdb").exists()
         root.run(["apt-get", "purge", "-y", "-qq", "tlsmgr"], "apt-get purge")
         with pytest.raises(AssertionError, match="is not installed"):
             root.run(["dpkg", "-L", "tlsmgr"], "dpkg -L")
