@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -152,6 +153,17 @@ def set_chroot(master_cf: Path, chroot: str) -> None:
     master_cf.write_bytes(text)
 
 
+def beside_master(root: debian_roots.Overlay, *command: str) -> subprocess.CompletedProcess:
+    """*command* where master runs: its mount namespace and root, where
+    the daemon's processes are seen as a package's maintainer scripts see
+    them on a Debian host."""
+    pid = (root.root / "var/spool/postfix/pid/master.pid").read_text().split()[0]
+    return subprocess.run(["nsenter", "-t", pid, "-m", "-r", "-w", "/usr/bin/env", "-i",
+                           "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+                           "DEBIAN_FRONTEND=noninteractive", *command],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
 def is_installed(root: debian_roots.Overlay) -> bool:
     status = root.sh("dpkg-query -W -f '${Status}' tlsmgr 2>/dev/null || true", "dpkg-query")
     return status == "install ok installed"
@@ -215,14 +227,21 @@ def test_apt_installs_it_postfix_runs_it_and_purge_leaves_nothing(package):
         assert our_daemons(root)
 
         root.run(["postconf", "-X", "tlsmgr_preserve_sessions"], "postconf -X")
-        back = root.run(["tlsmgr-ctl", "uninstall", "--reload"], "tlsmgr-ctl uninstall")
+        back = root.run(["tlsmgr-ctl", "uninstall"], "tlsmgr-ctl uninstall")
         assert "(unchanged: the Debian package's)" in back, back
         assert daemon.is_file()                 # the package's, kept
+        # Until a reload, master still runs the daemon: removal is refused.
+        refused_too = beside_master(root, "apt-get", "remove", "-y", "tlsmgr")
+        said = refused_too.stdout + refused_too.stderr
+        assert refused_too.returncode != 0 and "pytlsmgr still runs (pid" in said, said
+        assert is_installed(root)
+        reload(root)
         wait_for(lambda: not our_daemons(root), timeout=30, what="our daemon to stop")
         assert master_cf.read_bytes() == as_made
         assert root.run(["postconf", "-Mf"], "postconf") == entries
 
-        root.run(["apt-get", "remove", "-y", "-qq", "tlsmgr"], "apt-get remove")
+        removed = beside_master(root, "apt-get", "remove", "-y", "-qq", "tlsmgr")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
         assert not daemon.exists()
         resumes(root, "the stock tlsmgr after removal")
         # What the daemon wrote stays until purge: its keys, its cache files.
