@@ -214,6 +214,7 @@ def test_apt_installs_it_postfix_runs_it_and_purge_leaves_nothing(package):
             assert [daemon[1] for daemon in our_daemons(root)] == [jail]
             stats = json.loads(root.run(["tlsmgr-ctl", "stats", "--json"], "stats"))
             assert stats["caches"]["smtpd"]["hits"] >= 1
+            assert stats["fast_path"] == "compiled"          # the package's own build
             assert stats["requests"]["tktkey"] >= 1
         data = root.root / "var" / "lib" / "postfix"
         wait_for(lambda: (data / "tlsmgr_ticket_keys").exists(), what="saved ticket keys")
