@@ -137,10 +137,6 @@ def assert_one_line_error(done, *words: str) -> None:
         assert word in lines[0]
 
 
-def without_whitespace(text: bytes) -> list[list[bytes]]:
-    return [line.split() for line in text.splitlines()]
-
-
 # --- the happy path, through the command line ----------------------------
 
 def test_dry_run_changes_nothing_and_prints_the_change(site):
@@ -211,9 +207,9 @@ def test_uninstall_restores_the_original_entry(site, root):
     assert site.entry() == entry
     assert site.field("chroot") == "y"
     assert not os.path.lexists(site.link)
-    # postconf writes the entry in its own layout: the same words, and
-    # every other line byte for byte.
-    assert without_whitespace(site.master_cf.read_bytes()) == without_whitespace(text)
+    # postconf writes the entry in its own layout ("tlsmgr     unix" for
+    # Debian's "tlsmgr    unix"); the columns are given back.
+    assert site.master_cf.read_bytes() == text
     out = done.stdout.splitlines()
     assert "  before: " + installed.rstrip("\n") in out
     assert "  after:  " + entry.rstrip("\n") in out
@@ -249,6 +245,34 @@ def test_an_old_symlink_is_replaced(site, root):
     assert done.returncode == 0, done.stderr
     assert os.readlink(site.link) == str(OUR_SCRIPT)
     assert "replaced (was -> /nonexistent/bin/tlsmgr)" in done.stdout
+
+
+def test_a_packaged_daemon_is_used_as_it_is_and_kept(site, root, tmp_path):
+    # A pytlsmgr that dpkg-query -S knows is a Debian package's (the
+    # tlsmgr package ships one, a file): install does not replace it,
+    # uninstall does not remove it, whatever tlsmgr-ctl runs them.
+    site.link.write_text("#!/bin/sh\n")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dpkg-query").write_text('#!/bin/sh\n[ "$1 $2" = "-S %s" ] && echo "tlsmgr: $2"\n'
+                                     % site.link)
+    (fake / "dpkg-query").chmod(0o755)
+    env = {"PATH": "%s:%s" % (fake, os.environ["PATH"])}
+    done = ctl_cli("install", "-c", str(site.config_dir), env=env)
+    assert done.returncode == 0, done.stderr
+    assert site.field("command") == "pytlsmgr"
+    assert site.link.read_text() == "#!/bin/sh\n"
+    assert "daemon: %s (unchanged: the Debian package's)" % site.link in done.stdout
+    assert ctl_cli("install", "-c", str(site.config_dir), env=env).stdout.startswith(
+        "already installed")
+    done = ctl_cli("uninstall", "-c", str(site.config_dir), env=env)
+    assert done.returncode == 0, done.stderr
+    assert site.field("command") == "tlsmgr"
+    assert site.link.read_text() == "#!/bin/sh\n"
+    done = ctl_cli("uninstall", "-c", str(site.config_dir), env=env)
+    assert done.stdout.startswith("not installed") and "the Debian package's" in done.stdout
+    # Without the package, the same file is no one's: refused, as before.
+    assert_one_line_error(ctl_cli("install", "-c", str(site.config_dir)), "not a symlink")
 
 
 def test_reload_failure_is_reported(site, root):

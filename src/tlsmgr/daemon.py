@@ -492,7 +492,12 @@ def event_loop_runner(cfg: config.Config) -> Callable[[Coroutine[Any, Any, int]]
     except ImportError:
         log.warn("tlsmgr_event_loop = uvloop, but uvloop is not installed: using asyncio")
         return asyncio.run
-    return uvloop.run
+
+    # What uvloop.run() does, which uvloop before 0.18 (Debian 12's 0.17) lacks.
+    def run(main: Coroutine[Any, Any, int]) -> int:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return run
 
 
 def run_under_master(args: argparse.Namespace) -> int:

@@ -4,7 +4,9 @@ master(8) runs ``$daemon_directory/COMMAND`` for each master.cf service.
 Installing makes ``$daemon_directory/pytlsmgr`` a symlink to this
 package's ``tlsmgr`` console script and switches the command of the
 ``tlsmgr/unix`` service from ``tlsmgr`` to ``pytlsmgr``; uninstalling
-switches it back and removes the symlink.  The entry's other fields
+switches it back and removes the symlink.  A ``pytlsmgr`` that a Debian
+package installed (the tlsmgr package ships one, a file) is the package's:
+it is used as it is, and left in place.  The entry's other fields
 (chroot, wakeup, process limit) and its arguments stay, but for one
 ``-o`` that installing adds and uninstalling removes (see REFERENCE).
 
@@ -18,9 +20,11 @@ that would.
 main.cf and master.cf are changed only by Postfix's own postconf (``-e``
 and ``-X`` for main.cf, ``-F``, ``-P`` and ``-PX`` for the entry), and
 what is shown is what ``postconf -Mf`` prints.  postconf rewrites the one
-entry it changes in its own layout (one space where the file had several,
-say), so the entry after install and uninstall is the same entry as
-before, shown byte for byte the same by ``postconf -Mf``.
+entry it changes in its own layout (Debian's "tlsmgr    unix" becomes
+"tlsmgr     unix"), so the entry's first line then gets back the columns
+it had before, up to the command (keep_columns()): only that whitespace
+is written other than by postconf, and master.cf after install and
+uninstall is byte for byte the file it was.
 daemon_directory comes from ``postconf -h``: it is the Postfix
 installation's own answer.
 
@@ -134,7 +138,8 @@ class Plan:
     *edits* are the postconf commands to run, in order, and *after* the
     entry once they are run; *fixes* are the commands that fix the
     *leftovers*, among the edits only with *fix*.  *new_target* is what
-    the symlink should point to, None for no symlink.
+    the symlink should point to, None for no symlink; a *packaged*
+    daemon is no symlink of ours, and stays as it is.
     """
 
     action: str
@@ -147,6 +152,8 @@ class Plan:
     leftovers: tuple[Leftover, ...]
     fixes: tuple[Edit, ...]
     fix: bool
+    packaged: bool = False
+    columns: bytes | None = None        # the entry's first line, before
 
     @property
     def changes_master_cf(self) -> bool:
@@ -285,6 +292,19 @@ def with_name(command: str, name: str) -> str:
     return name if len(words) < 2 else name + " " + words[1]
 
 
+def packaged_file(path: str) -> bool:
+    """Whether a Debian package installed *path* (dpkg-query -S knows it)."""
+    program = find_program("dpkg-query")
+    if program is None:
+        return False
+    try:
+        return subprocess.run([program, "-S", path], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=POSTCONF_TIMEOUT,
+                              check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def link_target(path: str) -> str | None:
     """Where the symlink *path* points; None if there is nothing there."""
     if os.path.islink(path):
@@ -313,11 +333,13 @@ def plan(action: str, option: str | None, fix: bool = False) -> Plan:
                            "command by hand (postconf -c %s -F '%s/command=%s')"
                            % (site.master_cf, SERVICE, name, STOCK_COMMAND, OUR_COMMAND,
                               site.config_directory, SERVICE, STOCK_COMMAND))
-    old_target = link_target(site.link)
+    packaged = os.path.lexists(site.link) and packaged_file(site.link)
+    old_target = None if packaged else link_target(site.link)
     main_names = main_cf_names(site)
     entry = service_settings(site)
     if action == "install":
-        wanted, new_target = OUR_COMMAND, our_script()
+        wanted = OUR_COMMAND
+        new_target = None if packaged else our_script()
         reference = reference_value(main_names | entry.keys())
         left: list[Leftover] = []
     else:
@@ -339,7 +361,7 @@ def plan(action: str, option: str | None, fix: bool = False) -> Plan:
                              else ("-P", "%s/%s=%s" % (SERVICE, REFERENCE, reference))))
         after = rehearsal.entry()
     return Plan(action, site, before, after, tuple(rehearsal.edits), old_target, new_target,
-                tuple(left), fixes, fix)
+                tuple(left), fixes, fix, packaged, entry_line(site))
 
 
 def reference_value(names: Iterable[str]) -> str | None:
@@ -452,6 +474,8 @@ def apply(p: Plan) -> tuple[str, ...]:
     if p.fix and p.fixes and leftovers(p.site, main_cf_names(p.site)):
         raise InstallError("postconf -c %s left settings the stock tlsmgr cannot use: "
                            "check main.cf and master.cf by hand" % p.site.config_directory)
+    if p.edits and p.columns is not None:
+        keep_columns(p.site, p.columns)
     now = service_entry(p.site) if p.edits else p.before
     if now != p.after:
         raise InstallError("postconf -c %s left the %s entry as %r, not %r: check master.cf "
@@ -460,6 +484,62 @@ def apply(p: Plan) -> tuple[str, ...]:
     if p.action == "uninstall" and p.changes_link:
         remove_link(p.site.link)
     return now
+
+
+_FIELD = re.compile(rb"\S+")
+# The fields before the command: service, type, private, unpriv, chroot,
+# wakeup, maxproc.
+COLUMNS = 7
+
+
+def is_entry_line(line: bytes) -> bool:
+    return line[:1] not in (b"#", b" ", b"\t") and line.split()[:2] == SERVICE.encode().split(b"/")
+
+
+def entry_line(site: Site) -> bytes | None:
+    """The first line of the entry in master.cf as it is now."""
+    try:
+        with open(site.master_cf, "rb") as file:
+            return next((line for line in file if is_entry_line(line)), None)
+    except OSError as err:
+        raise InstallError("cannot read %s: %s" % (site.master_cf, err.strerror)) from None
+
+
+def with_columns(line: bytes, columns: bytes) -> bytes:
+    """*line* with the whitespace between its first fields as in *columns*,
+    when their first fields are the same words."""
+    old, new = list(_FIELD.finditer(columns)), list(_FIELD.finditer(line))
+    if len(old) <= COLUMNS or len(new) <= COLUMNS \
+            or [m[0] for m in old[:COLUMNS]] != [m[0] for m in new[:COLUMNS]]:
+        return line
+    return columns[:old[COLUMNS].start()] + line[new[COLUMNS].start():]
+
+
+def keep_columns(site: Site, columns: bytes) -> None:
+    """Give the entry's first line, as postconf wrote it, the columns of
+    *columns*, the line before: master.cf is replaced in one step, with
+    its owner and mode."""
+    scratch = "%s.tlsmgr-%d" % (site.master_cf, os.getpid())
+    try:
+        with open(site.master_cf, "rb") as file:
+            lines = file.read().splitlines(keepends=True)
+        index = next((n for n, line in enumerate(lines) if is_entry_line(line)), None)
+        if index is None or with_columns(lines[index], columns) == lines[index]:
+            return
+        lines[index] = with_columns(lines[index], columns)
+        status = os.stat(site.master_cf)
+        with open(scratch, "wb") as file:
+            os.fchown(file.fileno(), status.st_uid, status.st_gid)
+            os.fchmod(file.fileno(), status.st_mode & 0o7777)
+            file.write(b"".join(lines))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(scratch, site.master_cf)
+    except OSError as err:
+        if os.path.lexists(scratch):
+            os.unlink(scratch)
+        raise InstallError("cannot write %s: %s: postconf made the change, in its own "
+                           "layout; check master.cf" % (site.master_cf, err.strerror)) from None
 
 
 def make_link(path: str, target: str) -> None:
@@ -542,7 +622,9 @@ def describe(p: Plan, after: tuple[str, ...], dry_run: bool) -> list[str]:
         lines.append("master.cf: %s, service %s (unchanged)" % (site.master_cf, SERVICE))
         lines += entry_lines("now", p.before)
     would = "would be " if dry_run else ""
-    if p.new_target is None:
+    if p.packaged:
+        lines.append("daemon: %s (unchanged: the Debian package's)" % site.link)
+    elif p.new_target is None:
         state = "%sremoved (was -> %s)" % (would, p.old_target) if p.changes_link \
             else "none (unchanged)"
         lines.append("symlink: %s: %s" % (site.link, state))
@@ -558,9 +640,15 @@ def describe(p: Plan, after: tuple[str, ...], dry_run: bool) -> list[str]:
 
 
 def nothing_to_do(p: Plan) -> str:
+    if p.action == "install" and p.packaged:
+        return ("already installed: %s runs %s, the Debian package's %s; nothing to do"
+                % (SERVICE, OUR_COMMAND, p.site.link))
     if p.action == "install":
         return ("already installed: %s runs %s, and %s -> %s; nothing to do"
                 % (SERVICE, OUR_COMMAND, p.site.link, p.new_target))
+    if p.packaged:
+        return ("not installed: %s runs the stock %s (%s stays: the Debian package's); "
+                "nothing to do" % (SERVICE, STOCK_COMMAND, p.site.link))
     return ("not installed: %s runs the stock %s, and there is no %s; nothing to do"
             % (SERVICE, STOCK_COMMAND, p.site.link))
 

@@ -25,7 +25,12 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.exposition import generate_latest
+
+try:
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+except ImportError:     # older (Debian 12 has 0.16): the same text format, its one
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_PLAIN_0_0_4
 
 from ..observe.histogram import Buckets
 from ..observe.snapshot import CacheStats, Snapshot

@@ -77,6 +77,9 @@ _CLEAR_STEP = 64           # entries removed per script call by clear(): ~0.5 ms
 PROBE_INTERVAL = 1.0       # seconds between probes of a Redis that failed
 _CLUSTER_READS = 0.8       # of tlsmgr_redis_timeout_ms: a Cluster node's reply
 _ERROR_TEXT = 160          # characters of a Redis error kept for a log line
+# The oldest redis-py these stores work with: Debian 12's 4.3 fails them
+# (its asyncio pools and errors differ; tests/test_debian_package.py).
+REDIS_PY_FLOOR = (5, 0)
 
 
 class RedisSettings(NamedTuple):
@@ -401,7 +404,9 @@ class RedisLink:
         if self._in_flight is not None:
             self._in_flight.cancel()
         if self._client is not None:
-            await self._client.aclose()
+            # aclose() from redis-py 5.0.1; before (Debian 12's 4.3), close().
+            closing = getattr(self._client, "aclose", None) or self._client.close
+            await closing()
 
 
 class _Command(NamedTuple):
@@ -573,6 +578,11 @@ class RedisStore(Store):
     remote = True
 
     def __init__(self, url: str, label: str, settings: RedisSettings, timeout: int):
+        have = tuple(int(part) for part in redis.__version__.split(".")[:2] if part.isdigit())
+        if have < REDIS_PY_FLOOR:
+            raise StoreError("a redis: cache needs redis-py %d.%d or later, and this Python "
+                             "has %s (Debian 12's python3-redis): use a file or memory: "
+                             "cache, or a newer redis-py" % (*REDIS_PY_FLOOR, redis.__version__))
         self.link = RedisLink(parse_url(url), settings)
         self.link.resolve_hosts()            # stores are opened before the jail
         self.settings = settings
