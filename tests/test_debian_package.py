@@ -14,7 +14,7 @@ master.cf selects the daemon; after ``tlsmgr-ctl uninstall``, remove and
 purge leave master.cf byte for byte as the Postfix package made it, and
 nothing of the package or of what its daemon wrote.
 
-The roots and the built package are cached (helpers/debian_roots.py):
+The roots and the built package are cached (helpers/debian_package.py):
 a warm run only installs and tests.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
-from helpers import debian_roots
+from helpers import debian_package
 from helpers.debian13 import _run
 from helpers.harness import wait_for
 from helpers.smtp_tls import TLS12, TLS13
@@ -77,7 +77,7 @@ def require_roots() -> None:
 @pytest.fixture(scope="module", params=["bookworm", "trixie"])
 def package(request) -> tuple[str, Path]:
     require_roots()
-    return request.param, debian_roots.built_package(request.param)
+    return request.param, debian_package.built_package(request.param)
 
 
 def test_the_package_builds_and_lintian_reports_no_error_or_warning(package):
@@ -87,7 +87,7 @@ def test_the_package_builds_and_lintian_reports_no_error_or_warning(package):
     assert not re.findall(r"^[EW]: .*", lintian, re.M), lintian
 
 
-def resume(root: debian_roots.Overlay) -> dict[str, list]:
+def resume(root: debian_package.Overlay) -> dict[str, list]:
     """What the TLS 1.2 and 1.3 clients saw: the version, whether resumed."""
     output = _run(["ip", "netns", "exec", str(root.netns), sys.executable, "-c", RESUME],
                   "TLS clients resuming through smtpd", 120)
@@ -97,7 +97,7 @@ def resume(root: debian_roots.Overlay) -> dict[str, list]:
 RESUMED = {TLS12: [TLS12, True], TLS13: [TLS13, True]}
 
 
-def resumes(root: debian_roots.Overlay, what: str, timeout: float = 60) -> None:
+def resumes(root: debian_package.Overlay, what: str, timeout: float = 60) -> None:
     """Wait until both clients resume (after a reload master may still be
     starting the processes): at most *timeout* seconds."""
     deadline = time.monotonic() + timeout
@@ -112,7 +112,7 @@ def resumes(root: debian_roots.Overlay, what: str, timeout: float = 60) -> None:
         time.sleep(1)
 
 
-def our_daemons(root: debian_roots.Overlay) -> list[tuple[int, Path]]:
+def our_daemons(root: debian_package.Overlay) -> list[tuple[int, Path]]:
     """The running pytlsmgr processes of this root, each with its root
     directory (the jail with chroot=y)."""
     found = []
@@ -127,7 +127,7 @@ def our_daemons(root: debian_roots.Overlay) -> list[tuple[int, Path]]:
     return found
 
 
-def reload(root: debian_roots.Overlay) -> None:
+def reload(root: debian_package.Overlay) -> None:
     """postfix reload, and wait until master has done it."""
     log = root.root / "var" / "log" / "postfix.log"
     done = log.read_text().count("reload -- version")
@@ -136,7 +136,7 @@ def reload(root: debian_roots.Overlay) -> None:
              what="master to reload")
 
 
-def state_files(root: debian_roots.Overlay) -> set[str]:
+def state_files(root: debian_package.Overlay) -> set[str]:
     """What is in Postfix's data_directory, where the daemon writes, and
     at the top of its queue_directory, the daemon's jail."""
     data, queue = root.root / "var/lib/postfix", root.root / "var/spool/postfix"
@@ -153,7 +153,7 @@ def set_chroot(master_cf: Path, chroot: str) -> None:
     master_cf.write_bytes(text)
 
 
-def beside_master(root: debian_roots.Overlay, *command: str) -> subprocess.CompletedProcess:
+def beside_master(root: debian_package.Overlay, *command: str) -> subprocess.CompletedProcess:
     """*command* where master runs: its mount namespace and root, where
     the daemon's processes are seen as a package's maintainer scripts see
     them on a Debian host."""
@@ -164,14 +164,14 @@ def beside_master(root: debian_roots.Overlay, *command: str) -> subprocess.Compl
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
-def is_installed(root: debian_roots.Overlay) -> bool:
+def is_installed(root: debian_package.Overlay) -> bool:
     status = root.sh("dpkg-query -W -f '${Status}' tlsmgr 2>/dev/null || true", "dpkg-query")
     return status == "install ok installed"
 
 
 def test_apt_installs_it_postfix_runs_it_and_purge_leaves_nothing(package):
     suite, built = package
-    with debian_roots.Overlay(debian_roots.pristine(suite), netns=True) as root:
+    with debian_package.Overlay(debian_package.pristine(suite), netns=True) as root:
         debs = ((str(built), "debs"),)
         root.sh("printf '%s' | debconf-set-selections && apt-get install -y -qq "
                 "--no-install-recommends /debs/tlsmgr_0.1.0_amd64.deb ssl-cert" % PRESEED,
@@ -285,8 +285,8 @@ NOT_THERE = [
 
 def test_the_daemons_tests_pass_with_debian_12s_libraries():
     require_roots()
-    built = debian_roots.built_package("bookworm")
-    with debian_roots.Overlay(debian_roots.pristine("bookworm")) as root:
+    built = debian_package.built_package("bookworm")
+    with debian_package.Overlay(debian_package.pristine("bookworm")) as root:
         binds = ((str(built), "debs"), (str(TESTS.parent), "src"))
         root.sh("echo 'postfix postfix/main_mailer_type select No configuration' | "
                 "debconf-set-selections && apt-get install -y -qq --no-install-recommends "
