@@ -13,9 +13,9 @@ resumption kept across "postfix reload" and kill -9
 (tlsmgr_preserve_sessions), the fleet's seal and its secret file, and the
 compiled path, built there with its gcc and Python's headers, against
 the pure one.  In Debian 13 the fleet (two Postfix hosts resuming each
-other's sessions through one Redis), its seal, and the Redis Cluster and
-Sentinel fault tests run once against redis-server and once against
-valkey-server (TLSMGR_REDIS_SERVER).
+other's sessions through one Redis), its seal, its smtpd service names,
+and the Redis Cluster and Sentinel fault tests run once against
+redis-server and once against valkey-server (TLSMGR_REDIS_SERVER).
 """
 
 import os
@@ -32,7 +32,8 @@ POSTFIX_FACING = ["tests/test_stock_compat.py", "tests/test_postfix.py",
                   "tests/test_install.py", "tests/test_master.py",
                   "tests/test_preserve_postfix.py", "tests/test_preserve.py",
                   "tests/test_seal.py", "tests/test_fastpath.py"]
-REDIS_FACING = ["tests/test_fleet.py", "tests/test_fleet_seal.py", "tests/test_redis_faults.py",
+REDIS_FACING = ["tests/test_fleet.py", "tests/test_fleet_seal.py", "tests/test_service_names.py",
+                "tests/test_redis_faults.py",
                 "tests/test_redis.py::test_the_server_that_answers_is_the_one_asked_for"]
 SERVERS = {"redis": "/usr/bin/redis-server", "valkey": "/usr/bin/valkey-server"}
 
