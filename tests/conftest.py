@@ -39,7 +39,7 @@ def stop_the_daemons_a_test_started():
 @pytest.fixture
 def redis_server(tmp_path_factory):
     """A private redis-server on a UNIX socket (helpers.harness.Redis)."""
-    require(harness.redis_available(), "redis-server (apt-get install redis-server)")
+    require(harness.redis_available(), harness.REDIS_NEEDED)
     server = harness.Redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()

@@ -14,6 +14,7 @@ import os
 import pytest
 from conftest import require, require_command
 from helpers.fleet import Fleet
+from helpers.harness import REDIS_NEEDED, redis_available
 from helpers.postfix_instance import available
 
 from tlsmgr.stores.seal import Seal
@@ -29,7 +30,7 @@ def require_fleet(*, redis: bool):
     require_command("ss", "iproute2")
     require_command("openssl", "openssl")
     if redis:
-        require_command("redis-server", "redis-server")
+        require(redis_available(), REDIS_NEEDED)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require, require_command
-from helpers.harness import redis_available, wait_for
+from helpers.harness import REDIS_NEEDED, redis_available, wait_for
 from helpers.postfix_instance import PostfixInstance, available, handshake
 from helpers.redis_servers import Servers
 
@@ -70,7 +70,7 @@ def postfix():
 def redis_node(tmp_path_factory):
     """A private redis-server on a TCP port of 127.0.0.1 (reachable from
     tlsmgr's chroot jail), stopped by its pid at the end."""
-    require(redis_available(), "redis-server (apt-get install redis-server)")
+    require(redis_available(), REDIS_NEEDED)
     with Servers(tmp_path_factory.mktemp("redis")) as servers:
         yield servers.node()
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 from conftest import require
-from helpers.harness import redis_available, start_ours, wait_for
+from helpers.harness import REDIS_NEEDED, REDIS_SERVER, redis_available, start_ours, wait_for
 from helpers.remote import Blocking
 
 from tlsmgr.admin.client import TlsmgrClient
@@ -43,6 +43,14 @@ def host(tmp_path, name, redis_server, **extra):
     directory = tmp_path / name
     (directory / "data").mkdir(parents=True)
     return start_ours(directory, **fleet_params(redis_server, directory / "data", **extra))
+
+
+def test_the_server_that_answers_is_the_one_asked_for(redis_server):
+    """The Redis tests run against TLSMGR_REDIS_SERVER when it names one
+    (valkey-server in the Debian 13 root): that server answers them."""
+    info = redis_server.client().info("server")
+    assert os.path.realpath(info["executable"]) == os.path.realpath(REDIS_SERVER), info
+    assert ("valkey_version" in info) == ("valkey" in os.path.basename(REDIS_SERVER)), info
 
 
 # The store itself.
@@ -456,8 +464,8 @@ def test_a_silent_redis_delays_only_its_own_requests(tmp_path):
 
 
 def test_sentinel_url_finds_the_master(tmp_path):
-    require(redis_available(), "redis-server (apt-get install redis-server)")
-    from helpers.harness import REDIS_SERVER, free_tcp_port
+    require(redis_available(), REDIS_NEEDED)
+    from helpers.harness import free_tcp_port
     port, sentinel_port = free_tcp_port(), free_tcp_port()
     master = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1",
                                "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],

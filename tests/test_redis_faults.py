@@ -21,7 +21,7 @@ import time
 
 import pytest
 from conftest import require
-from helpers.harness import Redis, redis_available, wait_for
+from helpers.harness import REDIS_NEEDED, Redis, redis_available, wait_for
 from helpers.redis_servers import Cluster, Load, SentinelSet, Servers, SlowProxy, fleet_host, timed
 
 from tlsmgr.admin.client import ClientError, ReplyAttributes, TlsmgrClient
@@ -37,7 +37,7 @@ BOUND = TIMEOUT_MS / 1000 + LATER_MARGIN + 0.25
 
 @pytest.fixture(autouse=True)
 def needs_redis():
-    require(redis_available(), "redis-server (apt-get install redis-server)")
+    require(redis_available(), REDIS_NEEDED)
 
 
 def assert_serves_at_once(socket_path):

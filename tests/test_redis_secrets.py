@@ -13,7 +13,14 @@ from urllib.parse import quote
 import pytest
 import redis
 from conftest import require
-from helpers.harness import PYTHON, free_tcp_port, redis_available, start_ours, wait_for
+from helpers.harness import (
+    PYTHON,
+    REDIS_NEEDED,
+    free_tcp_port,
+    redis_available,
+    start_ours,
+    wait_for,
+)
 from helpers.redis_servers import Cluster, Servers
 from helpers.remote import Blocking
 from hypothesis import given
@@ -249,7 +256,7 @@ def show_config(daemon):
 def acl_redis(tmp_path):
     """A redis-server on loopback TCP whose default user has another
     password, and whose user mx has PASSWORD."""
-    require(redis_available(), "redis-server (apt-get install redis-server)")
+    require(redis_available(), REDIS_NEEDED)
     with Servers(tmp_path / "redis") as servers:
         node = servers.node()
         node.client().acl_setuser("mx", enabled=True, passwords=["+" + PASSWORD],
@@ -430,7 +437,7 @@ def add_user(node):
 
 @pytest.mark.redis
 def test_sentinel_the_master_gets_the_credentials_and_the_sentinels_none(tmp_path):
-    require(redis_available(), "redis-server (apt-get install redis-server)")
+    require(redis_available(), REDIS_NEEDED)
     with Servers(tmp_path) as servers:
         master = servers.node()
         add_user(master)                     # the sentinels know no user mx
@@ -455,7 +462,7 @@ def test_sentinel_the_master_gets_the_credentials_and_the_sentinels_none(tmp_pat
 @pytest.mark.redis
 @pytest.mark.timeout(180)
 def test_cluster_every_node_gets_the_credentials(tmp_path):
-    require(redis_available(), "redis-server (apt-get install redis-server)")
+    require(redis_available(), REDIS_NEEDED)
     with Cluster(tmp_path) as cluster:
         for node in cluster.nodes:
             add_user(node)

@@ -19,7 +19,7 @@ import time
 import pytest
 from conftest import require
 from helpers.fleet import PORT, Fleet
-from helpers.harness import redis_available, start_ours, wait_for
+from helpers.harness import REDIS_NEEDED, redis_available, start_ours, wait_for
 from test_fleet import made_on_a_offered_to_b, require_fleet
 
 from tlsmgr.admin.client import TlsmgrClient
@@ -95,7 +95,7 @@ def save_sessions(daemon, service, count):
 
 @pytest.fixture
 def prefix(request):
-    require(redis_available(), "redis-server (apt-get install redis-server)")
+    require(redis_available(), REDIS_NEEDED)
     return "names%d-%s:" % (os.getpid(), request.node.name[-30:])
 
 

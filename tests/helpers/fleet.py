@@ -16,8 +16,8 @@ service), as a fleet has it: on another host, reached over TCP.  That host
 is a third namespace, joined to the two by a bridge (10.250.0.1, the
 hosts 10.250.0.2 and .3: addresses that exist only inside these
 namespaces); its UNIX socket lets the tests look inside.  The hosts run
-with chroot=y, Debian's default.  With the stock daemon each host has its
-own btree cache and its own ticket keys.
+with chroot=y, Debian 12 and 13's default.  With the stock daemon each
+host has its own btree cache and its own ticket keys.
 
 Every wait is bounded (harness.wait_for), and ``close()`` always stops
 both instances, the redis-server (by its pid) and deletes the

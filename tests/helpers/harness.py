@@ -295,7 +295,12 @@ def start_ours_as_master_does(workdir: Path, *, wait=True, env=None, args=(),
     return daemon
 
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+# The server every Redis test starts; TLSMGR_REDIS_SERVER names another
+# (valkey-server: the tests run against each in the Debian 13 root).
+REDIS_SERVER = (os.environ.get("TLSMGR_REDIS_SERVER") or shutil.which("redis-server")
+                or "/usr/bin/redis-server")
+REDIS_NEEDED = ("%s (apt-get install redis-server; TLSMGR_REDIS_SERVER names another "
+                "server, such as valkey-server)" % REDIS_SERVER)
 
 
 class Redis:

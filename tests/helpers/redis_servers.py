@@ -1,9 +1,10 @@
 """Real Redis topologies for tests and benchmarks: a Cluster, a Sentinel
 set, a slow Redis; and a daemon on them with a client that times it.
 
-Every server is Debian's redis-server on 127.0.0.1 (a sentinel is
-``redis-server --sentinel``), started with its own directory and port and
-stopped by its pid in ``close()``, whatever failed before.  Faults are
+Every server is Debian's redis-server, or the one TLSMGR_REDIS_SERVER names
+(valkey-server), on 127.0.0.1 (a sentinel is ``redis-server --sentinel``),
+started with its own directory and port and stopped by its pid in
+``close()``, whatever failed before.  Faults are
 done to real processes: SIGKILL, SIGSTOP (a hung server), stopping one.
 """
 
@@ -24,7 +25,8 @@ from tlsmgr.admin.client import TlsmgrClient
 
 from .harness import REDIS_SERVER, end_process, free_tcp_port, start_ours, wait_for
 
-REDIS_CLI = str(Path(REDIS_SERVER).with_name("redis-cli"))
+# redis-cli beside redis-server, valkey-cli beside valkey-server.
+REDIS_CLI = str(Path(REDIS_SERVER).with_name(Path(REDIS_SERVER).name.replace("-server", "-cli")))
 
 
 def free_cluster_port() -> int:
