@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from conftest import require
 from helpers import debian_package
-from helpers.debian13 import _run
+from helpers.debian_roots import _run
 from helpers.harness import wait_for
 from helpers.smtp_tls import TLS12, TLS13
 

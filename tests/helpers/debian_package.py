@@ -23,9 +23,18 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from .debian13 import _quote, _run, host_mirror
+from .debian_roots import (
+    POLICY_RC_D,
+    _run,
+    apt_settings,
+    debootstrap,
+    host_mirror,
+    in_root,
+    kill_inside,
+)
 
 CACHE = Path(os.environ.get("TLSMGR_DEBIAN_ROOTS", "/var/cache/tlsmgr-tests/debian-roots"))
 # apt's downloaded packages, shared by every root of a release, so that a
@@ -33,20 +42,6 @@ CACHE = Path(os.environ.get("TLSMGR_DEBIAN_ROOTS", "/var/cache/tlsmgr-tests/debi
 ARCHIVES = CACHE / "apt-archives"
 BUILD_TIMEOUT = 1500
 RUN_TIMEOUT = 900
-APT_CONF = Path("/etc/apt/apt.conf.d")
-# Services must not start while apt installs: the test starts Postfix itself.
-POLICY_RC_D = "#!/bin/sh\nexit 101\n"
-
-
-def apt_settings() -> list[Path]:
-    """This machine's apt settings for reaching the mirror (a proxy, a
-    snapshot's validity): they hold inside the roots too.  Not those a
-    package ships (appstream's): its own package, installed in a root,
-    would stop at the conffile prompt."""
-    return [conf for conf in sorted(APT_CONF.glob("*"))
-            if conf.is_file() and "Acquire::" in conf.read_text(errors="replace")
-            and subprocess.run(["dpkg-query", "-S", str(conf)], capture_output=True,
-                               timeout=60, check=False).returncode != 0]
 
 
 def recipe(suite: str) -> str:
@@ -57,60 +52,38 @@ def recipe(suite: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def pristine(suite: str) -> Path:
-    """The pristine root of *suite*, made if it is missing."""
-    root = CACHE / ("%s-%s" % (suite, recipe(suite)))
-    if root.is_dir():
-        return root
-    CACHE.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix="%s-partial-" % suite, dir=CACHE))
+def made_once(directory: Path, version: str, make: Callable[[Path], None]) -> Path:
+    """directory/version, made by make() into a scratch directory beside
+    it and renamed into place whole; the other versions go."""
+    done = directory / version
+    if done.is_dir():
+        return done
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix="partial-", dir=directory))
     try:
-        mirror = host_mirror()
-        _run(["debootstrap", "--variant=minbase", suite, str(partial),
-              *([mirror] if mirror else [])],
-             "debootstrap of %s (apt-get install debootstrap; it needs Debian's mirror)"
-             % suite, BUILD_TIMEOUT)
-        for conf in apt_settings():
-            shutil.copyfile(conf, partial / "etc" / "apt" / "apt.conf.d" / conf.name)
-        policy = partial / "usr" / "sbin" / "policy-rc.d"
-        policy.write_text(POLICY_RC_D)
-        policy.chmod(0o755)
-        _in_root(partial, None, ["apt-get", "update", "-qq"], "apt-get update in %s" % suite,
-                 BUILD_TIMEOUT)
-        # Old pristine roots of this release go: only the recipe's own stays.
-        for old in CACHE.glob("%s-*" % suite):
+        make(partial)
+        for old in directory.glob(version.rsplit("-", 1)[0] + "-*"):
             if old != partial and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
-        partial.chmod(0o755)                  # mkdtemp's 0700: the root's / is 0755
-        partial.rename(root)
+        partial.rename(done)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return root
+    return done
 
 
-def _in_root(root: Path, netns: str | None, command: list[str], what: str, timeout: float,
-             env: dict[str, str] | None = None, binds: tuple[tuple[str, str], ...] = ()
-             ) -> str:
-    """*command* in *root*, as root, in a mount namespace of its own (and
-    in network namespace *netns*); what it printed."""
-    for name in ("etc/resolv.conf", "etc/hosts"):
-        if Path("/" + name).exists():
-            (root / name).unlink(missing_ok=True)
-            shutil.copyfile("/" + name, root / name)
-    mounts = ["mkdir -p %s && mount --rbind %s %s" % (_quote(root / target), _quote(source),
-                                                      _quote(root / target))
-              for source, target in (("/proc", "proc"), ("/sys", "sys"), ("/dev", "dev"),
-                                     *binds)]
-    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-                   "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive", **(env or {})}
-    script = "set -e; %s; exec chroot %s /usr/bin/env -i %s %s" % (
-        "; ".join(mounts), _quote(root),
-        " ".join(_quote("%s=%s" % item) for item in environment.items()),
-        " ".join(_quote(word) for word in command))
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    return _run([*prefix, "unshare", "--mount", "--propagation", "private", "--fork",
-                 "/bin/sh", "-c", script], what, timeout)
+def pristine(suite: str) -> Path:
+    """The pristine root of *suite*, made if it is missing."""
+    def make(root: Path) -> None:
+        debootstrap(suite, root)
+        in_root(root, ["apt-get", "update", "-qq"], "apt-get update in %s" % suite,
+                BUILD_TIMEOUT, ENVIRONMENT)
+    return made_once(CACHE, "%s-%s" % (suite, recipe(suite)), make)
+
+
+# What commands inside see of the environment.
+ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+               "DEBIAN_FRONTEND": "noninteractive"}
 
 
 class Overlay:
@@ -141,15 +114,16 @@ class Overlay:
             env: dict[str, str] | None = None,
             binds: tuple[tuple[str, str], ...] = (), isolated: bool = False) -> str:
         """*command* inside; apt's downloads kept in the shared cache."""
-        return _in_root(self.root, self.netns if isolated else None, command, what, timeout,
-                        env, ((str(self.archives), "var/cache/apt/archives"), *binds))
+        return in_root(self.root, command, what, timeout, {**ENVIRONMENT, **(env or {})},
+                       ((str(self.archives), "var/cache/apt/archives"), *binds),
+                       netns=self.netns if isolated else None)
 
     def sh(self, script: str, what: str, timeout: float = RUN_TIMEOUT, **options) -> str:
         return self.run(["/bin/sh", "-ec", script], what, timeout, **options)
 
     def close(self) -> None:
         """Kill what still runs inside, unmount, remove the scratch files."""
-        _kill_inside(self.root)
+        kill_inside(self.root)
         if self.netns:
             subprocess.run(["ip", "netns", "del", self.netns], capture_output=True,
                            timeout=30, check=False)
@@ -163,16 +137,6 @@ class Overlay:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _kill_inside(root: Path) -> None:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if os.readlink(proc / "root") == str(root):
-                    os.kill(int(proc.name), 9)
-            except OSError:
-                continue
 
 
 # --- the Debian package, built in a pristine root ------------------------
@@ -207,14 +171,8 @@ def built_package(suite: str) -> Path:
     (dpkg-buildpackage -us -uc -b in a pristine root, its build
     dependencies from the archive) and lintian.txt, what lintian said of
     it; built once for each state of the tree."""
-    done = PACKAGES / ("%s-%s" % (suite, source_hash(suite)))
-    if (done / "lintian.txt").exists():
-        return done
-    lower = pristine(suite)
-    PACKAGES.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix="%s-partial-" % suite, dir=PACKAGES))
-    try:
-        with Overlay(lower) as root:
+    def make(partial: Path) -> None:
+        with Overlay(pristine(suite)) as root:
             build = root.root / "build" / "tlsmgr"
             build.mkdir(parents=True)
             for path in _build_files():
@@ -233,11 +191,4 @@ def built_package(suite: str) -> Path:
             for deb in (root.root / "build").glob("tlsmgr_*.deb"):
                 shutil.copy2(deb, partial / deb.name)
         (partial / "lintian.txt").write_text(lintian)
-        for old in PACKAGES.glob("%s-*" % suite):
-            if old != partial and old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-        partial.rename(done)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return done
+    return made_once(PACKAGES, "%s-%s" % (suite, source_hash(suite)), make)

@@ -124,6 +124,84 @@ def _quote(text) -> str:
     return "'" + str(text).replace("'", "'\\''") + "'"
 
 
+APT_CONF = Path("/etc/apt/apt.conf.d")
+# Services must not start while apt installs: the tests start them.
+POLICY_RC_D = "#!/bin/sh\nexit 101\n"
+
+
+def apt_settings() -> list[Path]:
+    """This machine's apt settings for reaching the mirror (a proxy, a
+    snapshot's validity): they hold inside the roots too.  Not those a
+    package ships (appstream's): its own package, installed in a root,
+    would stop at the conffile prompt."""
+    return [conf for conf in sorted(APT_CONF.glob("*"))
+            if conf.is_file() and "Acquire::" in conf.read_text(errors="replace")
+            and subprocess.run(["dpkg-query", "-S", str(conf)], capture_output=True,
+                               timeout=60, check=False).returncode != 0]
+
+
+def debootstrap(suite: str, target: Path, script: str | None = None,
+                include: tuple[str, ...] = ()) -> None:
+    """A minbase root of *suite* at *target*, from this machine's mirror,
+    with its apt settings, and services kept from starting."""
+    mirror = host_mirror()
+    if script and not mirror:
+        mirror = debootstrap_default_mirror()
+    _run(["debootstrap", "--variant=minbase", *(["--include=" + ",".join(include)]
+                                                if include else []),
+          suite, str(target), *([mirror] if mirror else []), *([script] if script else [])],
+         "debootstrap of Debian %s (apt-get install debootstrap; it needs Debian's mirror)"
+         % suite, BUILD_TIMEOUT)
+    for conf in apt_settings():
+        shutil.copyfile(conf, target / "etc" / "apt" / "apt.conf.d" / conf.name)
+    policy = target / "usr" / "sbin" / "policy-rc.d"
+    policy.write_text(POLICY_RC_D)
+    policy.chmod(0o755)
+    # It is / inside: mkdtemp's 0700 would keep mail_owner out of every path.
+    target.chmod(0o755)
+
+
+def in_root(root: Path, command: list[str], what: str, timeout: float,
+            environment: dict[str, str], binds: tuple[tuple[str, str], ...] = (),
+            read_only: tuple[tuple[str, str], ...] = (), netns: str | None = None) -> str:
+    """*command* chrooted in *root*, as root, with only *environment*, in a
+    mount namespace of its own (and in network namespace *netns*), so that
+    its mounts of /proc, /sys, /dev and of *binds* (source, target in the
+    root) vanish with it whatever happens; what it printed."""
+    for name in ("etc/resolv.conf", "etc/hosts"):
+        if Path("/" + name).exists():
+            (root / name).unlink(missing_ok=True)
+            shutil.copyfile("/" + name, root / name)
+    # The root a mount point of its own, as / is: ip netns, run inside,
+    # makes / a slave mount, which only a mount point can be.
+    mounts = ["mount --bind %s %s" % (_quote(root), _quote(root))]
+    mounts += ["mkdir -p %s && mount --rbind %s %s"
+               % (_quote(root / target), _quote(source), _quote(root / target))
+               for source, target in (("/proc", "proc"), ("/sys", "sys"), ("/dev", "dev"),
+                                      *binds)]
+    mounts += ["mkdir -p %s && mount --bind %s %s && mount -o remount,bind,ro %s"
+               % (_quote(root / target), _quote(source), _quote(root / target),
+                  _quote(root / target)) for source, target in read_only]
+    script = "set -e; %s; exec chroot %s /usr/bin/env -i %s %s" % (
+        "; ".join(mounts), _quote(root),
+        " ".join(_quote("%s=%s" % item) for item in environment.items()),
+        " ".join(_quote(word) for word in command))
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return _run([*prefix, "unshare", "--mount", "--propagation", "private", "--fork",
+                 "/bin/sh", "-c", script], what, timeout)
+
+
+def kill_inside(root: Path) -> None:
+    """SIGKILL whatever still runs inside *root* (a daemon a test left)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "root") == str(root):
+                    os.kill(int(proc.name), 9)
+            except OSError:
+                continue
+
+
 class DebianRoot:
     """One suite's root, at $variable or CACHE/name."""
 
@@ -163,30 +241,13 @@ class DebianRoot:
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=self.name + "-", dir=self.path.parent))
-        # It is / inside: mkdtemp's 0700 would keep mail_owner out of every path.
-        partial.chmod(0o755)
-        mirror = host_mirror()
-        if self.script and not mirror:
-            mirror = debootstrap_default_mirror()
         try:
-            _run(["debootstrap", "--variant=minbase", "--include=ca-certificates", self.suite,
-                  str(partial), *([mirror] if mirror else []),
-                  *([self.script] if self.script else [])],
-                 "debootstrap of Debian %s (apt-get install debootstrap; it needs Debian's "
-                 "mirror)" % self.suite, BUILD_TIMEOUT)
+            debootstrap(self.suite, partial, self.script, include=("ca-certificates",))
             partial.rename(self.path)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        # This machine's apt settings for reaching the mirror (a proxy, a
-        # snapshot's validity) hold inside the root too.
-        for conf in sorted(Path("/etc/apt/apt.conf.d").glob("*")):
-            if conf.is_file() and "Acquire::" in conf.read_text(errors="replace"):
-                shutil.copyfile(conf, self.path / "etc" / "apt" / "apt.conf.d" / conf.name)
-        # Services must not start inside the root; postfix asks no questions.
-        policy = self.path / "usr" / "sbin" / "policy-rc.d"
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
+        # postfix asks no questions.
         self.run(["/bin/sh", "-c",
                   "echo 'postfix postfix/main_mailer_type select No configuration' "
                   "| debconf-set-selections && apt-get update -qq && "
@@ -203,11 +264,8 @@ class DebianRoot:
         self.stamp.write_text(self.recipe())
 
     def _copy_host_files(self) -> None:
-        """What the root needs of this machine at each run: name resolution,
-        the CA bundle and pip's settings."""
-        for name in ("etc/resolv.conf", "etc/hosts"):
-            if Path("/" + name).exists():
-                shutil.copyfile("/" + name, self.path / name)
+        """What the root needs of this machine at each run (name resolution
+        aside, which in_root() copies): the CA bundle and pip's settings."""
         if HOST_CA_BUNDLE.exists():
             shutil.copyfile(HOST_CA_BUNDLE, self.path / "etc" / "ssl" / "host-ca-bundle.crt")
         for config in PIP_CONFIG_FILES:
@@ -222,43 +280,19 @@ class DebianRoot:
         """command inside the root, as root, in a mount namespace of its own;
         what it printed.  Processes it leaves in the root are killed after."""
         self._copy_host_files()
-        root = self.path
-        binds = [("/proc", "proc"), ("/sys", "sys"), ("/dev", "dev")]
-        binds += [(str(path), str(path).lstrip("/")) for path in pip_paths()]
-        # The root a mount point of its own, as / is: ip netns makes / a
-        # slave mount, which only a mount point can be.
-        mounts = ["mount --bind %s %s" % (_quote(root), _quote(root))]
-        mounts += ["mkdir -p %s && mount --rbind %s %s"
-                   % (_quote(root / target), _quote(source), _quote(root / target))
-                   for source, target in binds]
-        src = _quote(root / "src")
-        mounts.append("mkdir -p %s && mount --bind %s %s && mount -o remount,bind,ro %s"
-                      % (src, _quote(SOURCE), src, src))
         environment = {"PATH": "%s/bin:/usr/sbin:/usr/bin:/sbin:/bin" % VENV, "HOME": "/root",
                        "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                        **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},
                        "PIP_CERT": "/etc/ssl/host-ca-bundle.crt",
                        "SSL_CERT_FILE": "/etc/ssl/host-ca-bundle.crt",
                        **(env or {})}
-        script = "set -e; %s; exec chroot %s /usr/bin/env -i %s %s" % (
-            "; ".join(mounts), _quote(root),
-            " ".join(_quote("%s=%s" % item) for item in environment.items()),
-            " ".join(_quote(word) for word in command))
         try:
-            return _run(["unshare", "--mount", "--propagation", "private", "--fork",
-                         "/bin/sh", "-c", script], what, timeout)
+            return in_root(self.path, command, what, timeout, environment,
+                           binds=tuple((str(path), str(path).lstrip("/"))
+                                       for path in pip_paths()),
+                           read_only=((str(SOURCE), "src"),))
         finally:
-            self.kill_leftovers()
-
-    def kill_leftovers(self) -> None:
-        """SIGKILL whatever still runs inside the root (a daemon a test left)."""
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    if os.readlink(proc / "root") == str(self.path):
-                        os.kill(int(proc.name), 9)
-                except OSError:
-                    continue
+            kill_inside(self.path)
 
 
 TRIXIE = DebianRoot("trixie", "debian13", POSTFIX_PACKAGES + REDIS_PACKAGES)
