@@ -277,9 +277,6 @@ NOT_THERE = [
     "tests/test_observability.py::test_stats_text_names_the_redis_state",
     # promtool (Debian's prometheus) is not installed there.
     "tests/test_observability.py::test_the_documented_alert_rules_pass_promtool",
-    # Inside the root its client exits 120 (stdout's flush fails) when the
-    # pty hangs up; on this machine's Python 3.11 it exits 0.  Not explained yet.
-    "tests/test_observability.py::test_watch_ends_quietly_when_its_terminal_hangs_up",
 ]
 
 

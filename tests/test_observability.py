@@ -292,6 +292,24 @@ def test_watch_ends_quietly_when_its_terminal_hangs_up(tmp_path):
             os.close(master)
 
 
+def test_watch_ends_quietly_when_the_reader_of_its_pipe_goes(tmp_path):
+    # tlsmgr-ctl stats --watch | head -2: head exits, the next line meets
+    # EPIPE; the watch ends there, status 0, and says nothing of it.
+    daemon = daemon_with(tmp_path)
+    process = subprocess.Popen([*CTL, "--socket", str(daemon.socket_path), "stats", "--watch",
+                                "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout.readline()                    # the first line, then gone
+        process.stdout.close()
+        assert process.wait(10) == 0
+        assert process.stderr.read() == b""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
 def alert_rules() -> str:
     text = (ROOT / "docs" / "OPERATIONS.md").read_text()
     [rules] = re.findall(r"```yaml\n(groups:.*?)```", text, re.S)

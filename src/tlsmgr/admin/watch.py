@@ -11,6 +11,7 @@ is printed, for logs and scripts.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -101,6 +102,25 @@ def snapshots(fetch: Callable[[], Snapshot], interval: float,
         last, last_at = current, now
 
 
+def _written(out: TextIO, text: str) -> bool:
+    """Whether text reached out.  Not when the terminal hung up (EIO) or
+    the reader of a pipe went (EPIPE): the watch is then over, and what is
+    still buffered goes to /dev/null, or Python's own flush at exit would
+    fail on it again (exit status 120, and a message on stderr)."""
+    try:
+        out.write(text)
+        out.flush()
+        return True
+    except OSError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass                        # no descriptor (a StringIO): nothing at exit either
+        return False
+
+
 def watch(fetch: Callable[[], Snapshot], interval: float, count: int | None = None,
           out: TextIO = sys.stdout) -> int:
     """Show the rates until Ctrl-C, SIGTERM or SIGHUP (or count refreshes);
@@ -111,25 +131,18 @@ def watch(fetch: Callable[[], Snapshot], interval: float, count: int | None = No
     previous = {signum: signal.signal(signum, signal.default_int_handler)
                 for signum in _ENDING}
     try:
-        if on_terminal:
-            out.write(_ENTER)
+        if on_terminal and not _written(out, _ENTER):
+            return 0
         for number, (stats, per_second) in enumerate(snapshots(fetch, interval), 1):
-            if on_terminal:
-                out.write(_HOME + screen(stats, per_second, interval))
-            else:
-                out.write(plain_line(per_second) + "\n")
-            out.flush()
-            if count is not None and number >= count:
+            shown = (_HOME + screen(stats, per_second, interval) if on_terminal
+                     else plain_line(per_second) + "\n")
+            if not _written(out, shown) or (count is not None and number >= count):
                 break
     except KeyboardInterrupt:
         pass
     finally:
         if on_terminal:
-            try:
-                out.write(_LEAVE)
-                out.flush()
-            except OSError:             # hung up (EIO): no terminal left to give back
-                pass
+            _written(out, _LEAVE)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0
