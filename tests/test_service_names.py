@@ -46,7 +46,9 @@ smtpd     pass  -       -       y       -       -       smtpd
 2525      inet  n       -       y       -       -       smtpd -o smtpd_tls_security_level=may
 tlsmgr    unix  -       -       y       1000?   1       tlsmgr
 """
+    # postscreen's tlsproxy saves sessions under postscreen's name.
     assert smtpd_listeners(master_cf) == [
+        Listener("smtp", "port 25"),
         Listener("smtpd", "pass service smtpd"),
         Listener("192.0.2.1:submission", "port 587"),
         Listener("2525", "port 2525")]

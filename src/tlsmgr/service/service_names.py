@@ -61,9 +61,16 @@ class Listener(NamedTuple):
     where: str
 
 
+# The services whose name ends the cache ids of the sessions they save:
+# smtpd's, and postscreen's, whose tlsproxy saves under it (postscreen's
+# STARTTLS, postscreen_tls_conf.c).
+_NAMED = frozenset({"smtpd", "postscreen"})
+
+
 def smtpd_listeners(master_cf: str) -> list[Listener]:
-    """The smtpd services of a master.cf text (comments, blank lines and
-    continuation lines as master(8) reads them)."""
+    """The services of a master.cf text that save sessions in the smtpd
+    cache under their name: smtpd's and postscreen's (comments, blank lines
+    and continuation lines as master(8) reads them)."""
     entries: list[str] = []
     for line in master_cf.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
@@ -75,7 +82,7 @@ def smtpd_listeners(master_cf: str) -> list[Listener]:
     found = []
     for entry in entries:
         fields = entry.split()
-        if len(fields) >= 8 and fields[7].rsplit("/", 1)[-1] == "smtpd":
+        if len(fields) >= 8 and fields[7].rsplit("/", 1)[-1] in _NAMED:
             found.append(Listener(fields[0], _where(fields[0], fields[1])))
     return found
 
