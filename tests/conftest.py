@@ -4,7 +4,7 @@ import os
 import shutil
 
 import pytest
-from helpers import harness
+from helpers import harness, prepared
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -43,3 +43,27 @@ def redis_server(tmp_path_factory):
     server = harness.Redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+def pytest_collection_finish(session):
+    """The Debian roots and packages the selected tests need are begun now
+    (helpers/prepared.py), when the machine can make them: that is, as
+    root with debootstrap."""
+    if (os.geteuid() != 0 or shutil.which("debootstrap") is None
+            or session.config.option.collectonly):
+        return
+    files = {item.path.name for item in session.items}
+    # In the order the tests come to them.
+    if "test_debian_package.py" in files:
+        from helpers import debian_package
+        for suite in ("bookworm", "trixie"):
+            prepared.begin("package-" + suite,
+                           lambda suite=suite: debian_package.built_package(suite))
+    if "test_debian_roots.py" in files:
+        from helpers.debian_roots import FORKY, TRIXIE
+        for root in (TRIXIE, FORKY):
+            prepared.begin(root.name, root.ensure)
+
+
+def pytest_sessionfinish(session):
+    prepared.stop()

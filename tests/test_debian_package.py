@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
-from helpers import debian_package
+from helpers import debian_package, prepared
 from helpers.debian_roots import _run
 from helpers.harness import wait_for
 from helpers.smtp_tls import TLS12, TLS13
@@ -77,7 +77,9 @@ def require_roots() -> None:
 @pytest.fixture(scope="module", params=["bookworm", "trixie"])
 def package(request) -> tuple[str, Path]:
     require_roots()
-    return request.param, debian_package.built_package(request.param)
+    suite = request.param
+    return suite, prepared.ready("package-" + suite,
+                                 lambda: debian_package.built_package(suite))
 
 
 def test_the_package_builds_and_lintian_reports_no_error_or_warning(package):
@@ -282,7 +284,7 @@ NOT_THERE = [
 
 def test_the_daemons_tests_pass_with_debian_12s_libraries():
     require_roots()
-    built = debian_package.built_package("bookworm")
+    built = prepared.ready("package-bookworm", lambda: debian_package.built_package("bookworm"))
     with debian_package.Overlay(debian_package.pristine("bookworm")) as root:
         binds = ((str(built), "debs"), (str(TESTS.parent), "src"))
         root.sh("echo 'postfix postfix/main_mailer_type select No configuration' | "

@@ -24,6 +24,7 @@ import shutil
 
 import pytest
 from conftest import require
+from helpers import prepared
 from helpers.debian_roots import FORKY, TRIXIE, install_package
 
 pytestmark = [pytest.mark.postfix, pytest.mark.timeout(3000)]
@@ -43,7 +44,7 @@ def made(root):
             and shutil.which("unshare") is not None,
             "root, debootstrap and unshare, for a Debian %s root (apt-get install "
             "debootstrap; run the tests as root)" % root.suite)
-    root.ensure()
+    prepared.ready(root.name, root.ensure)
     return root
 
 
