@@ -45,6 +45,15 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+# The tests in Debian roots come last, so that what they need, begun when
+# the run starts, is made while every other test runs.
+IN_DEBIAN_ROOTS = ("test_debian_package.py", "test_debian_roots.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name in IN_DEBIAN_ROOTS)
+
+
 def pytest_collection_finish(session):
     """The Debian roots and packages the selected tests need are begun now
     (helpers/prepared.py), when the machine can make them: that is, as
@@ -53,7 +62,7 @@ def pytest_collection_finish(session):
             or session.config.option.collectonly):
         return
     files = {item.path.name for item in session.items}
-    # In the order the tests come to them.
+    # In the order the tests come to them (IN_DEBIAN_ROOTS).
     if "test_debian_package.py" in files:
         from helpers import debian_package
         for suite in ("bookworm", "trixie"):
