@@ -6,6 +6,7 @@ plain lines, the documented alert rules (promtool), and the metrics port
 against a hostile local user: idle connections, descriptors run out, a
 request a byte a second, an oversized request head."""
 
+import contextlib
 import os
 import pty
 import re
@@ -267,47 +268,56 @@ def test_watch_redraws_in_place_and_gives_the_terminal_back_however_ended(tmp_pa
     assert (shown + rest).rstrip(b"\r\n").endswith(b"\x1b[?25h\x1b[?1049l")
 
 
+@contextlib.contextmanager
+def watching(command: list[str], **streams):
+    """tlsmgr-ctl stats --watch, its stderr a pipe; killed if it outlives
+    the test."""
+    process = subprocess.Popen([*command, "stats", "--watch", "0.2"],
+                               stderr=subprocess.PIPE, **streams)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
+def ends_quietly(process) -> None:
+    assert process.wait(10) == 0
+    assert process.stderr.read() == b""
+
+
 def test_watch_ends_quietly_when_its_terminal_hangs_up(tmp_path):
     # The terminal is gone (an ssh session dropped): SIGHUP, and nothing
     # left to give back, nor to write a traceback to but the log it goes to.
     setsid = require_command("setsid", "util-linux")
     daemon = daemon_with(tmp_path)
     master, slave = pty.openpty()
-    process = subprocess.Popen([setsid, "--ctty", *CTL, "--socket", str(daemon.socket_path),
-                                "stats", "--watch", "0.2"],
-                               stdin=slave, stdout=slave, stderr=subprocess.PIPE)
-    os.close(slave)
     try:
-        read_until(master, b"per second", 20)
-        os.close(master)                                    # the hang-up
-        master = None
-        assert process.wait(5) == 0
-        assert process.stderr.read() == b""
+        with watching([setsid, "--ctty", *CTL, "--socket", str(daemon.socket_path)],
+                      stdin=slave, stdout=slave) as process:
+            os.close(slave)
+            slave = None
+            read_until(master, b"per second", 20)
+            os.close(master)                                # the hang-up
+            master = None
+            ends_quietly(process)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
-        if master is not None:
-            os.close(master)
+        for descriptor in (master, slave):
+            if descriptor is not None:
+                os.close(descriptor)
 
 
 def test_watch_ends_quietly_when_the_reader_of_its_pipe_goes(tmp_path):
-    # tlsmgr-ctl stats --watch | head -2: head exits, the next line meets
+    # tlsmgr-ctl stats --watch | head -1: head exits, the next line meets
     # EPIPE; the watch ends there, status 0, and says nothing of it.
     daemon = daemon_with(tmp_path)
-    process = subprocess.Popen([*CTL, "--socket", str(daemon.socket_path), "stats", "--watch",
-                                "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with watching([*CTL, "--socket", str(daemon.socket_path)],
+                  stdout=subprocess.PIPE) as process:
         assert process.stdout.readline()                    # the first line, then gone
         process.stdout.close()
-        assert process.wait(10) == 0
-        assert process.stderr.read() == b""
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
+        ends_quietly(process)
 
 
 def alert_rules() -> str:
