@@ -524,9 +524,12 @@ def keep_columns(site: Site, columns: bytes) -> None:
         with open(site.master_cf, "rb") as file:
             lines = file.read().splitlines(keepends=True)
         index = next((n for n, line in enumerate(lines) if is_entry_line(line)), None)
-        if index is None or with_columns(lines[index], columns) == lines[index]:
+        if index is None:
             return
-        lines[index] = with_columns(lines[index], columns)
+        aligned = with_columns(lines[index], columns)
+        if aligned == lines[index]:
+            return
+        lines[index] = aligned
         status = os.stat(site.master_cf)
         with open(scratch, "wb") as file:
             os.fchown(file.fileno(), status.st_uid, status.st_gid)

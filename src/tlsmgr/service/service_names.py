@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..stores import StoreError
-from ..stores.redis import RedisStore, open_from, printable_key, seal_for
+from ..stores.redis import RedisStore, open_from, pairs, printable_key, seal_for
 from ..util import log
 from ..util.pending import gather, then
+from .protocol import printable
 
 CHECK_INTERVAL = 60.0
 # A host not heard of for this long has gone (or changed its master.cf):
@@ -127,8 +128,8 @@ def host_field(myhostname: str, config_directory: str) -> bytes:
 
 def _shown(text: object) -> str:
     """A text read from Redis, fit for one log line."""
-    printable = "".join(c if " " <= c <= "~" else "?" for c in str(text))
-    return printable[:_SHOWN] + ("..." if len(printable) > _SHOWN else "")
+    shown = printable(str(text).encode("ascii", "replace"))
+    return shown[:_SHOWN] + ("..." if len(shown) > _SHOWN else "")
 
 
 class FleetServices:
@@ -173,8 +174,7 @@ class FleetServices:
         return CHECK_INTERVAL
 
     def _compare(self, hosts: Any, newest: list[tuple[bytes, int]], now: float) -> None:
-        pairs = hosts.items() if isinstance(hosts, dict) else zip(hosts[::2], hosts[1::2])
-        for field, value in pairs:
+        for field, value in pairs(hosts):
             if bytes(field) != self.field:
                 self._compare_host(bytes(field), bytes(value), now)
         self._compare_sessions([cache_id for cache_id, _ in newest])

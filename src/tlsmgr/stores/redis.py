@@ -667,7 +667,7 @@ class RedisStore(Store):
         return then(self.breaker.call("ZRANGE", self._age, offset, offset + limit - 1,
                                       "WITHSCORES"),
                     lambda found: [(cache_id, int(float(stamp)))
-                                   for cache_id, stamp in _pairs(found)])
+                                   for cache_id, stamp in pairs(found)])
 
     def counts(self) -> MaybeLater[tuple[int, int]]:
         both = gather([self.breaker.call("ZCARD", self._age),
@@ -684,8 +684,11 @@ class RedisStore(Store):
         return closed
 
 
-def _pairs(flat: list[Any]) -> list[tuple[Any, Any]]:
-    """[a, 1, b, 2] as [(a, 1), (b, 2)]: a WITHSCORES reply, as sent."""
+def pairs(flat: list[Any] | dict[Any, Any]) -> list[tuple[Any, Any]]:
+    """[a, 1, b, 2] as [(a, 1), (b, 2)]: a WITHSCORES or HGETALL reply, as
+    sent (RESP3 sends the one as pairs, the other as a map)."""
+    if isinstance(flat, dict):
+        return list(flat.items())
     if flat and isinstance(flat[0], (list, tuple)):
         return [(pair[0], pair[1]) for pair in flat]
     return list(zip(flat[::2], flat[1::2]))
